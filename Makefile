@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make lab` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fwplab-installed
+PORT ?= 8888
+TOKEN ?= $(shell $(PYTHON) -c "import secrets; print(secrets.token_hex(16))")
+
+.PHONY: lab test tour lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[notebooks,dev]'
+	touch $(STAMP)
+
+lab: $(STAMP)
+	@echo "JupyterLab: http://127.0.0.1:$(PORT)/lab?token=$(TOKEN)"
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) \
+		--IdentityProvider.token=$(TOKEN) --notebook-dir=notebooks
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+tour: $(STAMP)
+	mkdir -p build
+	$(BIN)/jupyter nbconvert --to html --execute --output-dir build \
+		--ExecutePreprocessor.timeout=600 notebooks/*.ipynb
+
+lint: $(STAMP)
+	$(BIN)/ruff check fwplab tests benchmarks
+
+clean:
+	rm -rf build .pytest_cache

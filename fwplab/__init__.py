@@ -1,0 +1,26 @@
+"""fwplab: continuous-time Fast Weight Programmers (Irie, Faccio & Schmidhuber, NeurIPS 2022).
+
+The public names are re-exported here explicitly; everything else is private.
+"""
+
+from .rules.fast_weight import (
+    FAST_WEIGHT_RULES,
+    delta_rule,
+    delta_update,
+    hebb_rule,
+    hebb_update,
+    oja_rule,
+    oja_update,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FAST_WEIGHT_RULES",
+    "delta_rule",
+    "delta_update",
+    "hebb_rule",
+    "hebb_update",
+    "oja_rule",
+    "oja_update",
+]

@@ -1,0 +1,588 @@
+"""The paper's continuous-time Fast Weight Programmers and the Neural CDE baseline.
+
+Every model maps raw observations ``x`` of shape ``(batch, time, channels)``
+(NaN where missing; optional shared ``times (time,)`` and per-series
+``lengths (batch,)``) to logits ``(batch, classes)``. Build them by name with
+:func:`build_model`; load weights trained with the official code with
+:func:`load_official_state_dict`.
+
+A continuous FWP (SPEC section 4) has ``heads`` fast weight matrices
+``W_h(t)`` of size ``d x d`` (``hidden = heads * d``) driven by the input path::
+
+    ODE-driven (hebb_ode, oja_ode, delta_ode):
+        u(t) = LN(A x(t) + a);  [k, v, b] = B u(t) + c         (per head: d, d, 1)
+    CDE-driven (hebb_cde, oja_cde, delta_cde):
+        u(t) = LN(A dx/dt(t) + a);  [k, b] = B u(t) + c;  v = V x(t) + e
+    dW/dt = rule(W, k, v, b)                 (fwplab.rules.fast_weight)
+    W(t0) = rule(None, k(t0), v(t0), b(t0))  (the W-free part of the update)
+
+and reads out at each series' own last observation time ``T``::
+
+    q = softmax(Q LN(A x(T) + a))            (dx/dt(T) for CDE models), per head
+    z = P concat_h(W_h(T) q_h);  z = z + FF(LN(z));  logits = L z
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torchcde
+from torch import Tensor, nn
+
+from . import solvers
+from .paths import (
+    INTERPOLATIONS,
+    ObservedBatch,
+    check_observations,
+    control_path,
+    integration_grid,
+    interpolation_coeffs,
+)
+from .rules.fast_weight import get_rule
+
+__all__ = [
+    "MODELS",
+    "ContinuousFWP",
+    "NeuralCDE",
+    "build_model",
+    "load_official_state_dict",
+    "count_parameters",
+]
+
+
+class SlowNet(nn.Module):
+    """The slow net: controls (key logits, value pre-activations, rate logits) from the path.
+
+    Args:
+        driver: ``"ode"`` (everything from ``x``) or ``"cde"`` (keys and rates
+            from ``dx/dt``, values from ``x``).
+        input_channels: ``C``.
+        hidden_channels: ``H = heads * d``.
+        num_heads: number of heads.
+        v_layernorm: CDE only: ``v <- V2 LN(v) + e2``.
+    """
+
+    def __init__(
+        self,
+        driver: str,
+        input_channels: int,
+        hidden_channels: int,
+        num_heads: int,
+        v_layernorm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.driver = driver
+        self.num_heads = num_heads
+        self.head_dim = hidden_channels // num_heads
+        self.input_proj = nn.Linear(input_channels, hidden_channels)
+        self.input_norm = nn.LayerNorm(hidden_channels)
+        if driver == "ode":
+            self.kvb_proj = nn.Linear(hidden_channels, num_heads * (2 * self.head_dim + 1))
+        else:
+            self.kb_proj = nn.Linear(hidden_channels, num_heads * (self.head_dim + 1))
+            self.value_proj = nn.Linear(input_channels, hidden_channels)
+            if v_layernorm:
+                self.value_norm = nn.LayerNorm(hidden_channels)
+                self.value_net = nn.Linear(hidden_channels, hidden_channels)
+        self.v_layernorm = v_layernorm
+
+    @property
+    def uses_derivative(self) -> bool:
+        return self.driver == "cde"
+
+    def features(self, x: Tensor, dx: Optional[Tensor]) -> Tensor:
+        """``u = LN(A x + a)`` (ODE) or ``LN(A dx/dt + a)`` (CDE): ``(..., C) -> (..., H)``."""
+        return self.input_norm(self.input_proj(dx if self.uses_derivative else x))
+
+    def forward(self, x: Tensor, dx: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Raw controls at points of the path.
+
+        Args:
+            x: path values ``(..., C)``.
+            dx: path derivatives ``(..., C)`` (CDE) or ``None`` (ODE).
+
+        Returns:
+            key logits ``(..., heads, d)``, value pre-activations ``(..., heads, d)``
+            and rate logits ``(..., heads, 1)``.
+        """
+        u = self.features(x, dx)
+        lead = u.shape[:-1]
+        d = self.head_dim
+        if self.driver == "ode":
+            kvb = self.kvb_proj(u).reshape(*lead, self.num_heads, 2 * d + 1)
+            return kvb[..., :d], kvb[..., d : 2 * d], kvb[..., 2 * d :]
+        kb = self.kb_proj(u).reshape(*lead, self.num_heads, d + 1)
+        value = self.value_proj(x)
+        if self.v_layernorm:
+            value = self.value_net(self.value_norm(value))
+        return kb[..., :d], value.reshape(*lead, self.num_heads, d), kb[..., d:]
+
+
+class FeedForward(nn.Module):
+    """Transformer feed-forward block ``z + Dropout(L2 Dropout(ReLU(L1 LN(z))))``."""
+
+    def __init__(self, channels: int, ff_channels: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.hidden = nn.Linear(channels, ff_channels)
+        self.output = nn.Linear(ff_channels, channels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return z + self.dropout(self.output(self.dropout(torch.relu(self.hidden(self.norm(z))))))
+
+
+class _FastWeightField(nn.Module):
+    """``dW/dt`` at time ``t`` for torchdiffeq; holds every parameter it uses (adjoint)."""
+
+    def __init__(self, slow_net: SlowNet, rule: str, post_tanh: bool, path) -> None:
+        super().__init__()
+        self.slow_net = slow_net
+        self.rule = get_rule(rule)
+        self.post_tanh = post_tanh
+        self.path = path
+
+    def forward(self, t: Tensor, W: Tensor) -> Tensor:
+        dx = self.path.derivative(t) if self.slow_net.uses_derivative else None
+        key, value, rate = self.slow_net(self.path.evaluate(t), dx)
+        return self.rule(W, key, value, rate, post_tanh=self.post_tanh)
+
+
+_SOLVER_CHOICES = ("auto", "fast", "reference")
+
+
+class ContinuousFWP(nn.Module):
+    """A continuous-time Fast Weight Programmer (SPEC section 4).
+
+    Args:
+        rule: ``"hebb"``, ``"oja"`` or ``"delta"``.
+        driver: ``"ode"`` or ``"cde"``.
+        input_channels: channels of ``x`` (the time channel included).
+        output_channels: number of classes.
+        hidden_channels: ``H = num_heads * d``.
+        num_heads: number of fast weight matrices.
+        ff_channels: width of the feed-forward block; default ``4 * H``.
+        interpolation: ``"natural_cubic"`` (the paper's), ``"hermite_cubic"`` or ``"linear"``.
+        post_tanh: delta rule only: squash after subtracting ``W k``.
+        v_layernorm: CDE only: LayerNorm and a linear map on the values.
+        dropout: dropout after the out projection and in the feed-forward block.
+        adjoint: continuous adjoint gradients (``odeint_adjoint``), as the paper.
+        method: any torchdiffeq method.
+        step_size: largest solver step; default the smallest observation gap.
+        rtol, atol: tolerances of adaptive methods.
+        solver: ``"auto"`` (the fast fixed-grid path when it applies, else the
+            torchdiffeq reference), ``"fast"`` or ``"reference"``.
+    """
+
+    def __init__(
+        self,
+        rule: str,
+        driver: str,
+        input_channels: int,
+        output_channels: int,
+        hidden_channels: int = 64,
+        num_heads: int = 16,
+        ff_channels: Optional[int] = None,
+        interpolation: str = "natural_cubic",
+        post_tanh: bool = False,
+        v_layernorm: bool = False,
+        dropout: float = 0.0,
+        adjoint: bool = False,
+        method: str = "rk4",
+        step_size: Optional[float] = None,
+        rtol: float = 1e-3,
+        atol: float = 1e-4,
+        solver: str = "auto",
+    ) -> None:
+        super().__init__()
+        get_rule(rule)
+        if driver not in ("ode", "cde"):
+            raise ValueError(f"driver: expected 'ode' or 'cde', got {driver!r}")
+        for name, value in (("input_channels", input_channels), ("output_channels", output_channels),
+                            ("hidden_channels", hidden_channels), ("num_heads", num_heads)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if hidden_channels % num_heads:
+            raise ValueError(
+                f"hidden_channels ({hidden_channels}) must be divisible by num_heads ({num_heads})"
+            )
+        if post_tanh and rule != "delta":
+            raise ValueError(f"post_tanh applies to the delta rule only, not to {rule!r}")
+        if v_layernorm and driver != "cde":
+            raise ValueError("v_layernorm applies to CDE-driven models only")
+        if solver not in _SOLVER_CHOICES:
+            raise ValueError(f"solver: expected one of {_SOLVER_CHOICES}, got {solver!r}")
+        solvers.is_fixed_grid(method)  # validates the method name
+        if solver == "fast" and method not in solvers.TABLEAUS:
+            raise ValueError(
+                f"solver='fast' needs a fixed-grid method in {sorted(solvers.TABLEAUS)}, got {method!r}"
+            )
+        if step_size is not None:
+            integration_grid(torch.tensor([0.0, 1.0]), step_size)  # validates step_size
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation: expected one of {sorted(INTERPOLATIONS)}, got {interpolation!r}"
+            )
+        self.rule = rule
+        self.driver = driver
+        self.input_channels = input_channels
+        self.output_channels = output_channels
+        self.hidden_channels = hidden_channels
+        self.num_heads = num_heads
+        self.head_dim = hidden_channels // num_heads
+        self.interpolation = interpolation
+        self.post_tanh = post_tanh
+        self.adjoint = adjoint
+        self.method = method
+        self.step_size = step_size
+        self.rtol = rtol
+        self.atol = atol
+        self.solver = solver
+
+        self.slow_net = SlowNet(driver, input_channels, hidden_channels, num_heads, v_layernorm)
+        self.query_proj = nn.Linear(hidden_channels, hidden_channels)
+        self.out_proj = nn.Linear(hidden_channels, hidden_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.feed_forward = FeedForward(hidden_channels, ff_channels or 4 * hidden_channels, dropout)
+        self.classifier = nn.Linear(hidden_channels, output_channels)
+
+    @property
+    def name(self) -> str:
+        return f"{self.rule}_{self.driver}"
+
+    def extra_repr(self) -> str:
+        return (f"rule={self.rule!r}, driver={self.driver!r}, heads={self.num_heads}, "
+                f"head_dim={self.head_dim}, method={self.method!r}, adjoint={self.adjoint}")
+
+    # ----------------------------------------------------------------- solving
+    def uses_fast_path(self) -> bool:
+        """Whether the fast fixed-grid solver runs (see ``solver``)."""
+        if self.solver == "reference":
+            return False
+        if self.solver == "fast":
+            return True
+        return self.method in solvers.TABLEAUS and not self.adjoint
+
+    def _path(self, batch: ObservedBatch, coeffs: Optional[Tensor]):
+        if coeffs is None:
+            coeffs = interpolation_coeffs(batch.x, batch.times, None, self.interpolation)
+        elif coeffs.dim() != 3 or coeffs.shape[:2] != (batch.x.shape[0], batch.x.shape[1] - 1):
+            raise ValueError(
+                f"coeffs: expected shape ({batch.x.shape[0]}, {batch.x.shape[1] - 1}, k * channels) "
+                f"for x of shape {tuple(batch.x.shape)}, got {tuple(coeffs.shape)}"
+            )
+        return control_path(coeffs, batch.times, self.interpolation)
+
+    def _rule_name(self) -> str:
+        return "delta_post_tanh" if self.post_tanh else self.rule
+
+    def _stage_controls(self, path, times: Tensor) -> solvers.StageControls:
+        """Activated controls at ``times (steps, stages)`` in one batched pass."""
+        flat = times.reshape(-1)
+        dx = path.derivative(flat) if self.slow_net.uses_derivative else None
+        key, value, rate = self.slow_net(path.evaluate(flat), dx)
+        shape = (key.shape[0], *times.shape, self.num_heads)
+        key = key.reshape(*shape, -1)
+        value = value.reshape(*shape, -1)
+        rate = torch.sigmoid(rate.reshape(*shape, 1))
+        if self.rule != "oja":
+            key = torch.softmax(key, -1)
+        if not self.post_tanh:
+            value = torch.tanh(value)
+        return solvers.StageControls(key, value, rate)
+
+    def _fast_weights(self, path, times: Tensor) -> Tensor:
+        """``W`` at every observation time: ``(time, batch, heads, d, d)``."""
+        t0 = times[0]
+        dx0 = path.derivative(t0) if self.slow_net.uses_derivative else None
+        key, value, rate = self.slow_net(path.evaluate(t0), dx0)
+        rule = get_rule(self.rule)
+        W0 = rule(None, key, value, rate, post_tanh=self.post_tanh)
+        grid = integration_grid(times, self.step_size)
+        if not self.uses_fast_path():
+            field = _FastWeightField(self.slow_net, self.rule, self.post_tanh, path)
+            return solvers.solve_reference(
+                field, W0, times, grid, self.method, self.adjoint, self.rtol, self.atol
+            )
+        controls = self._stage_controls(path, solvers.stage_times(grid, self.method))
+        keep = torch.searchsorted(grid, times)
+        return solvers.solve_fixed_grid(
+            self._rule_name(), controls, W0, grid[1:] - grid[:-1], self.method, keep
+        )
+
+    # ---------------------------------------------------------------- read-out
+    def _query(self, path, at: Tensor) -> Tensor:
+        """``softmax(Q u(t))`` per head at ``at (time,)``: ``(batch, time, heads, d)``."""
+        dx = path.derivative(at) if self.slow_net.uses_derivative else None
+        u = self.slow_net.features(path.evaluate(at), dx)
+        q = self.query_proj(u).reshape(*u.shape[:-1], self.num_heads, self.head_dim)
+        return torch.softmax(q, -1)
+
+    def _read_out(self, W: Tensor, q: Tensor) -> Tensor:
+        """``W (..., heads, d, d), q (..., heads, d) -> logits (..., classes)``."""
+        o = torch.matmul(W, q.unsqueeze(-1)).squeeze(-1).flatten(-2)
+        z = self.feed_forward(self.dropout(self.out_proj(o)))
+        return self.classifier(z)
+
+    def fast_weight_trajectory(
+        self,
+        x: Tensor,
+        times: Optional[Tensor] = None,
+        lengths: Optional[Tensor] = None,
+        coeffs: Optional[Tensor] = None,
+    ) -> Tensor:
+        """The fast weights at every observation time.
+
+        Args: as :meth:`forward`.
+
+        Returns:
+            ``W(t)`` of shape ``(batch, time, heads, d, d)``; values after a
+            series' end continue the solution on the shared grid.
+        """
+        batch = check_observations(x, times, lengths, self.input_channels)
+        path = self._path(batch, coeffs)
+        return self._fast_weights(path, batch.times).movedim(0, 1)
+
+    def forward(
+        self,
+        x: Tensor,
+        times: Optional[Tensor] = None,
+        lengths: Optional[Tensor] = None,
+        coeffs: Optional[Tensor] = None,
+        stream: bool = False,
+    ) -> Tensor:
+        """Logits at each series' last observation time.
+
+        Args:
+            x: observations ``(batch, time, channels)``, NaN where missing, the
+                time channel included when the data has one.
+            times: shared observation times ``(time,)``; default ``0 .. time - 1``.
+            lengths: observations per series ``(batch,)``; default all ``time``.
+            coeffs: precomputed :func:`fwplab.paths.interpolation_coeffs` of
+                ``x`` (same ``times``, ``lengths`` and interpolation).
+            stream: return the read-out at every observation time instead.
+
+        Returns:
+            ``(batch, classes)``, or ``(batch, time, classes)`` with ``stream``.
+        """
+        batch = check_observations(x, times, lengths, self.input_channels)
+        path = self._path(batch, coeffs)
+        W = self._fast_weights(path, batch.times).movedim(0, 1)  # (batch, time, heads, d, d)
+        q = self._query(path, batch.times)
+        if stream:
+            return self._read_out(W, q)
+        last = (batch.lengths - 1).reshape(-1, 1)
+        index = torch.arange(W.shape[0], device=W.device)
+        return self._read_out(W[index, last[:, 0]], q[index, last[:, 0]])
+
+
+class _NeuralCDEField(nn.Module):
+    """``f(z) = tanh(MLP(z))`` reshaped to ``(hidden, input)``."""
+
+    def __init__(self, input_channels: int, hidden_channels: int, width: int, depth: int) -> None:
+        super().__init__()
+        self.input_channels = input_channels
+        self.hidden_channels = hidden_channels
+        layers: list[nn.Module] = []
+        size = hidden_channels
+        for _ in range(depth):
+            layers += [nn.Linear(size, width), nn.ReLU()]
+            size = width
+        layers.append(nn.Linear(size, hidden_channels * input_channels))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        out = torch.tanh(self.mlp(z))
+        return out.reshape(*z.shape[:-1], self.hidden_channels, self.input_channels)
+
+
+class NeuralCDE(nn.Module):
+    """The Neural CDE baseline of Kidger et al. (2020) (SPEC section 4.5).
+
+    ::
+
+        dz = f(z) dX,  f(z) = tanh(MLP(z)) in R^{H x C},  z(t0) = Linear(x(t0)),
+        logits = Linear(z(T))
+
+    solved with ``torchcde.cdeint``. The vector field has ``H * C`` outputs per
+    evaluation, which is the scaling limit the continuous FWPs avoid.
+
+    Args:
+        input_channels, output_channels, hidden_channels: ``C``, classes, ``H``.
+        ff_channels: width of the MLP's hidden layers; default ``H``.
+        num_layers: hidden layers of the MLP.
+        interpolation, adjoint, method, step_size, rtol, atol: as :class:`ContinuousFWP`.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        output_channels: int,
+        hidden_channels: int = 64,
+        ff_channels: Optional[int] = None,
+        num_layers: int = 1,
+        interpolation: str = "natural_cubic",
+        adjoint: bool = False,
+        method: str = "rk4",
+        step_size: Optional[float] = None,
+        rtol: float = 1e-3,
+        atol: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        solvers.is_fixed_grid(method)
+        self.input_channels = input_channels
+        self.output_channels = output_channels
+        self.hidden_channels = hidden_channels
+        self.interpolation = interpolation
+        self.adjoint = adjoint
+        self.method = method
+        self.step_size = step_size
+        self.rtol = rtol
+        self.atol = atol
+        self.initial = nn.Linear(input_channels, hidden_channels)
+        self.field = _NeuralCDEField(
+            input_channels, hidden_channels, ff_channels or hidden_channels, num_layers
+        )
+        self.classifier = nn.Linear(hidden_channels, output_channels)
+
+    name = "ncde"
+
+    def forward(
+        self,
+        x: Tensor,
+        times: Optional[Tensor] = None,
+        lengths: Optional[Tensor] = None,
+        coeffs: Optional[Tensor] = None,
+        stream: bool = False,
+    ) -> Tensor:
+        """Logits at each series' last observation time; arguments as :meth:`ContinuousFWP.forward`."""
+        batch = check_observations(x, times, lengths, self.input_channels)
+        if coeffs is None:
+            coeffs = interpolation_coeffs(batch.x, batch.times, None, self.interpolation)
+        path = control_path(coeffs, batch.times, self.interpolation)
+        z0 = self.initial(path.evaluate(batch.times[0]))
+        options = None
+        if solvers.is_fixed_grid(self.method):
+            grid = integration_grid(batch.times, self.step_size)
+            options = {"grid_constructor": lambda func, y0, t: grid}
+        z = torchcde.cdeint(
+            X=path, func=self.field, z0=z0, t=batch.times, adjoint=self.adjoint,
+            method=self.method, options=options, rtol=self.rtol, atol=self.atol,
+        )  # (batch, time, hidden)
+        if stream:
+            return self.classifier(z)
+        index = torch.arange(z.shape[0], device=z.device)
+        return self.classifier(z[index, batch.lengths - 1])
+
+
+#: Model names and the (rule, driver) of each continuous FWP; ``ncde`` is the baseline.
+MODELS: dict[str, Optional[tuple[str, str]]] = {
+    "delta_cde": ("delta", "cde"),
+    "hebb_cde": ("hebb", "cde"),
+    "oja_cde": ("oja", "cde"),
+    "delta_ode": ("delta", "ode"),
+    "hebb_ode": ("hebb", "ode"),
+    "oja_ode": ("oja", "ode"),
+    "ncde": None,
+}
+
+
+def build_model(name: str, input_channels: int, output_channels: int, **hparams) -> nn.Module:
+    """Build a model by name (one of :data:`MODELS`).
+
+    Args:
+        name: ``delta_cde``, ``hebb_cde``, ``oja_cde``, ``delta_ode``, ``hebb_ode``,
+            ``oja_ode`` or ``ncde``.
+        input_channels: channels of ``x`` (the time channel included).
+        output_channels: number of classes.
+        **hparams: keyword arguments of :class:`ContinuousFWP` (or
+            :class:`NeuralCDE`): ``hidden_channels``, ``num_heads``,
+            ``ff_channels``, ``interpolation``, ``post_tanh``, ``v_layernorm``,
+            ``adjoint``, ``method``, ``step_size``, ...
+
+    Returns:
+        An ``nn.Module`` with ``forward(x, times=None, lengths=None) -> (batch, classes)``.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {list(MODELS)}")
+    spec = MODELS[name]
+    try:
+        if spec is None:
+            hparams.pop("num_heads", None)
+            return NeuralCDE(input_channels, output_channels, **hparams)
+        return ContinuousFWP(spec[0], spec[1], input_channels, output_channels, **hparams)
+    except TypeError as error:
+        raise ValueError(f"{name}: {error}") from None
+
+
+#: Official parameter names (IDSIA/neuraldiffeq-fwp) -> fwplab's, by prefix.
+OFFICIAL_NAMES: dict[str, str] = {
+    "update_net.input_proj.": "slow_net.input_proj.",
+    "update_net.input_layer_norm.": "slow_net.input_norm.",
+    "update_net.kvb_net.": "slow_net.kvb_proj.",
+    "update_net.kb_net.": "slow_net.kb_proj.",
+    "update_net.vs_proj.": "slow_net.value_proj.",
+    "update_net.v_layer_norm.": "slow_net.value_norm.",
+    "update_net.v_net.": "slow_net.value_net.",
+    "query_net.": "query_proj.",
+    "out_proj.": "out_proj.",
+    "ff_block.layer_norm.": "feed_forward.norm.",
+    "ff_block.ff_layers.0.": "feed_forward.hidden.",
+    "ff_block.ff_layers.3.": "feed_forward.output.",
+    "linear.": "classifier.",
+}
+#: Official parameters that these models do not use.
+OFFICIAL_UNUSED = ("initial_network.",)
+
+
+def load_official_state_dict(model: ContinuousFWP, state_dict: dict[str, Tensor]) -> ContinuousFWP:
+    """Load a state_dict saved by the official code into the matching fwplab model.
+
+    Supported: ``delta_cde``, ``hebb_ode``, ``oja_ode`` and ``delta_ode`` (SPEC 4.4).
+    The official ``initial_network`` is unused by these models and skipped.
+
+    Raises:
+        ValueError: naming every missing, unexpected or mis-shaped parameter.
+    """
+    if not isinstance(model, ContinuousFWP):
+        raise ValueError(f"model: expected a continuous FWP, got {type(model).__name__}")
+    renamed: dict[str, Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in state_dict.items():
+        if key.startswith(OFFICIAL_UNUSED):
+            continue
+        prefix = next((p for p in OFFICIAL_NAMES if key.startswith(p)), None)
+        if prefix is None:
+            unexpected.append(key)
+            continue
+        renamed[OFFICIAL_NAMES[prefix] + key[len(prefix):]] = value
+    own = model.state_dict()
+    inverse = {v: k for k, v in OFFICIAL_NAMES.items()}
+
+    def official(name: str) -> str:
+        prefix = next(p for p in inverse if name.startswith(p))
+        return inverse[prefix] + name[len(prefix):]
+
+    unexpected += [official(k) for k in renamed if k not in own]
+    missing = [official(k) for k in own if k not in renamed]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected}")
+    shapes = [
+        f"{official(k)}: expected {tuple(own[k].shape)}, got {tuple(v.shape)}"
+        for k, v in renamed.items() if k in own and own[k].shape != v.shape
+    ]
+    if shapes:
+        problems.append("wrong shapes " + "; ".join(shapes))
+    if problems:
+        raise ValueError(f"official state_dict does not match {model.name}: " + "; ".join(problems))
+    model.load_state_dict(renamed)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
