@@ -3,6 +3,15 @@
 The public names are re-exported here explicitly; everything else is private.
 """
 
+from .models import (
+    MODELS,
+    ContinuousFWP,
+    NeuralCDE,
+    build_model,
+    count_parameters,
+    load_official_state_dict,
+)
+from .paths import INTERPOLATIONS, integration_grid, interpolation_coeffs
 from .rules.fast_weight import (
     FAST_WEIGHT_RULES,
     delta_rule,
@@ -16,6 +25,15 @@ from .rules.fast_weight import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "INTERPOLATIONS",
+    "MODELS",
+    "ContinuousFWP",
+    "NeuralCDE",
+    "build_model",
+    "count_parameters",
+    "integration_grid",
+    "interpolation_coeffs",
+    "load_official_state_dict",
     "FAST_WEIGHT_RULES",
     "delta_rule",
     "delta_update",

@@ -34,10 +34,11 @@ from . import solvers
 from .paths import (
     INTERPOLATIONS,
     ObservedBatch,
+    batch_coeffs,
+    check_coeffs,
     check_observations,
     control_path,
     integration_grid,
-    interpolation_coeffs,
 )
 from .rules.fast_weight import get_rule
 
@@ -266,12 +267,9 @@ class ContinuousFWP(nn.Module):
 
     def _path(self, batch: ObservedBatch, coeffs: Optional[Tensor]):
         if coeffs is None:
-            coeffs = interpolation_coeffs(batch.x, batch.times, None, self.interpolation)
-        elif coeffs.dim() != 3 or coeffs.shape[:2] != (batch.x.shape[0], batch.x.shape[1] - 1):
-            raise ValueError(
-                f"coeffs: expected shape ({batch.x.shape[0]}, {batch.x.shape[1] - 1}, k * channels) "
-                f"for x of shape {tuple(batch.x.shape)}, got {tuple(coeffs.shape)}"
-            )
+            coeffs = batch_coeffs(batch, self.interpolation)
+        else:
+            check_coeffs(coeffs, batch.x, self.interpolation)
         return control_path(coeffs, batch.times, self.interpolation)
 
     def _rule_name(self) -> str:
@@ -459,13 +457,15 @@ class NeuralCDE(nn.Module):
         """Logits at each series' last observation time; arguments as :meth:`ContinuousFWP.forward`."""
         batch = check_observations(x, times, lengths, self.input_channels)
         if coeffs is None:
-            coeffs = interpolation_coeffs(batch.x, batch.times, None, self.interpolation)
+            coeffs = batch_coeffs(batch, self.interpolation)
+        else:
+            check_coeffs(coeffs, batch.x, self.interpolation)
         path = control_path(coeffs, batch.times, self.interpolation)
         z0 = self.initial(path.evaluate(batch.times[0]))
         options = None
         if solvers.is_fixed_grid(self.method):
             grid = integration_grid(batch.times, self.step_size)
-            options = {"grid_constructor": lambda func, y0, t: grid}
+            options = {"grid_constructor": solvers.grid_constructor(grid)}
         z = torchcde.cdeint(
             X=path, func=self.field, z0=z0, t=batch.times, adjoint=self.adjoint,
             method=self.method, options=options, rtol=self.rtol, atol=self.atol,

@@ -23,6 +23,8 @@ __all__ = [
     "ObservedBatch",
     "check_observations",
     "interpolation_coeffs",
+    "batch_coeffs",
+    "check_coeffs",
     "control_path",
     "integration_grid",
 ]
@@ -145,8 +147,11 @@ def interpolation_coeffs(
 ) -> Tensor:
     """Interpolation coefficients of a batch of observed series (torchcde).
 
-    Compute them once per dataset and pass them to a model's ``forward`` to skip
-    the interpolation (torchcde's missing-value handling loops in Python).
+    Each series is interpolated on its own observations ``times[:length]`` and
+    held constant after its end, so its path never depends on the other series
+    of the batch nor on what ``x`` holds after the end. Compute the coefficients
+    once per dataset and pass them to a model's ``forward``: torchcde's
+    missing-value handling loops in Python.
 
     Args:
         x: observations ``(batch, time, channels)``, NaN where missing.
@@ -156,11 +161,51 @@ def interpolation_coeffs(
             the official code's path).
 
     Returns:
-        Coefficients ``(batch, time - 1, k * channels)`` with ``k`` = 4 for cubic
-        and 1 for linear interpolation.
+        Coefficients ``(batch, time - 1, 4 * channels)`` for the cubic
+        interpolations and ``(batch, time, channels)`` for linear.
     """
-    batch = check_observations(x, times, lengths)
-    return _interpolation(interpolation).coeffs(batch.x, batch.times)
+    return batch_coeffs(check_observations(x, times, lengths), interpolation)
+
+
+def batch_coeffs(batch: ObservedBatch, interpolation: str = "natural_cubic") -> Tensor:
+    """:func:`interpolation_coeffs` of an already validated :class:`ObservedBatch`."""
+    make_coeffs = _interpolation(interpolation).coeffs
+    length = batch.x.shape[1]
+    if bool((batch.lengths == length).all()):
+        return make_coeffs(batch.x, batch.times)
+    pieces, rows = [], []
+    for own_length in batch.lengths.unique().tolist():
+        row = (batch.lengths == own_length).nonzero().flatten()
+        coeffs = make_coeffs(batch.x[row, :own_length], batch.times[:own_length])
+        pieces.append(_hold_after_end(coeffs, batch.times[:own_length], length, interpolation))
+        rows.append(row)
+    coeffs = torch.cat(pieces)
+    return coeffs[torch.argsort(torch.cat(rows))]
+
+
+def _hold_after_end(coeffs: Tensor, times: Tensor, length: int, interpolation: str) -> Tensor:
+    """Extend coefficients of a path on ``times`` to ``length`` points, constant after its end."""
+    if interpolation == "linear":  # coefficients are the (filled) values at the knots
+        tail = coeffs[:, -1:].expand(-1, length - coeffs.shape[1], -1)
+        return torch.cat([coeffs, tail], 1)
+    a, b, two_c, three_d = coeffs[:, -1:].chunk(4, dim=-1)
+    gap = times[-1] - times[-2]
+    end = a + (b + (0.5 * two_c + three_d * gap / 3) * gap) * gap
+    tail = torch.cat([end, torch.zeros_like(end).repeat(1, 1, 3)], -1)
+    return torch.cat([coeffs, tail.expand(-1, length - 1 - coeffs.shape[1], -1)], 1)
+
+
+def check_coeffs(coeffs: Tensor, x: Tensor, interpolation: str) -> None:
+    """Raise a clear error unless ``coeffs`` fit observations ``x`` for ``interpolation``."""
+    batch, length, channels = x.shape
+    expected = (batch, length, channels) if interpolation == "linear" else (
+        batch, length - 1, 4 * channels)
+    if not isinstance(coeffs, Tensor) or tuple(coeffs.shape) != expected:
+        shape = tuple(coeffs.shape) if isinstance(coeffs, Tensor) else type(coeffs).__name__
+        raise ValueError(
+            f"coeffs: expected shape {expected} for x of shape {tuple(x.shape)} and "
+            f"{interpolation!r} interpolation, got {shape}"
+        )
 
 
 def control_path(
@@ -199,7 +244,7 @@ def integration_grid(times: Tensor, step_size: Optional[float] = None) -> Tensor
     if bool((counts == 1).all()):
         return times
     pieces = [times[:1]]
-    for start, gap, n in zip(times[:-1], gaps, counts.tolist()):
+    for start, gap, n in zip(times[:-1], gaps, counts.tolist(), strict=True):
         fractions = torch.arange(1, n + 1, dtype=times.dtype, device=times.device) / n
         piece = start + gap * fractions
         pieces.append(piece)

@@ -31,6 +31,7 @@ __all__ = [
     "TABLEAUS",
     "ButcherTableau",
     "StageControls",
+    "grid_constructor",
     "is_fixed_grid",
     "stage_times",
     "solve_reference",
@@ -129,7 +130,7 @@ def solve_reference(
     """
     options = None
     if is_fixed_grid(method):
-        options = {"grid_constructor": lambda func, y0, t: grid}
+        options = {"grid_constructor": grid_constructor(grid)}
     if adjoint:
         return torchdiffeq.odeint_adjoint(
             field, W0, times, method=method, options=options, rtol=rtol, atol=atol,
@@ -138,9 +139,20 @@ def solve_reference(
     return torchdiffeq.odeint(field, W0, times, method=method, options=options, rtol=rtol, atol=atol)
 
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """``(..., d), (..., d) -> (..., 1)``."""
-    return (a * b).sum(-1, keepdim=True)
+def grid_constructor(grid: Tensor):
+    """A torchdiffeq ``grid_constructor`` stepping on ``grid`` over any part of it.
+
+    The adjoint integrates backwards between consecutive output times (torchdiffeq
+    passes those times in decreasing order); both directions step on the same points.
+    """
+
+    def construct(func, y0, t: Tensor) -> Tensor:
+        points = grid.to(t.device, t.dtype)
+        low, high = (t[0], t[-1]) if t[-1] >= t[0] else (t[-1], t[0])
+        points = points[(points >= low) & (points <= high)]
+        return points if t[-1] >= t[0] else points.flip(0)
+
+    return construct
 
 
 def solve_fixed_grid(
@@ -218,7 +230,7 @@ def _rank_one_fixed_grid(rule, controls, W0, h, tableau, keep):
             else:
                 r = beta * torch.softmax(key_t[n][:, i] - u, -1)
             factors.append(r)
-        weighted = torch.stack([f * (hn * w) for f, w in zip(factors, b.tolist())], dim=-1)
+        weighted = torch.stack([f * (hn * w) for f, w in zip(factors, b.tolist(), strict=True)], dim=-1)
         if oja:
             W = W + torch.matmul(fixed_t[n], weighted.transpose(-1, -2))
         else:

@@ -1,0 +1,668 @@
+"""Classic learning rules as ordinary differential equations (SPEC section 2).
+
+A discrete learning rule ``w <- w + eta F(w)`` is one Euler step of size ``eta``
+of the ODE ``dw/dt = F(w)``. This module gives the vector fields ``F`` of three
+classic rules, for a single data sample and averaged over the data, acting on a
+batch of weights at once::
+
+    Hebb:   dw/dt = y x,            y = w.x       averaged: dw/dt = C w
+    Oja:    dw/dt = y (x - y w),    y = w.x       averaged: dw/dt = C w - (w^T C w) w
+    delta:  dW/dt = (y - W x) x^T                 averaged: dW/dt = C_yx - W C_xx
+
+Here ``C = C_xx = E[x x^T]`` and ``C_yx = E[y x^T]`` (see :func:`covariance`).
+Hebb and Oja weights have shape ``(batch, n)``; delta-rule weights map inputs
+``x`` in ``R^n`` to targets ``y`` in ``R^m`` and have shape ``(batch, m, n)``.
+
+Every vector field takes the weights first and then its data: one sample
+(``x``, or ``x, y``) or the data averages (``C``, or ``C_xx, C_yx``). The rule
+table :data:`CLASSIC_RULES` names them; every function that takes a ``rule``
+accepts a name from that table or any callable with the same calling
+convention. The module also gives the discrete updates, integration with
+torchdiffeq, the closed-form solutions of the averaged ODEs and the analytic
+facts the rules are measured against (principal components, least squares,
+the delta rule's stability bound).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torchdiffeq import odeint
+
+__all__ = [
+    "CLASSIC_RULES",
+    "FIXED_GRID_METHODS",
+    "PrincipalComponents",
+    "convergence_order",
+    "covariance",
+    "delta_field",
+    "delta_mean_field",
+    "delta_mean_solution",
+    "delta_stability_bound",
+    "discrete_trajectory",
+    "discrete_update",
+    "get_classic_rule",
+    "hebb_field",
+    "hebb_mean_field",
+    "hebb_mean_solution",
+    "integrate_rule",
+    "integration_errors",
+    "least_squares_weights",
+    "oja_field",
+    "oja_mean_field",
+    "oja_mean_solution",
+    "principal_components",
+]
+
+VectorField = Callable[..., Tensor]
+
+#: torchdiffeq methods that step on a fixed grid; :func:`integrate_rule` requires a
+#: ``step_size`` for them (without one torchdiffeq steps only at the output times).
+FIXED_GRID_METHODS = frozenset(
+    {
+        "euler",
+        "midpoint",
+        "heun2",
+        "heun3",
+        "rk4",
+        "explicit_adams",
+        "implicit_adams",
+        "fixed_adams",
+    }
+)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_tensor(name: str, value: object, ndims: Sequence[int], expected: str) -> Tensor:
+    """Check that ``value`` is a floating point tensor with one of ``ndims`` dimensions."""
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape {expected}, got {type(value).__name__}"
+        )
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor, got dtype {value.dtype}")
+    if value.dim() not in ndims:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
+    return value
+
+
+def _check_finite(name: str, value: Tensor) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _check_positive(name: str, value: object) -> float:
+    """Return ``value`` as a float after checking it is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
+    if isinstance(value, Tensor) and value.numel() != 1:
+        raise ValueError(f"{name} must be a single positive number, got shape {tuple(value.shape)}")
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {number}")
+    return number
+
+
+def _check_sample(name: str, x: object, batch: int, size: int, expected: str) -> Tensor:
+    """Check a data sample of shape ``(size,)`` or ``(batch, size)``."""
+    x = _check_tensor(name, x, (1, 2), expected)
+    if x.shape[-1] != size or (x.dim() == 2 and x.shape[0] != batch):
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+    _check_finite(name, x)
+    return x
+
+
+def _sample_shape(size_name: str, batch: int, size: int) -> str:
+    return f"({size_name},) or (batch, {size_name}) with batch = {batch}, {size_name} = {size}"
+
+
+def _check_matrix(
+    name: str, value: object, rows: int | None, columns: int, expected: str
+) -> Tensor:
+    """Check a finite ``(rows, columns)`` matrix; ``rows=None`` accepts any number of rows."""
+    value = _check_tensor(name, value, (2,), expected)
+    if value.shape[1] != columns or (rows is not None and value.shape[0] != rows):
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
+    _check_finite(name, value)
+    return value
+
+
+def _check_symmetric(name: str, value: object) -> Tensor:
+    """Check a finite symmetric ``(n, n)`` matrix."""
+    value = _check_tensor(name, value, (2,), "(n, n)")
+    value = _check_matrix(name, value, value.shape[1], value.shape[1], "(n, n)")
+    if not torch.allclose(value, value.mT):
+        raise ValueError(f"{name} must be symmetric")
+    return value
+
+
+def _check_times(t: object) -> Tensor:
+    t = _check_tensor("t", t, (1,), "(time,)")
+    _check_finite("t", t)
+    if t.numel() < 2 or not bool((t[1:] > t[:-1]).all()):
+        raise ValueError(f"t must hold at least 2 strictly increasing times, got {t.tolist()}")
+    return t
+
+
+def _vector_weights(w: object) -> Tensor:
+    return _check_tensor("w", w, (2,), "(batch, n)")
+
+
+def _matrix_weights(W: object) -> Tensor:
+    return _check_tensor("W", W, (3,), "(batch, m, n)")
+
+
+# ----------------------------------------------------------------------------- vector fields
+
+
+def hebb_field(w: Tensor, x: Tensor) -> Tensor:
+    """Hebb's rule for one sample: ``dw/dt = y x`` with ``y = w.x``.
+
+    Args:
+        w: weights ``(batch, n)``.
+        x: one input ``(n,)`` shared by the batch, or one per weight vector ``(batch, n)``.
+
+    Returns:
+        ``dw/dt`` of shape ``(batch, n)``.
+    """
+    w = _vector_weights(w)
+    x = _check_sample("x", x, *w.shape, _sample_shape("n", *w.shape))
+    output = (w * x).sum(-1, keepdim=True)
+    return output * x
+
+
+def oja_field(w: Tensor, x: Tensor) -> Tensor:
+    """Oja's rule for one sample: ``dw/dt = y (x - y w)`` with ``y = w.x``.
+
+    Args:
+        w: weights ``(batch, n)``.
+        x: one input ``(n,)`` shared by the batch, or one per weight vector ``(batch, n)``.
+
+    Returns:
+        ``dw/dt`` of shape ``(batch, n)``.
+    """
+    w = _vector_weights(w)
+    x = _check_sample("x", x, *w.shape, _sample_shape("n", *w.shape))
+    output = (w * x).sum(-1, keepdim=True)
+    return output * (x - output * w)
+
+
+def delta_field(W: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """Delta (Widrow-Hoff, LMS) rule for one sample: ``dW/dt = (y - W x) x^T``.
+
+    Args:
+        W: weights ``(batch, m, n)`` mapping inputs to targets.
+        x: one input ``(n,)`` or one per weight matrix ``(batch, n)``.
+        y: its target ``(m,)`` or one per weight matrix ``(batch, m)``.
+
+    Returns:
+        ``dW/dt`` of shape ``(batch, m, n)``.
+    """
+    W = _matrix_weights(W)
+    batch, m, n = W.shape
+    x = _check_sample("x", x, batch, n, _sample_shape("n", batch, n))
+    y = _check_sample("y", y, batch, m, _sample_shape("m", batch, m))
+    error = y - torch.matmul(W, x.unsqueeze(-1)).squeeze(-1)
+    return error.unsqueeze(-1) * x.unsqueeze(-2)
+
+
+def hebb_mean_field(w: Tensor, C: Tensor) -> Tensor:
+    """Hebb's rule averaged over the data: ``dw/dt = C w``.
+
+    Args:
+        w: weights ``(batch, n)``.
+        C: input second moment ``E[x x^T]`` of shape ``(n, n)``.
+
+    Returns:
+        ``dw/dt`` of shape ``(batch, n)``.
+    """
+    w = _vector_weights(w)
+    n = w.shape[1]
+    C = _check_matrix("C", C, n, n, f"(n, n) with n = {n}")
+    return w @ C.mT
+
+
+def oja_mean_field(w: Tensor, C: Tensor) -> Tensor:
+    """Oja's rule averaged over the data: ``dw/dt = C w - (w^T C w) w``.
+
+    Args:
+        w: weights ``(batch, n)``.
+        C: input second moment ``E[x x^T]`` of shape ``(n, n)``.
+
+    Returns:
+        ``dw/dt`` of shape ``(batch, n)``.
+    """
+    Cw = hebb_mean_field(w, C)
+    return Cw - (w * Cw).sum(-1, keepdim=True) * w
+
+
+def delta_mean_field(W: Tensor, C_xx: Tensor, C_yx: Tensor) -> Tensor:
+    """Delta rule averaged over the data: ``dW/dt = C_yx - W C_xx``.
+
+    This is minus the gradient of the mean squared error ``E|y - W x|^2 / 2``.
+
+    Args:
+        W: weights ``(batch, m, n)``.
+        C_xx: input second moment ``E[x x^T]`` of shape ``(n, n)``.
+        C_yx: cross moment ``E[y x^T]`` of shape ``(m, n)``.
+
+    Returns:
+        ``dW/dt`` of shape ``(batch, m, n)``.
+    """
+    W = _matrix_weights(W)
+    _, m, n = W.shape
+    C_xx = _check_matrix("C_xx", C_xx, n, n, f"(n, n) with n = {n}")
+    C_yx = _check_matrix("C_yx", C_yx, m, n, f"(m, n) with m = {m}, n = {n}")
+    return C_yx - W @ C_xx
+
+
+#: The classic rules by name: one-sample fields and their data averages.
+CLASSIC_RULES: dict[str, VectorField] = {
+    "hebb": hebb_field,
+    "oja": oja_field,
+    "delta": delta_field,
+    "hebb_mean": hebb_mean_field,
+    "oja_mean": oja_mean_field,
+    "delta_mean": delta_mean_field,
+}
+
+
+def get_classic_rule(rule: str | VectorField) -> VectorField:
+    """Return the vector field called ``rule`` in :data:`CLASSIC_RULES` (a callable passes through)."""
+    if isinstance(rule, str):
+        try:
+            return CLASSIC_RULES[rule]
+        except KeyError:
+            raise ValueError(
+                f"unknown classic rule {rule!r}; expected one of {sorted(CLASSIC_RULES)}"
+            ) from None
+    if not callable(rule):
+        raise TypeError(f"rule must be a name or a callable, got {type(rule).__name__}")
+    return rule
+
+
+# ----------------------------------------------------------------------------- discrete rules
+
+
+def discrete_update(rule: str | VectorField, w: Tensor, *data: Tensor, lr: float) -> Tensor:
+    """One step of the discrete learning rule, which is an Euler step of its ODE.
+
+    ```
+    w <- w + lr * F(w, *data)
+    ```
+
+    Args:
+        rule: a name in :data:`CLASSIC_RULES` or a vector field ``F(w, *data)``.
+        w: weights ``(batch, n)`` or ``(batch, m, n)``, as the rule expects.
+        *data: the rule's data: a sample (``x`` or ``x, y``) or averages (``C`` or ``C_xx, C_yx``).
+        lr: learning rate ``eta > 0``.
+
+    Returns:
+        The updated weights, shaped like ``w``.
+    """
+    field = get_classic_rule(rule)
+    lr = _check_positive("lr", lr)
+    return w + lr * field(w, *data)
+
+
+def discrete_trajectory(
+    rule: str | VectorField, w0: Tensor, num_steps: int, *data: Tensor, lr: float
+) -> Tensor:
+    """Iterate the discrete rule ``num_steps`` times on fixed data.
+
+    ```
+    w_{k+1} = w_k + lr * F(w_k, *data),   k = 0 .. num_steps - 1
+    ```
+
+    Iterate ``k`` approximates the ODE solution at time ``t = k * lr``.
+
+    Args:
+        rule: a name in :data:`CLASSIC_RULES` or a vector field ``F(w, *data)``.
+        w0: initial weights ``(batch, n)`` or ``(batch, m, n)``.
+        num_steps: number of updates (``>= 0``).
+        *data: the rule's data, as in :func:`discrete_update`.
+        lr: learning rate ``eta > 0``.
+
+    Returns:
+        The iterates ``(num_steps + 1, *w0.shape)``, starting with ``w0``.
+    """
+    field = get_classic_rule(rule)
+    lr = _check_positive("lr", lr)
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    iterates = [w0]
+    for _ in range(num_steps):
+        iterates.append(iterates[-1] + lr * field(iterates[-1], *data))
+    return torch.stack(iterates)
+
+
+# ----------------------------------------------------------------------------- ODE integration
+
+
+def integrate_rule(
+    rule: str | VectorField,
+    w0: Tensor,
+    t: Tensor,
+    *data: Tensor,
+    method: str = "dopri5",
+    step_size: float | None = None,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+) -> Tensor:
+    """Solve the learning rule's ODE ``dw/dt = F(w, *data)`` with torchdiffeq.
+
+    Fixed-grid methods (:data:`FIXED_GRID_METHODS`, e.g. ``"euler"``, ``"rk4"``)
+    need ``step_size``; the solution at times between grid points is linearly
+    interpolated by torchdiffeq. Adaptive methods (e.g. ``"dopri5"``) use
+    ``rtol`` and ``atol`` and take no ``step_size``. torchdiffeq's ``"rk4"`` is
+    the 3/8-rule variant (stages at ``t, t + h/3, t + 2h/3, t + h``).
+
+    Args:
+        rule: a name in :data:`CLASSIC_RULES` or a vector field ``F(w, *data)``.
+        w0: initial weights ``(batch, n)`` or ``(batch, m, n)``.
+        t: strictly increasing output times ``(time,)``; ``t[0]`` is the start.
+        *data: the rule's data, as in :func:`discrete_update`.
+        method: any torchdiffeq method name.
+        step_size: solver step for fixed-grid methods.
+        rtol: relative tolerance of adaptive methods.
+        atol: absolute tolerance of adaptive methods.
+
+    Returns:
+        The solution ``(time, *w0.shape)`` at the times ``t``.
+    """
+    field = get_classic_rule(rule)
+    t = _check_times(t)
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a torchdiffeq method name, got {type(method).__name__}")
+    options = None
+    if method in FIXED_GRID_METHODS:
+        if step_size is None:
+            raise ValueError(f"step_size is required for the fixed-grid method {method!r}")
+        options = {"step_size": _check_positive("step_size", step_size)}
+    elif step_size is not None:
+        raise ValueError(
+            f"step_size applies to fixed-grid methods {sorted(FIXED_GRID_METHODS)}, not {method!r}"
+        )
+    return odeint(
+        lambda _time, w: field(w, *data),
+        w0,
+        t,
+        method=method,
+        options=options,
+        rtol=rtol,
+        atol=atol,
+    )
+
+
+def hebb_mean_solution(w0: Tensor, C: Tensor, t: Tensor) -> Tensor:
+    """Exact solution of the averaged Hebb ODE ``dw/dt = C w``.
+
+    ```
+    w(t) = exp(C t) w0
+    ```
+
+    Args:
+        w0: initial weights ``(batch, n)``.
+        C: input second moment ``(n, n)``.
+        t: times ``(time,)`` measured from the start.
+
+    Returns:
+        ``w(t)`` of shape ``(time, batch, n)``.
+    """
+    w0 = _vector_weights(w0)
+    n = w0.shape[1]
+    C = _check_matrix("C", C, n, n, f"(n, n) with n = {n}")
+    t = _check_tensor("t", t, (1,), "(time,)")
+    propagators = torch.linalg.matrix_exp(t.to(C.dtype)[:, None, None] * C)
+    return w0 @ propagators.mT
+
+
+def oja_mean_solution(w0: Tensor, C: Tensor, t: Tensor) -> Tensor:
+    """Exact solution of the averaged Oja ODE ``dw/dt = C w - (w^T C w) w``.
+
+    Oja's flow is Hebb's flow renormalised: with ``v(t) = exp(C t) w0`` and ``C``
+    symmetric positive semi-definite,
+
+    ```
+    w(t) = v(t) / sqrt(1 - |w0|^2 + |v(t)|^2)
+    ```
+
+    Args:
+        w0: initial weights ``(batch, n)``.
+        C: input second moment ``(n, n)``.
+        t: times ``(time,)``, ``>= 0``, measured from the start.
+
+    Returns:
+        ``w(t)`` of shape ``(time, batch, n)``.
+    """
+    hebbian = hebb_mean_solution(w0, C, t)
+    scale = 1 - w0.pow(2).sum(-1, keepdim=True) + hebbian.pow(2).sum(-1, keepdim=True)
+    return hebbian / scale.sqrt()
+
+
+def delta_mean_solution(W0: Tensor, C_xx: Tensor, C_yx: Tensor, t: Tensor) -> Tensor:
+    """Exact solution of the averaged delta ODE ``dW/dt = C_yx - W C_xx``.
+
+    The error ``W - W*`` decays along the eigenvectors of ``C_xx`` at the rates
+    given by its eigenvalues:
+
+    ```
+    W(t) = W* + (W0 - W*) exp(-C_xx t),   W* = C_yx C_xx^{-1}
+    ```
+
+    Args:
+        W0: initial weights ``(batch, m, n)``.
+        C_xx: input second moment ``(n, n)``, invertible.
+        C_yx: cross moment ``(m, n)``.
+        t: times ``(time,)`` measured from the start.
+
+    Returns:
+        ``W(t)`` of shape ``(time, batch, m, n)``.
+    """
+    W0 = _matrix_weights(W0)
+    fixed_point = least_squares_weights(C_xx, C_yx)
+    if fixed_point.shape != W0.shape[1:]:
+        raise ValueError(
+            f"W0 must have shape (batch, m, n) = (batch, {tuple(fixed_point.shape)}), "
+            f"got {tuple(W0.shape)}"
+        )
+    t = _check_tensor("t", t, (1,), "(time,)")
+    decay = torch.linalg.matrix_exp(-t.to(C_xx.dtype)[:, None, None] * C_xx)
+    return fixed_point + (W0 - fixed_point) @ decay.unsqueeze(1)
+
+
+# ----------------------------------------------------------------------------- analytic facts
+
+
+def covariance(x: Tensor, y: Tensor | None = None, center: bool = False) -> Tensor:
+    """Second moments of samples, the matrices the averaged rules use.
+
+    ```
+    C_xx = (1/N) sum_i x_i x_i^T          (y is None)
+    C_yx = (1/N) sum_i y_i x_i^T          (y given)
+    ```
+
+    With ``center=True`` the sample means are subtracted first (the covariance
+    proper). The default uncentred moments make the averaged vector fields
+    equal the mean of the one-sample fields over the samples exactly.
+
+    Args:
+        x: inputs ``(samples, n)``.
+        y: targets ``(samples, m)`` or ``None``.
+        center: subtract the sample means first.
+
+    Returns:
+        ``C_xx`` of shape ``(n, n)``, or ``C_yx`` of shape ``(m, n)`` when ``y`` is given.
+    """
+    x = _check_tensor("x", x, (2,), "(samples, n)")
+    _check_finite("x", x)
+    if y is None:
+        y = x
+    else:
+        y = _check_tensor("y", y, (2,), "(samples, m)")
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"y must have shape (samples, m) with samples = {x.shape[0]}, got {tuple(y.shape)}"
+            )
+        _check_finite("y", y)
+    if center:
+        x = x - x.mean(0)
+        y = y - y.mean(0)
+    return y.mT @ x / x.shape[0]
+
+
+class PrincipalComponents(NamedTuple):
+    """Eigen-decomposition of a symmetric matrix, largest eigenvalue first.
+
+    Attributes:
+        values: eigenvalues ``(n,)`` in descending order.
+        vectors: unit eigenvectors as columns ``(n, n)``; ``vectors[:, 0]`` is the top one.
+    """
+
+    values: Tensor
+    vectors: Tensor
+
+
+def principal_components(C: Tensor) -> PrincipalComponents:
+    """Eigenvalues and eigenvectors of ``C`` (via ``torch.linalg.eigh``), largest first.
+
+    Each eigenvector's sign is fixed so that its largest-magnitude entry is
+    positive. The top eigenvector is the stable fixed point of Oja's averaged
+    rule (up to sign) and the direction along which Hebb's rule grows.
+
+    Args:
+        C: symmetric matrix ``(n, n)``.
+
+    Returns:
+        :class:`PrincipalComponents` with ``values (n,)`` and ``vectors (n, n)``.
+    """
+    C = _check_symmetric("C", C)
+    values, vectors = torch.linalg.eigh(C)
+    values, vectors = values.flip(0), vectors.flip(1)
+    largest = vectors.abs().argmax(0, keepdim=True)
+    signs = torch.sign(vectors.gather(0, largest))
+    return PrincipalComponents(values, vectors * signs)
+
+
+def least_squares_weights(C_xx: Tensor, C_yx: Tensor) -> Tensor:
+    """Fixed point of the delta rule, the least-squares weights.
+
+    ```
+    W* = C_yx C_xx^{-1} = argmin_W E|y - W x|^2
+    ```
+
+    Args:
+        C_xx: input second moment ``(n, n)``, invertible.
+        C_yx: cross moment ``(m, n)``.
+
+    Returns:
+        ``W*`` of shape ``(m, n)``.
+    """
+    C_xx = _check_symmetric("C_xx", C_xx)
+    n = C_xx.shape[0]
+    C_yx = _check_matrix("C_yx", C_yx, None, n, f"(m, n) with n = {n}")
+    return torch.linalg.solve(C_xx, C_yx, left=False)
+
+
+def delta_stability_bound(C_xx: Tensor) -> float:
+    """Largest stable learning rate of the discrete averaged delta rule.
+
+    The error ``E_k = W_k - W*`` of ``W <- W + eta (C_yx - W C_xx)`` evolves as
+    ``E_{k+1} = E_k (I - eta C_xx)``; it shrinks iff every ``|1 - eta lambda_i| < 1``:
+
+    ```
+    eta < 2 / lambda_max(C_xx)
+    ```
+
+    Args:
+        C_xx: input second moment ``(n, n)``, positive definite.
+
+    Returns:
+        ``2 / lambda_max(C_xx)``.
+    """
+    largest = float(torch.linalg.eigvalsh(_check_symmetric("C_xx", C_xx))[-1])
+    if largest <= 0:
+        raise ValueError(f"C_xx must be positive definite, got largest eigenvalue {largest}")
+    return 2.0 / largest
+
+
+# ----------------------------------------------------------------------------- solver accuracy
+
+
+def integration_errors(
+    rule: str | VectorField,
+    w0: Tensor,
+    t_end: float,
+    step_sizes: Sequence[float],
+    *data: Tensor,
+    method: str,
+    reference: Tensor,
+) -> Tensor:
+    """Final-time error of a fixed-grid solver for several step sizes.
+
+    ```
+    error(h) = max |w_h(t_end) - w(t_end)|
+    ```
+
+    Args:
+        rule: a name in :data:`CLASSIC_RULES` or a vector field ``F(w, *data)``.
+        w0: initial weights ``(batch, n)`` or ``(batch, m, n)``.
+        t_end: integration time ``> 0``.
+        step_sizes: solver steps ``h``; ``t_end / h`` should be whole numbers.
+        *data: the rule's data, as in :func:`discrete_update`.
+        method: a fixed-grid torchdiffeq method (see :data:`FIXED_GRID_METHODS`).
+        reference: the exact ``w(t_end)``, shaped like ``w0``.
+
+    Returns:
+        Errors ``(len(step_sizes),)``.
+    """
+    t_end = _check_positive("t_end", t_end)
+    if method not in FIXED_GRID_METHODS:
+        raise ValueError(f"method must be one of {sorted(FIXED_GRID_METHODS)}, got {method!r}")
+    if not isinstance(reference, Tensor) or reference.shape != w0.shape:
+        raise ValueError(
+            f"reference must be a tensor of shape {tuple(w0.shape)} like w0, "
+            f"got {tuple(getattr(reference, 'shape', ()))}"
+        )
+    times = torch.tensor([0.0, t_end], dtype=w0.dtype, device=w0.device)
+    errors = [
+        (integrate_rule(rule, w0, times, *data, method=method, step_size=h)[-1] - reference)
+        .abs()
+        .max()
+        for h in step_sizes
+    ]
+    return torch.stack(errors)
+
+
+def convergence_order(step_sizes: Sequence[float], errors: Tensor | Sequence[float]) -> float:
+    """Measured order ``p`` of a solver: the least-squares slope of ``log error`` vs ``log h``.
+
+    ```
+    error(h) ~ K h^p   =>   log error = p log h + log K
+    ```
+
+    Args:
+        step_sizes: step sizes ``(k,)``, ``k >= 2``, positive.
+        errors: errors ``(k,)``, positive.
+
+    Returns:
+        The fitted slope ``p``.
+    """
+    log_steps = torch.log(torch.as_tensor(step_sizes, dtype=torch.float64).detach().cpu())
+    log_errors = torch.log(torch.as_tensor(errors, dtype=torch.float64).detach().cpu())
+    if log_steps.dim() != 1 or log_steps.shape != log_errors.shape or log_steps.numel() < 2:
+        raise ValueError(
+            f"step_sizes and errors must be 1-D of the same length >= 2, "
+            f"got {tuple(log_steps.shape)} and {tuple(log_errors.shape)}"
+        )
+    if not bool(torch.isfinite(log_steps).all() and torch.isfinite(log_errors).all()):
+        raise ValueError("step_sizes and errors must be positive and finite")
+    design = torch.stack([log_steps, torch.ones_like(log_steps)], dim=1)
+    slope = torch.linalg.lstsq(design, log_errors.unsqueeze(1)).solution[0, 0]
+    return float(slope)

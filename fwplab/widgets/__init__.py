@@ -1,0 +1,1 @@
+"""Interactive explorers and the plain plotting functions behind them."""

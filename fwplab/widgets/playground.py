@@ -1,0 +1,375 @@
+"""Learning-rule playground: discrete updates next to their ODE in a 2-D weight plane.
+
+The plain functions compute and draw; :func:`rule_playground` wraps them in an
+ipywidgets control (rule, learning rate, solver step). ipywidgets is imported
+only inside that function, so the rest works without it.
+
+For a rule ``F`` (the data-averaged Hebb, Oja or delta field of
+:mod:`fwplab.rules.classic`) the playground shows, from several initial weights,
+
+```
+discrete:  w_{k+1} = w_k + lr F(w_k)        at times t_k = k lr
+ODE:       dw/dt = F(w)                     solved by torchdiffeq with step step_size
+```
+
+The delta rule learns a ``1 x 2`` weight matrix, so all three rules live in the plane.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from ..rules.classic import (
+    convergence_order,
+    covariance,
+    discrete_trajectory,
+    integrate_rule,
+    least_squares_weights,
+    principal_components,
+)
+
+__all__ = [
+    "RULE_HORIZONS",
+    "PlaygroundProblem",
+    "RuleTrajectories",
+    "draw_convergence",
+    "draw_rule_trajectories",
+    "rule_playground",
+    "rule_trajectories",
+    "sample_problem",
+]
+
+#: Time span shown for each rule: long enough to see Oja and delta settle and
+#: Hebb grow by about ``exp(3)`` (``lambda_max`` is about 2 in :func:`sample_problem`).
+RULE_HORIZONS: dict[str, float] = {"hebb": 1.5, "oja": 5.0, "delta": 8.0}
+
+
+class PlaygroundProblem(NamedTuple):
+    """Samples of a 2-D regression problem and their second moments.
+
+    Attributes:
+        x: inputs ``(samples, 2)``.
+        y: targets ``(samples, 1)``.
+        C_xx: input second moment ``E[x x^T]`` of shape ``(2, 2)``.
+        C_yx: cross moment ``E[y x^T]`` of shape ``(1, 2)``.
+        starts: initial weights ``(starts, 2)``, one trajectory each.
+    """
+
+    x: Tensor
+    y: Tensor
+    C_xx: Tensor
+    C_yx: Tensor
+    starts: Tensor
+
+
+def sample_problem(
+    num_samples: int = 1000,
+    num_starts: int = 6,
+    variances: tuple[float, float] = (2.0, 0.5),
+    angle: float = math.pi / 6,
+    target_weights: tuple[float, float] = (1.0, -0.5),
+    noise: float = 0.1,
+    start_radius: float = 0.4,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> PlaygroundProblem:
+    """Draw a seeded 2-D problem: correlated Gaussian inputs and noisy linear targets.
+
+    ```
+    x = R(angle) diag(sqrt(variances)) z,   z ~ N(0, I)
+    y = target_weights . x + noise * e,     e ~ N(0, 1)
+    ```
+
+    The initial weights lie on a circle of radius ``start_radius``.
+
+    Args:
+        num_samples: number of samples.
+        num_starts: number of initial weight vectors.
+        variances: variances along the principal axes (the eigenvalues of ``C_xx``
+            up to sampling error).
+        angle: direction of the first principal axis, in radians.
+        target_weights: true regression weights.
+        noise: standard deviation of the target noise.
+        start_radius: radius of the circle of initial weights.
+        seed: seed of the random generator.
+        dtype: floating point dtype of every tensor.
+
+    Returns:
+        :class:`PlaygroundProblem`.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rotation = torch.tensor(
+        [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=dtype
+    )
+    scales = torch.tensor(variances, dtype=dtype).sqrt()
+    x = (torch.randn(num_samples, 2, generator=generator, dtype=dtype) * scales) @ rotation.mT
+    weights = torch.tensor(target_weights, dtype=dtype)
+    y = x @ weights.unsqueeze(1) + noise * torch.randn(
+        num_samples, 1, generator=generator, dtype=dtype
+    )
+    start_angles = 2 * math.pi * torch.arange(num_starts, dtype=dtype) / num_starts + 0.3
+    starts = start_radius * torch.stack([start_angles.cos(), start_angles.sin()], dim=1)
+    return PlaygroundProblem(x, y, covariance(x), covariance(x, y), starts)
+
+
+class RuleTrajectories(NamedTuple):
+    """Discrete and ODE trajectories of one rule from every initial weight.
+
+    Weights are flattened to the plane: delta-rule weights ``(1, 2)`` become ``(2,)``.
+
+    Attributes:
+        rule: ``"hebb"``, ``"oja"`` or ``"delta"``.
+        lr: learning rate of the discrete rule.
+        step_size: step of the ODE solver.
+        discrete_times: ``(steps + 1,)``, the times ``k * lr``.
+        discrete: discrete iterates ``(steps + 1, starts, 2)``.
+        ode_times: ``(points,)``.
+        ode: ODE solution ``(points, starts, 2)``.
+        center: the point the rule's geometry is drawn around ``(2,)``: the origin
+            for Hebb and Oja, the least-squares weights for the delta rule.
+        eigenvalues: eigenvalues of ``C_xx``, largest first ``(2,)``.
+        eigenvectors: its unit eigenvectors as columns ``(2, 2)``.
+    """
+
+    rule: str
+    lr: float
+    step_size: float
+    discrete_times: Tensor
+    discrete: Tensor
+    ode_times: Tensor
+    ode: Tensor
+    center: Tensor
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+
+    def distances(self) -> tuple[Tensor, Tensor]:
+        """Distance of every weight to :attr:`center`: discrete ``(steps + 1, starts)``, ODE ``(points, starts)``."""
+        return (
+            (self.discrete - self.center).norm(dim=-1),
+            (self.ode - self.center).norm(dim=-1),
+        )
+
+
+def rule_trajectories(
+    problem: PlaygroundProblem,
+    rule: str,
+    lr: float,
+    step_size: float,
+    method: str = "rk4",
+    num_points: int = 201,
+) -> RuleTrajectories:
+    """Run the averaged rule both ways over its horizon :data:`RULE_HORIZONS`.
+
+    The discrete rule takes ``floor(horizon / lr)`` steps (at least one); the ODE
+    is solved with the fixed-grid torchdiffeq ``method`` at step ``step_size`` and
+    read out at ``num_points`` evenly spaced times.
+
+    Args:
+        problem: the data, from :func:`sample_problem`.
+        rule: ``"hebb"``, ``"oja"`` or ``"delta"``.
+        lr: learning rate of the discrete rule, ``> 0``.
+        step_size: step of the ODE solver, ``> 0``.
+        method: a fixed-grid torchdiffeq method.
+        num_points: number of ODE read-out times, ``>= 2``.
+
+    Returns:
+        :class:`RuleTrajectories`.
+    """
+    if rule not in RULE_HORIZONS:
+        raise ValueError(f"rule must be one of {sorted(RULE_HORIZONS)}, got {rule!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not isinstance(num_points, int) or num_points < 2:
+        raise ValueError(f"num_points must be an int >= 2, got {num_points!r}")
+    horizon = RULE_HORIZONS[rule]
+    if rule == "delta":
+        data = (problem.C_xx, problem.C_yx)
+        w0 = problem.starts.unsqueeze(1)
+        center = least_squares_weights(*data)[0]
+    else:
+        data = (problem.C_xx,)
+        w0 = problem.starts
+        center = torch.zeros_like(problem.starts[0])
+    num_steps = max(1, math.floor(horizon / lr))
+    discrete = discrete_trajectory(f"{rule}_mean", w0, num_steps, *data, lr=lr)
+    ode_times = torch.linspace(0, horizon, num_points, dtype=w0.dtype, device=w0.device)
+    ode = integrate_rule(f"{rule}_mean", w0, ode_times, *data, method=method, step_size=step_size)
+    components = principal_components(problem.C_xx)
+    return RuleTrajectories(
+        rule=rule,
+        lr=float(lr),
+        step_size=float(step_size),
+        discrete_times=lr * torch.arange(num_steps + 1, dtype=w0.dtype, device=w0.device),
+        discrete=discrete.flatten(2),
+        ode_times=ode_times,
+        ode=ode.flatten(2),
+        center=center,
+        eigenvalues=components.values,
+        eigenvectors=components.vectors,
+    )
+
+
+def _draw_weight_plane(ax: Axes, trajectories: RuleTrajectories) -> None:
+    """Trajectories in the weight plane with the eigenvectors of ``C_xx`` through the center."""
+    ode = trajectories.ode.detach().cpu()
+    discrete = trajectories.discrete.detach().cpu()
+    center = trajectories.center.detach().cpu()
+    finite = torch.cat([ode.reshape(-1, 2), discrete.reshape(-1, 2)])
+    finite = finite[torch.isfinite(finite).all(dim=1)]
+    reach = float((finite - center).norm(dim=1).max()) * 1.1
+    for index, (value, vector) in enumerate(
+        zip(trajectories.eigenvalues.cpu(), trajectories.eigenvectors.cpu().T, strict=True)
+    ):
+        ends = torch.stack([center - reach * vector, center + reach * vector])
+        ax.plot(ends[:, 0], ends[:, 1], color="0.6", lw=1, ls="--" if index else "-")
+        ax.annotate(
+            f"eigenvector {index + 1} (lambda={float(value):.2f})",
+            (center + 0.6 * reach * vector).tolist(),
+            color="0.4",
+            fontsize=8,
+        )
+    if trajectories.rule == "oja":
+        angles = torch.linspace(0, 2 * math.pi, 200)
+        ax.plot(angles.cos(), angles.sin(), color="0.8", lw=1, label="unit circle")
+    for start in range(ode.shape[1]):
+        (line,) = ax.plot(
+            ode[:, start, 0], ode[:, start, 1], lw=2, label="ODE" if start == 0 else None
+        )
+        ax.plot(
+            discrete[:, start, 0],
+            discrete[:, start, 1],
+            "o:",
+            color=line.get_color(),
+            ms=3,
+            lw=1,
+            label="discrete" if start == 0 else None,
+        )
+    ax.plot(
+        *center.tolist(),
+        "k*",
+        ms=10,
+        label="least squares" if trajectories.rule == "delta" else None,
+    )
+    ax.set_xlim(float(center[0]) - reach, float(center[0]) + reach)
+    ax.set_ylim(float(center[1]) - reach, float(center[1]) + reach)
+    ax.set_aspect("equal")
+    ax.set_xlabel("$w_1$")
+    ax.set_ylabel("$w_2$")
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def draw_rule_trajectories(trajectories: RuleTrajectories) -> Figure:
+    """Draw the weight plane and the distance to the center over time.
+
+    Left: every trajectory in the weight plane, ODE as lines and the discrete
+    iterates as dots, with the eigenvectors of ``C_xx`` (and the unit circle for
+    Oja). Right: ``|w|`` (Hebb, Oja) or ``|W - W*|`` (delta) against time on a
+    log scale: a straight line is exponential growth or decay.
+
+    Args:
+        trajectories: from :func:`rule_trajectories`.
+
+    Returns:
+        A new matplotlib figure with two axes.
+    """
+    figure = Figure(figsize=(10, 4.5), layout="constrained")
+    plane, distance = figure.subplots(1, 2)
+    _draw_weight_plane(plane, trajectories)
+    discrete_distance, ode_distance = (d.detach().cpu() for d in trajectories.distances())
+    ode_times = trajectories.ode_times.detach().cpu()
+    discrete_times = trajectories.discrete_times.detach().cpu()
+    for start in range(ode_distance.shape[1]):
+        (line,) = distance.plot(ode_times, ode_distance[:, start], lw=2)
+        distance.plot(
+            discrete_times, discrete_distance[:, start], "o:", color=line.get_color(), ms=3, lw=1
+        )
+    distance.set_yscale("log")
+    distance.set_xlabel("time $t$ (discrete step $k$ at $t = k\\,\\eta$)")
+    distance.set_ylabel("$|W - W^*|$" if trajectories.rule == "delta" else "$|w|$")
+    figure.suptitle(
+        f"{trajectories.rule}: discrete rule with learning rate {trajectories.lr:.3g} "
+        f"vs ODE (step {trajectories.step_size:.3g})"
+    )
+    return figure
+
+
+def draw_convergence(step_sizes: Sequence[float], errors: Mapping[str, Tensor]) -> Figure:
+    """Log-log plot of solver error against step size, one line per method.
+
+    The legend gives each method's fitted order (:func:`~fwplab.rules.classic.convergence_order`):
+    on log-log axes an error ``K h^p`` is a straight line of slope ``p``.
+
+    Args:
+        step_sizes: step sizes ``(k,)``.
+        errors: method name -> errors ``(k,)``.
+
+    Returns:
+        A new matplotlib figure.
+    """
+    figure = Figure(figsize=(5, 4), layout="constrained")
+    ax = figure.subplots()
+    for method, method_errors in errors.items():
+        order = convergence_order(step_sizes, method_errors)
+        ax.loglog(
+            step_sizes, method_errors.detach().cpu(), "o-", label=f"{method}: slope {order:.2f}"
+        )
+    ax.set_xlabel("step size $h$")
+    ax.set_ylabel("error at the final time")
+    ax.legend()
+    return figure
+
+
+def rule_playground(problem: PlaygroundProblem):
+    """Build the ipywidgets control: rule, learning rate and solver step redraw the figure.
+
+    The figure is recomputed only when a control is released (``continuous_update=False``).
+
+    Args:
+        problem: the data, from :func:`sample_problem`.
+
+    Returns:
+        An ``ipywidgets.VBox`` holding the controls and the figure.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    rule = widgets.Dropdown(options=list(RULE_HORIZONS), value="oja", description="rule")
+    lr = widgets.FloatLogSlider(
+        value=0.1,
+        base=10,
+        min=-2,
+        max=0.2,
+        step=0.05,
+        description="learning rate",
+        continuous_update=False,
+        readout_format=".3f",
+    )
+    step_size = widgets.FloatLogSlider(
+        value=0.05,
+        base=10,
+        min=-2,
+        max=0,
+        step=0.05,
+        description="ODE step",
+        continuous_update=False,
+        readout_format=".3f",
+    )
+    output = widgets.Output()
+
+    def redraw(_change: object = None) -> None:
+        trajectories = rule_trajectories(problem, rule.value, lr.value, step_size.value)
+        with output:
+            output.clear_output(wait=True)
+            display(draw_rule_trajectories(trajectories))
+
+    for control in (rule, lr, step_size):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([rule, lr, step_size]), output])
