@@ -502,18 +502,25 @@ def build_model(name: str, input_channels: int, output_channels: int, **hparams)
             ``adjoint``, ``method``, ``step_size``, ...
 
     Returns:
-        An ``nn.Module`` with ``forward(x, times=None, lengths=None) -> (batch, classes)``.
+        An ``nn.Module`` with ``forward(x, times=None, lengths=None) -> (batch, classes)``;
+        its ``config`` attribute holds this call's arguments, so
+        ``build_model(**model.config)`` builds the same architecture again.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {list(MODELS)}")
     spec = MODELS[name]
+    config = dict(name=name, input_channels=input_channels, output_channels=output_channels,
+                  **hparams)
     try:
         if spec is None:
             hparams.pop("num_heads", None)
-            return NeuralCDE(input_channels, output_channels, **hparams)
-        return ContinuousFWP(spec[0], spec[1], input_channels, output_channels, **hparams)
+            model = NeuralCDE(input_channels, output_channels, **hparams)
+        else:
+            model = ContinuousFWP(spec[0], spec[1], input_channels, output_channels, **hparams)
     except TypeError as error:
         raise ValueError(f"{name}: {error}") from None
+    model.config = config
+    return model
 
 
 #: Official parameter names (IDSIA/neuraldiffeq-fwp) -> fwplab's, by prefix.
