@@ -167,15 +167,16 @@ def test_precomputed_coefficients_give_the_same_logits():
 
 def test_adaptive_method_and_stream_output():
     x = _series(batch=2)
-    model = fwplab.build_model("delta_cde", 4, 3, **TINY, method="dopri5", rtol=1e-6, atol=1e-7)
+    model = fwplab.build_model("delta_cde", 4, 3, **TINY, method="dopri5", rtol=1e-5, atol=1e-6)
     assert not model.uses_fast_path()
-    fixed = fwplab.build_model("delta_cde", 4, 3, **TINY, step_size=0.05)
+    fixed = fwplab.build_model("delta_cde", 4, 3, **TINY, step_size=0.2)
     fixed.load_state_dict(model.state_dict())
     with torch.no_grad():
         stream = model(x, stream=True)
         assert stream.shape == (2, 9, 3)
-        torch.testing.assert_close(stream[:, -1], model(x))
-        torch.testing.assert_close(model(x), fixed(x), atol=1e-4, rtol=0)
+        logits = model(x)
+        torch.testing.assert_close(stream[:, -1], logits)
+        torch.testing.assert_close(logits, fixed(x), atol=1e-4, rtol=0)
 
 
 def test_trajectory_shape_and_initial_state():

@@ -119,8 +119,8 @@ def stratified_split(
 ) -> list[Tensor]:
     """Split indices into parts of the given fractions, class by class.
 
-    Each class's indices are shuffled with ``generator``; part ``k`` of class ``c``
-    gets ``round(fractions[k] * n_c)`` of them (the last part takes the remainder).
+    Each class's indices are shuffled with ``generator``; part ``k >= 1`` of class ``c``
+    gets ``round(fractions[k] * n_c)`` of them and part 0 (training) the remainder.
 
     Args:
         y: ``(batch,)`` int64 class indices.
@@ -137,11 +137,10 @@ def stratified_split(
     for label in torch.unique(y.cpu()):
         members = (y.cpu() == label).nonzero().flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        start = 0
-        for k, fraction in enumerate(fractions):
-            stop = len(members) if k == len(fractions) - 1 else start + round(fraction * len(members))
-            parts[k].append(members[start:stop])
-            start = stop
+        counts = [round(fraction * len(members)) for fraction in fractions[1:]]
+        counts.insert(0, len(members) - sum(counts))
+        for k, piece in enumerate(torch.split(members, counts)):
+            parts[k].append(piece)
     return [torch.cat(part).sort().values for part in parts]
 
 
