@@ -172,11 +172,11 @@ def test_adaptive_method_and_stream_output():
     fixed = fwplab.build_model("delta_cde", 4, 3, **TINY, step_size=0.2)
     fixed.load_state_dict(model.state_dict())
     with torch.no_grad():
-        stream = model(x, stream=True)
+        logits = fixed(x)
+        stream = fixed(x, stream=True)
         assert stream.shape == (2, 9, 3)
-        logits = model(x)
         torch.testing.assert_close(stream[:, -1], logits)
-        torch.testing.assert_close(logits, fixed(x), atol=1e-4, rtol=0)
+        torch.testing.assert_close(model(x), logits, atol=1e-4, rtol=0)
 
 
 def test_trajectory_shape_and_initial_state():
