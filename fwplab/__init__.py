@@ -3,6 +3,18 @@
 The public names are re-exported here explicitly; everything else is private.
 """
 
+from .discrete import (
+    DISCRETE_UPDATES,
+    FEATURE_MAPS,
+    CapacityResult,
+    FastWeightLayer,
+    apply_feature_map,
+    capacity_experiment,
+    fast_weight_attention,
+    fast_weight_recurrent,
+    retrieval_error,
+    store_pairs,
+)
 from .models import (
     MODELS,
     ContinuousFWP,
@@ -25,6 +37,16 @@ from .rules.fast_weight import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DISCRETE_UPDATES",
+    "FEATURE_MAPS",
+    "CapacityResult",
+    "FastWeightLayer",
+    "apply_feature_map",
+    "capacity_experiment",
+    "fast_weight_attention",
+    "fast_weight_recurrent",
+    "retrieval_error",
+    "store_pairs",
     "INTERPOLATIONS",
     "MODELS",
     "ContinuousFWP",

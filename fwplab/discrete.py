@@ -144,6 +144,10 @@ def _check_sequences(
             f"rates must have shape ({batch}, {time}, {heads}) or ({batch}, {time}, {heads}, 1),"
             f" got {tuple(rates.shape)}"
         )
+    if initial_weight is not None and not isinstance(initial_weight, Tensor):
+        raise TypeError(
+            f"initial_weight must be a torch.Tensor or None, got {type(initial_weight).__name__}"
+        )
     if initial_weight is not None and initial_weight.shape != (batch, heads, d_v, d_k):
         raise ValueError(
             f"initial_weight must have shape (batch, heads, d_v, d_k) = "
