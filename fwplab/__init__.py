@@ -3,6 +3,19 @@
 The public names are re-exported here explicitly; everything else is private.
 """
 
+from .data import (
+    DATASET_NAMES,
+    DataFormatError,
+    DownloadError,
+    drop_observations,
+    load_dataset,
+    load_ts_pair,
+    log_signature_windows,
+    make_spirals,
+    mfcc,
+    observational_intensity,
+    read_ts,
+)
 from .discrete import (
     DISCRETE_UPDATES,
     FEATURE_MAPS,
@@ -37,6 +50,17 @@ from .rules.fast_weight import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DATASET_NAMES",
+    "DataFormatError",
+    "DownloadError",
+    "drop_observations",
+    "load_dataset",
+    "load_ts_pair",
+    "log_signature_windows",
+    "make_spirals",
+    "mfcc",
+    "observational_intensity",
+    "read_ts",
     "DISCRETE_UPDATES",
     "FEATURE_MAPS",
     "CapacityResult",

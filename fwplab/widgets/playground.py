@@ -71,7 +71,7 @@ class PlaygroundProblem(NamedTuple):
 
 def sample_problem(
     num_samples: int = 1000,
-    num_starts: int = 6,
+    num_starts: int = 5,
     variances: tuple[float, float] = (2.0, 0.5),
     angle: float = math.pi / 6,
     target_weights: tuple[float, float] = (1.0, -0.5),
@@ -230,7 +230,7 @@ def _draw_weight_plane(ax: Axes, trajectories: RuleTrajectories) -> None:
         ends = torch.stack([center - reach * vector, center + reach * vector])
         ax.plot(ends[:, 0], ends[:, 1], color="0.6", lw=1, ls="--" if index else "-")
         ax.annotate(
-            f"eigenvector {index + 1} (lambda={float(value):.2f})",
+            f"$u_{index + 1}$ ($\\lambda_{index + 1}$ = {float(value):.2f})",
             (center + 0.6 * reach * vector).tolist(),
             color="0.4",
             fontsize=8,

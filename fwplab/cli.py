@@ -1,0 +1,393 @@
+"""The ``fwplab`` command: ``fwplab train`` and ``fwplab presets``.
+
+::
+
+    fwplab train                                   # delta_cde on the shipped JapaneseVowels
+    fwplab train --missing-rate 0.5 --model ncde   # irregular sampling, the baseline
+    fwplab train --train A_TRAIN.ts --test A_TEST.ts --out runs/a
+    fwplab train --preset speech-commands --device cuda
+    fwplab train --resume runs/a                   # continue an interrupted run
+    torchrun --nproc_per_node=4 -m fwplab train --preset speech-commands
+
+Settings come from, in this order of precedence: explicit flags, the preset
+(``--preset``; default ``japanese-vowels``), :class:`fwplab.train.TrainConfig`.
+Bad input ends the command with exit status 1 (2 for bad flags) and one line on
+stderr naming the file or argument and the problem; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from .data import DATASET_NAMES, Dataset, load_dataset, load_ts_pair
+from .data.download import DownloadError
+from .models import MODELS, build_model, count_parameters
+from .paths import INTERPOLATIONS
+from .presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
+from .train import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    SCHEDULES,
+    TrainConfig,
+    TrainingDiverged,
+    fit,
+    load_checkpoint,
+)
+
+__all__ = ["main", "build_parser"]
+
+RUNS_DIR = "runs"
+#: Exit status of a command stopped by bad input or a failed run (argparse uses 2 for bad flags).
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+#: ``fwplab train`` flags and the build_model keyword each one sets.
+_MODEL_FLAGS = {
+    "hidden": "hidden_channels",
+    "heads": "num_heads",
+    "ff": "ff_channels",
+    "interpolation": "interpolation",
+    "method": "method",
+    "step_size": "step_size",
+    "adjoint": "adjoint",
+    "post_tanh": "post_tanh",
+    "v_layernorm": "v_layernorm",
+    "dropout": "dropout",
+}
+#: ``fwplab train`` flags and the TrainConfig field each one sets.
+_TRAIN_FLAGS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "schedule": "schedule",
+    "grad_clip": "grad_clip",
+    "grad_scale": "grad_scale",
+    "val_fraction": "val_fraction",
+    "patience": "patience",
+    "seed": "seed",
+}
+#: Flags that may accompany ``--resume`` (everything else comes from the checkpoint).
+_RESUME_FLAGS = ("resume", "device", "no_progress")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _number(low: float, high: Optional[float] = None, *, include_low: bool = False):
+    """An argparse type for a finite float in ``(low, high)`` (``[low, ...`` with include_low)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        inside = (value >= low if include_low else value > low) and (high is None or value < high)
+        if not inside or value != value or value in (float("inf"), float("-inf")):
+            bounds = f"{'[' if include_low else '('}{low}, {high if high is not None else 'inf'})"
+            raise argparse.ArgumentTypeError(f"expected a number in {bounds}, got {text!r}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fwplab`` command."""
+    parser = _Parser(prog="fwplab", description="Continuous-time Fast Weight Programmers: "
+                     "train the paper's models on irregularly sampled time series.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    train = commands.add_parser(
+        "train", help="train a model and write metrics.json and a checkpoint",
+        description="Train a model; write DIR/metrics.json and DIR/checkpoint.pt. Without a "
+                    "dataset option it trains delta_cde on the shipped JapaneseVowels.",
+        epilog="Multi-process: torchrun --nproc_per_node=N -m fwplab train ... "
+               "(gloo on CPU, nccl on GPU; --batch-size is the global batch).")
+
+    data = train.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASET_NAMES, help="a named dataset")
+    data.add_argument("--train", metavar="FILE", help="a UEA/UCR .ts TRAIN file (with --test)")
+    data.add_argument("--test", metavar="FILE", help="the matching .ts TEST file")
+    data.add_argument("--data-root", metavar="DIR",
+                      help="where a downloaded dataset's raw files are (default: the cache)")
+    data.add_argument("--missing-rate", type=_number(0.0, 1.0, include_low=True), metavar="R",
+                      help="drop this fraction of each series' observations (default 0)")
+    data.add_argument("--intensity", action=argparse.BooleanOptionalAction, default=None,
+                      help="add observational-intensity channels")
+    data.add_argument("--val-fraction", type=_number(0.0, 1.0, include_low=True), metavar="F",
+                      help="hold out this fraction of the training data for model selection "
+                           "when the dataset has no validation split (default 0)")
+
+    model = train.add_argument_group("model")
+    model.add_argument("--model", choices=list(MODELS), help="default delta_cde")
+    model.add_argument("--hidden", type=_positive_int, metavar="H", help="hidden channels")
+    model.add_argument("--heads", type=_positive_int, metavar="N", help="fast weight heads")
+    model.add_argument("--ff", type=_positive_int, metavar="F",
+                       help="feed-forward width (default 4 H)")
+    model.add_argument("--interpolation", choices=sorted(INTERPOLATIONS),
+                       help="control path (default natural_cubic)")
+    model.add_argument("--method", help="torchdiffeq method (default rk4)")
+    model.add_argument("--step-size", type=_number(0.0), metavar="S",
+                       help="largest solver step (default: the smallest observation gap)")
+    model.add_argument("--adjoint", action=argparse.BooleanOptionalAction, default=None,
+                       help="continuous adjoint gradients (default: plain backprop)")
+    model.add_argument("--post-tanh", action=argparse.BooleanOptionalAction, default=None,
+                       help="delta rule: squash after the subtraction")
+    model.add_argument("--v-layernorm", action=argparse.BooleanOptionalAction, default=None,
+                       help="CDE models: LayerNorm on the values")
+    model.add_argument("--dropout", type=_number(0.0, 1.0, include_low=True), metavar="P")
+
+    training = train.add_argument_group("training")
+    training.add_argument("--preset", metavar="NAME",
+                          help=f"named settings: {', '.join(PRESETS)} (default {DEFAULT_PRESET}; "
+                               "see fwplab presets)")
+    training.add_argument("--epochs", type=_positive_int, metavar="N")
+    training.add_argument("--batch-size", type=_positive_int, metavar="B")
+    training.add_argument("--lr", type=_number(0.0), metavar="LR", help="peak learning rate")
+    training.add_argument("--weight-decay", type=_number(0.0, include_low=True), metavar="WD")
+    training.add_argument("--schedule", choices=SCHEDULES)
+    training.add_argument("--grad-clip", type=_number(0.0), metavar="C",
+                          help="clip the gradient norm")
+    training.add_argument("--grad-scale", type=_number(0.0), metavar="G",
+                          help="gradient factor of the final layer (the paper's --grad_scale)")
+    training.add_argument("--patience", type=_positive_int, metavar="N",
+                          help="stop after N epochs without a better validation score")
+    training.add_argument("--seed", type=int, metavar="S", help="default 0")
+
+    run = train.add_argument_group("run")
+    run.add_argument("--device", metavar="DEVICE",
+                     help="cpu or cuda (default: cuda when available)")
+    run.add_argument("--out", metavar="DIR",
+                     help=f"run folder (default {RUNS_DIR}/DATASET-MODEL-TIME)")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    run.add_argument("--no-progress", action="store_true", default=None,
+                     help="no progress bar")
+
+    commands.add_parser("presets", help="list the named presets",
+                        description="List the presets of fwplab train --preset.")
+    return parser
+
+
+# ------------------------------------------------------------------------ resolution
+def _device(requested: Optional[str]) -> torch.device:
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device: expected cpu or cuda, got {requested!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected cpu or cuda, got {requested!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {requested}: no CUDA GPU is available here "
+                             "(use --device cpu)")
+        index = device.index if device.index is not None else local_rank
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s)")
+        device = torch.device("cuda", index)
+    return device
+
+
+def _given(args: argparse.Namespace, names) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _data_spec(args: argparse.Namespace, preset: Preset) -> dict[str, Any]:
+    """How to load the dataset: plain values, stored in the checkpoint for --resume."""
+    if args.dataset is not None and (args.train is not None or args.test is not None):
+        raise ValueError("--dataset: give either --dataset or --train/--test, not both")
+    if (args.train is None) != (args.test is None):
+        missing = "--test" if args.test is None else "--train"
+        raise ValueError(f"{missing}: --train and --test go together (a TRAIN and a TEST .ts "
+                         "file)")
+    spec: dict[str, Any] = {"missing_rate": args.missing_rate or 0.0,
+                            "seed": 0 if args.seed is None else args.seed}
+    options: dict[str, Any] = {}
+    if args.train is not None:
+        for flag, path in (("--train", args.train), ("--test", args.test)):
+            if not Path(path).is_file():
+                raise ValueError(f"{path}: file not found ({flag})")
+        spec.update(train=str(Path(args.train).resolve()), test=str(Path(args.test).resolve()))
+        if args.data_root is not None:
+            raise ValueError("--data-root: applies to named datasets, not to --train/--test")
+    else:
+        name = args.dataset or preset.dataset
+        spec["dataset"] = name
+        if name == preset.dataset:
+            options.update(preset.data)
+        if args.data_root is not None:
+            spec["root"] = str(Path(args.data_root).resolve())
+    if args.intensity is not None:
+        options["intensity"] = args.intensity
+    spec["options"] = options
+    return spec
+
+
+def _load_data(spec: dict[str, Any]) -> Dataset:
+    common = dict(missing_rate=spec["missing_rate"], seed=spec["seed"], **spec["options"])
+    if "train" in spec:
+        return load_ts_pair(spec["train"], spec["test"], **common)
+    return load_dataset(spec["dataset"], root=spec.get("root"), **common)
+
+
+def _model_options(args: argparse.Namespace, preset: Preset, name: str) -> dict[str, Any]:
+    options = dict(preset.model_options) if name == preset.model else {
+        key: value for key, value in preset.model_options.items()
+        if key in ("hidden_channels", "num_heads")}
+    options.update({_MODEL_FLAGS[flag]: value
+                    for flag, value in _given(args, _MODEL_FLAGS).items()})
+    return options
+
+
+def _train_config(args: argparse.Namespace, preset: Preset) -> TrainConfig:
+    settings = dict(preset.train)
+    settings.update({_TRAIN_FLAGS[flag]: value
+                     for flag, value in _given(args, _TRAIN_FLAGS).items()})
+    return TrainConfig(**settings)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    if (out / CHECKPOINT_NAME).exists() or (out / METRICS_NAME).exists():
+        raise ValueError(f"--out {out}: already holds a run; continue it with --resume {out} "
+                         "or choose another folder")
+
+
+def _default_out(dataset: str, model: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset)
+    return Path(RUNS_DIR) / f"{safe}-{model}-{stamp}"
+
+
+def _shared(value: Any) -> Any:
+    """Rank 0's value on every rank (identity in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ---------------------------------------------------------------------------- train
+def _train(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    progress = not args.no_progress
+    if args.resume is not None:
+        extra = sorted(name for name, value in vars(args).items()
+                       if value is not None and name not in _RESUME_FLAGS + ("command",))
+        if extra:
+            flags = ", ".join("--" + name.replace("_", "-") for name in extra)
+            raise ValueError(f"--resume continues a run with its saved settings; drop {flags}")
+        out = Path(args.resume)
+        saved = load_checkpoint(out)
+        run_info = saved["run"]
+        if "data" not in run_info:
+            raise ValueError(f"{out / CHECKPOINT_NAME}: not written by fwplab train (no data "
+                             "settings to reload the dataset with)")
+        model_config = saved["model_config"]
+        config = TrainConfig(**saved["train_config"])
+        seed = config.seed
+    else:
+        preset = get_preset(args.preset or DEFAULT_PRESET)
+        run_info = {"preset": preset.name, "data": _data_spec(args, preset)}
+        config = _train_config(args, preset)
+        seed = config.seed
+        model_name = args.model or preset.model
+        model_config = {"name": model_name, **_model_options(args, preset, model_name)}
+        out = None if args.out is None else Path(args.out)
+        if out is not None:
+            _check_out(out)
+
+    _start_processes(device)
+    try:
+        dataset = _load_data(run_info["data"])
+        torch.manual_seed(seed)
+        if args.resume is None:
+            model = build_model(model_config.pop("name"), dataset.input_channels,
+                                dataset.num_classes, **model_config)
+            if out is None:
+                out = Path(_shared(str(_default_out(dataset.name, model.config["name"]))))
+                _check_out(out)
+        else:
+            model = build_model(**model_config)
+            if (model.input_channels, model.output_channels) != (dataset.input_channels,
+                                                                 dataset.num_classes):
+                raise ValueError(f"{out}: the data now has {dataset.input_channels} channels and "
+                                 f"{dataset.num_classes} classes, the checkpoint's model "
+                                 f"{model.input_channels} and {model.output_channels}")
+        model.to(device)
+        try:
+            history = fit(model, dataset, config, out=out, resume=args.resume is not None,
+                          progress=progress, run_info=run_info)
+        except KeyboardInterrupt:
+            print(f"fwplab train: interrupted; continue with: fwplab train --resume {out}",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+    finally:
+        _stop_processes()
+    if history.out is not None:
+        print(f"{model.config['name']} on {dataset.name}: test accuracy "
+              f"{history.test['accuracy']:.4f}, train accuracy {history.train['accuracy']:.4f}, "
+              f"{len(history.records)} epochs, {history.seconds:.1f} s, "
+              f"{count_parameters(model)} parameters; wrote {history.out / METRICS_NAME}")
+    return 0
+
+
+def _start_processes(device: torch.device) -> None:
+    """Join the torchrun process group (gloo on CPU, nccl on GPU) when there is one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _stop_processes() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _presets() -> int:
+    width = max(len(name) for name in PRESETS)
+    for preset in PRESETS.values():
+        print(f"{preset.name:<{width}}  {preset.dataset} / {preset.model}: {preset.description}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``fwplab`` command; returns the exit status.
+
+    Args:
+        argv: the arguments after ``fwplab``; default ``sys.argv[1:]``.
+    """
+    args = build_parser().parse_args(argv)
+    if args.command == "presets":
+        return _presets()
+    try:
+        return _train(args)
+    except (ValueError, TrainingDiverged, DownloadError, OSError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"fwplab train: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+

@@ -1,0 +1,817 @@
+"""Training loop, metrics and checkpoints for the models of :mod:`fwplab.models`.
+
+One call trains a model on a :class:`fwplab.data.Dataset` and returns its
+:class:`History`::
+
+    history = fwplab.train.fit(model, dataset, epochs=40)
+    history.test["accuracy"]
+
+What :func:`fit` does, in order:
+
+- splits a stratified, seeded validation set off the training data when the
+  dataset has none (``val_fraction``);
+- computes the interpolation coefficients of every split once
+  (:func:`fwplab.paths.interpolation_coeffs`; torchcde's missing-value handling
+  is slow) and indexes them per batch, cutting each batch to its longest series;
+- minimises the cross-entropy with AdamW, a cosine (or constant, or plateau)
+  learning-rate schedule and gradient clipping::
+
+      loss = - mean_b w_{y_b} log softmax(logits_b)_{y_b} / mean_b w_{y_b}
+
+- evaluates on the validation split after every epoch, keeps the best weights
+  (``monitor``), stops early after ``patience`` epochs without improvement;
+- stops at the first non-finite loss, gradient or weight and says where;
+- with ``out``: writes ``checkpoint.pt`` after every epoch (atomically: a temporary
+  file renamed into place) and ``metrics.json`` at the end; ``resume=True``
+  continues from the checkpoint and ends with the same weights and metrics as an
+  uninterrupted run (on CPU);
+- under ``torchrun`` (an initialised :mod:`torch.distributed` process group) it
+  trains with ``DistributedDataParallel``; the global batch is split across the
+  processes, only rank 0 writes files.
+
+Checkpoints hold only tensors and plain Python values, so they load with
+``torch.load(path, weights_only=True)`` (see :func:`load_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
+
+from .data.dataset import Dataset, Split, split_generator, stratified_split
+from .models import build_model, count_parameters
+from .paths import interpolation_coeffs
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "METRICS_NAME",
+    "TrainConfig",
+    "EpochRecord",
+    "History",
+    "TrainingDiverged",
+    "fit",
+    "evaluate",
+    "predict",
+    "auroc",
+    "load_checkpoint",
+    "load_model",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.json"
+CHECKPOINT_FORMAT = 1
+SCHEDULES = ("cosine", "constant", "plateau")
+MONITORS = ("accuracy", "loss", "auroc")
+#: Learning-rate factor of ReduceLROnPlateau (the schedule of Kidger et al. and the paper).
+PLATEAU_FACTOR = 0.1
+
+PathLike = Union[str, Path]
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss, gradient or weight stopped training; the message says where."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of :func:`fit` (plain values, stored in checkpoints).
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: series per optimisation step (the global batch under torchrun).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW's decoupled weight decay (0 gives Adam).
+        schedule: ``"cosine"`` (per step, from ``lr`` to ``lr * min_lr_ratio``),
+            ``"constant"``, or ``"plateau"`` (divide by 10 when the training loss
+            has not improved for ``plateau_patience`` epochs).
+        min_lr_ratio: final learning rate of the cosine schedule, relative to ``lr``.
+        plateau_patience: epochs of the ``"plateau"`` schedule.
+        grad_clip: clip the global gradient norm to this value; None disables.
+        grad_scale: multiply the gradient of the final linear layer (the
+            ``classifier``) by this factor, as the paper's ``--grad_scale``.
+        val_fraction: fraction of the training split held out (stratified, seeded)
+            for validation when the dataset has no validation split; 0 keeps all
+            training data and selects the last epoch.
+        patience: stop after this many epochs without a better validation score;
+            None trains all epochs.
+        monitor: validation score that selects the best epoch: ``"accuracy"``,
+            ``"loss"`` or ``"auroc"`` (two classes only).
+        class_weights: weight of each class in the loss (e.g. ``(1, 10)`` for sepsis).
+        eval_batch_size: series per evaluation batch.
+        seed: seeds the validation split, the batch order and dropout.
+    """
+
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+    plateau_patience: int = 10
+    grad_clip: Optional[float] = 1.0
+    grad_scale: float = 1.0
+    val_fraction: float = 0.0
+    patience: Optional[int] = None
+    monitor: str = "accuracy"
+    class_weights: Optional[tuple[float, ...]] = None
+    eval_batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.class_weights is not None:
+            self.class_weights = tuple(float(w) for w in self.class_weights)
+        positive_ints = ("epochs", "batch_size", "plateau_patience", "eval_batch_size")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        for name in ("lr", "grad_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: expected a positive number, got {value!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay: expected a non-negative number, got "
+                             f"{self.weight_decay!r}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip)
+                                               and self.grad_clip > 0):
+            raise ValueError(f"grad_clip: expected a positive number or None, got "
+                             f"{self.grad_clip!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio: expected a fraction in [0, 1], got "
+                             f"{self.min_lr_ratio!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: expected a fraction in [0, 1), got "
+                             f"{self.val_fraction!r}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise ValueError(f"patience: expected a positive integer or None, got "
+                             f"{self.patience!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor: expected one of {MONITORS}, got {self.monitor!r}")
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch did. Training loss and accuracy are running means over the
+    epoch's batches (train mode); validation values are None without a validation split."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: Optional[float]
+    val_accuracy: Optional[float]
+    val_auroc: Optional[float]
+    lr: float
+    grad_norm: float
+    seconds: float
+
+
+@dataclass
+class History:
+    """The result of :func:`fit`.
+
+    Attributes:
+        records: one :class:`EpochRecord` per completed epoch.
+        best_epoch: the epoch whose weights the model holds at the end.
+        stopped_early: whether ``patience`` ended training before ``epochs``.
+        seconds: wall time of training and evaluation, summed over resumed sessions.
+        train, val, test: metrics of the final (best) weights on each split:
+            ``loss``, ``accuracy`` and, for two classes, ``auroc``; ``val`` is None
+            without a validation split.
+        out: the run folder, when :func:`fit` wrote files.
+    """
+
+    records: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    train: dict[str, float] = field(default_factory=dict)
+    val: Optional[dict[str, float]] = None
+    test: dict[str, float] = field(default_factory=dict)
+    out: Optional[Path] = None
+
+    def curve(self, name: str) -> list[Optional[float]]:
+        """One value per epoch of an :class:`EpochRecord` field, e.g. ``"val_accuracy"``."""
+        names = [f.name for f in fields(EpochRecord)]
+        if name not in names:
+            raise ValueError(f"name: expected one of {names}, got {name!r}")
+        return [getattr(record, name) for record in self.records]
+
+
+# --------------------------------------------------------------------------- metrics
+def auroc(scores: Tensor, labels: Tensor) -> float:
+    """Area under the ROC curve of binary ``labels`` (0/1) ranked by ``scores``.
+
+    The Mann-Whitney statistic with average ranks for ties::
+
+        AUROC = (sum_{positives} rank - P (P + 1) / 2) / (P N)
+              = P(score_pos > score_neg) + 1/2 P(score_pos = score_neg)
+
+    Args:
+        scores: ``(batch,)`` higher means more likely positive.
+        labels: ``(batch,)`` 0 or 1.
+
+    Returns:
+        The AUROC, or NaN when one of the two classes is absent.
+    """
+    if scores.dim() != 1 or labels.shape != scores.shape:
+        raise ValueError(f"scores, labels: expected two tensors of shape (batch,), got "
+                         f"{tuple(scores.shape)} and {tuple(labels.shape)}")
+    scores = scores.detach().to(torch.float64).cpu()
+    positive = labels.detach().cpu() == 1
+    n_pos = int(positive.sum())
+    n_neg = len(scores) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    last = torch.cumsum(counts, 0).to(torch.float64)
+    average_rank = last - (counts.to(torch.float64) - 1) / 2
+    ranks = average_rank[inverse]
+    u_statistic = float(ranks[positive].sum()) - n_pos * (n_pos + 1) / 2
+    return u_statistic / (n_pos * n_neg)
+
+
+def _class_weight(config: TrainConfig, num_classes: int, device: torch.device) -> Optional[Tensor]:
+    if config.class_weights is None:
+        return None
+    if len(config.class_weights) != num_classes:
+        raise ValueError(f"class_weights: expected {num_classes} weights (one per class), got "
+                         f"{len(config.class_weights)}")
+    return torch.tensor(config.class_weights, dtype=torch.float32, device=device)
+
+
+def _metrics(logits: Tensor, y: Tensor, weight: Optional[Tensor]) -> dict[str, float]:
+    """Loss, accuracy and (two classes) AUROC of logits ``(batch, classes)``."""
+    logits = logits.float()
+    result = {
+        "loss": float(F.cross_entropy(logits, y, weight=weight)),
+        "accuracy": float((logits.argmax(-1) == y).float().mean()),
+    }
+    if logits.shape[-1] == 2:
+        result["auroc"] = auroc(logits[:, 1] - logits[:, 0], y)
+    return result
+
+
+# ------------------------------------------------------------------------- batching
+def _uses_coeffs(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "interpolation", None), str)
+
+
+def _split_coeffs(model: nn.Module, split: Split) -> Optional[Tensor]:
+    """Interpolation coefficients of a whole split (once), or None for other models."""
+    if not _uses_coeffs(model):
+        return None
+    return interpolation_coeffs(split.x, split.times, split.lengths, model.interpolation)
+
+
+def _batch(split: Split, coeffs: Optional[Tensor], index: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    """Inputs for series ``index``, cut to the longest of them: ``(y, model kwargs)``."""
+    lengths = split.lengths[index]
+    time = int(lengths.max())
+    inputs: dict[str, Any] = {"x": split.x[index, :time], "times": split.times[:time],
+                              "lengths": lengths}
+    if coeffs is not None:
+        extra = coeffs.shape[1] - split.x.shape[1]  # -1 for cubic, 0 for linear coefficients
+        inputs["coeffs"] = coeffs[index, : time + extra]
+    return split.y[index], inputs
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised process group, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _shard_logits(module: nn.Module, split: Split, coeffs: Optional[Tensor],
+                  batch_size: int) -> Tensor:
+    """Logits of the whole split; under torchrun each rank computes a contiguous shard."""
+    rank, world = _world()
+    shards = torch.tensor_split(torch.arange(len(split), device=split.x.device), world)
+    own = shards[rank]
+    pieces = [module(**_batch(split, coeffs, own[start:start + batch_size])[1])
+              for start in range(0, len(own), batch_size)]
+    logits = torch.cat(pieces) if pieces else split.x.new_zeros(0, 0)
+    if world == 1:
+        return logits
+    width = torch.tensor([logits.shape[-1] if len(own) else 0], device=split.x.device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    longest = max(len(shard) for shard in shards)
+    padded = logits.new_zeros(longest, int(width))
+    padded[: len(own)] = logits.reshape(len(own), int(width))
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([piece[: len(shard)] for piece, shard in zip(gathered, shards, strict=True)])
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    split: Split,
+    batch_size: int = 256,
+    coeffs: Optional[Tensor] = None,
+) -> Tensor:
+    """Logits of every series of a split, in eval mode.
+
+    Args:
+        model: a model of :func:`fwplab.build_model` (or any module with the same
+            ``forward(x, times, lengths)``).
+        split: the series; moved to the model's device.
+        batch_size: series per forward pass.
+        coeffs: the split's interpolation coefficients, if already computed.
+
+    Returns:
+        ``(batch, classes)`` logits on the model's device.
+    """
+    split = split.to(_device_of(model))
+    if coeffs is None:
+        coeffs = _split_coeffs(model, split)
+    was_training = model.training
+    model.eval()
+    try:
+        return _shard_logits(model, split, coeffs, batch_size)
+    finally:
+        model.train(was_training)
+
+
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    batch_size: int = 256,
+    class_weights: Optional[tuple[float, ...]] = None,
+    coeffs: Optional[Tensor] = None,
+) -> dict[str, float]:
+    """Loss, accuracy and, for two classes, AUROC of a model on a split.
+
+    Args:
+        model, split, batch_size, coeffs: as :func:`predict`.
+        class_weights: weight of each class in the loss.
+
+    Returns:
+        ``{"loss", "accuracy"}`` plus ``"auroc"`` when there are two classes.
+    """
+    logits = predict(model, split, batch_size, coeffs)
+    weight = None if class_weights is None else torch.tensor(
+        class_weights, dtype=torch.float32, device=logits.device)
+    return _metrics(logits, split.y.to(logits.device), weight)
+
+
+# ----------------------------------------------------------------------- checkpoints
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    _atomic_write(path, lambda target: target.write_text(json.dumps(content, indent=2) + "\n"))
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None] = "cpu"
+                    ) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`fit` safely (``weights_only=True``).
+
+    Args:
+        path: a ``checkpoint.pt`` or the run folder holding it.
+        map_location: where tensors go.
+
+    Returns:
+        The checkpoint dictionary: ``model`` and ``best_model`` state_dicts,
+        ``model_config`` (the arguments of :func:`fwplab.build_model`),
+        ``optimizer``, ``scheduler``, ``rng``, ``epoch``, ``history``, ``train_config``, ...
+
+    Raises:
+        ValueError: missing file, or not a fwplab checkpoint (one line naming the file).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise ValueError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # unpickling errors come in many types
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"{path}: not a readable fwplab checkpoint ({type(error).__name__}: "
+                         f"{first_line[:200]})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a fwplab checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    return checkpoint
+
+
+def load_model(path: PathLike, map_location: Union[str, torch.device, None] = "cpu",
+               best: bool = True) -> nn.Module:
+    """Rebuild a trained model from a checkpoint (see :func:`load_checkpoint`).
+
+    Args:
+        path: a ``checkpoint.pt`` or the run folder holding it.
+        map_location: where the weights go.
+        best: the best epoch's weights (what ``metrics.json`` reports); False gives
+            the last epoch's.
+
+    Returns:
+        The model in eval mode.
+    """
+    checkpoint = load_checkpoint(path, map_location)
+    model = build_model(**checkpoint["model_config"])
+    model.load_state_dict(checkpoint["best_model" if best else "model"])
+    return model.to(map_location).eval() if map_location is not None else model.eval()
+
+
+# ------------------------------------------------------------------------- the loop
+def _carve_validation(dataset: Dataset, config: TrainConfig) -> tuple[Split, Optional[Split]]:
+    if dataset.val is not None or config.val_fraction == 0:
+        return dataset.train, dataset.val
+    train = dataset.train
+    parts = stratified_split(train.y, [1 - config.val_fraction, config.val_fraction],
+                             split_generator(config.seed, "validation"))
+    if len(parts[1]) == 0:
+        return train, None
+
+    def select(index: Tensor) -> Split:
+        index = index.to(train.x.device)
+        return Split(train.x[index], train.lengths[index], train.y[index], train.times,
+                     None if train.static is None else train.static[index])
+
+    return select(parts[0]), select(parts[1])
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=total_steps, eta_min=config.lr * config.min_lr_ratio)
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=PLATEAU_FACTOR, patience=config.plateau_patience)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def _score(metrics: Optional[dict[str, float]], monitor: str) -> float:
+    """Larger is better; NaN (e.g. AUROC of a one-class split) never wins."""
+    if metrics is None:
+        return -math.inf
+    value = metrics[monitor]
+    if math.isnan(value):
+        return -math.inf
+    return -value if monitor == "loss" else value
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every entry is finite (one reduction: a NaN or inf anywhere makes the sum so)."""
+    return bool(torch.isfinite(torch.stack([t.detach().float().sum() for t in tensors]).sum()))
+
+
+def _state_copy(module: nn.Module) -> dict[str, Tensor]:
+    return {key: value.detach().clone() for key, value in module.state_dict().items()}
+
+
+def _plain_config(model: nn.Module) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        raise ValueError("model: expected a model of fwplab.build_model (it records its "
+                         "arguments in model.config, which checkpoints need)")
+    return dict(config)
+
+
+def _diverged_message(what: str, epoch: int, step: int, checkpoint: Optional[Path],
+                      saved_epoch: int) -> str:
+    if checkpoint is None:
+        kept = "no files written"
+    elif saved_epoch == 0:
+        kept = "no checkpoint was written yet (it diverged before the first epoch ended)"
+    else:
+        kept = f"kept the last good checkpoint {checkpoint} (epoch {saved_epoch})"
+    return (f"non-finite {what} at epoch {epoch}, step {step}; {kept}; try a smaller "
+            "learning rate (--lr) or solver step (--step-size)")
+
+
+def fit(
+    model: nn.Module,
+    dataset: Dataset,
+    config: Optional[TrainConfig] = None,
+    *,
+    out: Optional[PathLike] = None,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Optional[Callable[[EpochRecord], None]] = None,
+    run_info: Optional[dict[str, Any]] = None,
+    **overrides: Any,
+) -> History:
+    """Train a model on a dataset; the model ends holding its best weights.
+
+    Args:
+        model: from :func:`fwplab.build_model`, already on the device to train on.
+        dataset: train, optional validation and test splits; moved to the model's device.
+        config: hyperparameters; default :class:`TrainConfig`.
+        out: run folder for ``checkpoint.pt`` (every epoch) and ``metrics.json``
+            (at the end); None writes nothing.
+        resume: continue from ``out/checkpoint.pt`` (model, optimizer, schedule, RNG
+            states, history); the configuration must be the saved one.
+        progress: show a ``tqdm`` progress bar with live loss and accuracy.
+        callback: called with each epoch's :class:`EpochRecord` after its checkpoint.
+        run_info: plain values stored in the checkpoint and ``metrics.json`` (the
+            CLI records how to reload the dataset).
+        **overrides: fields of :class:`TrainConfig`, e.g. ``epochs=20, lr=1e-3``.
+
+    Returns:
+        History: per-epoch records and the final train/val/test metrics.
+
+    Raises:
+        TrainingDiverged: non-finite loss, gradient or weights (the message names the
+            epoch and step and the checkpoint kept).
+        ValueError: bad arguments, or a checkpoint that does not match.
+    """
+    config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
+    rank, world = _world()
+    device = _device_of(model)
+    out_dir = None if out is None else Path(out)
+    checkpoint_path = None if out_dir is None else out_dir / CHECKPOINT_NAME
+    if resume and checkpoint_path is None:
+        raise ValueError("resume: needs out= (the run folder holding checkpoint.pt)")
+    if (checkpoint_path is not None and not resume
+            and (checkpoint_path.exists() or (out_dir / METRICS_NAME).exists())):
+        raise ValueError(f"out: {out_dir} already holds a run; resume it or choose another folder")
+    if config.batch_size % world:
+        raise ValueError(f"batch_size: {config.batch_size} must be divisible by the number of "
+                         f"processes ({world})")
+    if config.monitor == "auroc" and dataset.num_classes != 2:
+        raise ValueError(f"monitor: 'auroc' needs two classes, the dataset has "
+                         f"{dataset.num_classes}")
+    model_config = _plain_config(model)
+    weight = _class_weight(config, dataset.num_classes, device)
+
+    train, val = _carve_validation(dataset, config)
+    train, test = train.to(device), dataset.test.to(device)
+    val = None if val is None else val.to(device)
+    coeffs = {"train": _split_coeffs(model, train), "test": _split_coeffs(model, test),
+              "val": None if val is None else _split_coeffs(model, val)}
+
+    local_batch = config.batch_size // world
+    sampler = DistributedSampler(range(len(train)), num_replicas=world, rank=rank,
+                                 shuffle=True, seed=config.seed, drop_last=False)
+    steps_per_epoch = math.ceil(len(sampler) / local_batch)
+    network = DistributedDataParallel(model) if world > 1 else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    scheduler = _scheduler(optimizer, config, config.epochs * steps_per_epoch)
+    classifier = getattr(model, "classifier", None)
+    if config.grad_scale != 1.0 and not isinstance(classifier, nn.Module):
+        raise ValueError("grad_scale: the model has no final linear layer named 'classifier'")
+
+    history = History(out=out_dir if rank == 0 else None)
+    best_state = _state_copy(model)
+    best_score = -math.inf
+    stale_epochs = 0
+    start_epoch = 0
+    finished = False
+    if resume and checkpoint_path.exists():
+        saved = load_checkpoint(checkpoint_path, map_location=device)
+        _check_resumable(saved, checkpoint_path, model_config, config, dataset.name)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"])
+        best_state = saved["best_model"]
+        best_score = saved["best_score"]
+        stale_epochs = saved["stale_epochs"]
+        start_epoch = saved["epoch"]
+        finished = saved["finished"]
+        history.records = [EpochRecord(**record) for record in saved["history"]]
+        history.best_epoch = saved["best_epoch"]
+        history.stopped_early = saved["stopped_early"]
+        history.seconds = saved["seconds"]
+    else:
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+    saved_epoch = start_epoch
+
+    def save(epoch: int) -> None:
+        if checkpoint_path is None or rank != 0:
+            return
+        content = {
+            "format": CHECKPOINT_FORMAT,
+            "model_config": model_config,
+            "model": model.state_dict(),
+            "best_model": best_state,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+            "epoch": epoch,
+            "finished": finished,
+            "history": [asdict(record) for record in history.records],
+            "best_epoch": history.best_epoch,
+            "best_score": best_score,
+            "stale_epochs": stale_epochs,
+            "stopped_early": history.stopped_early,
+            "seconds": history.seconds,
+            "train_config": asdict(config),
+            "dataset": dataset.name,
+            "run": dict(run_info or {}),
+        }
+        _atomic_write(checkpoint_path, lambda target: torch.save(content, target))
+
+    bar = tqdm(total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+               disable=not progress or rank != 0, unit="step", dynamic_ncols=True,
+               desc=f"{model_config['name']} on {dataset.name}")
+    session_start = time.perf_counter()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            if finished:
+                break
+            epoch_start = time.perf_counter()
+            model.train()
+            sampler.set_epoch(epoch - 1)
+            order = torch.tensor(list(sampler), device=device)
+            totals = torch.zeros(4, dtype=torch.float64, device=device)
+            grad_norms = []
+            for step, start in enumerate(range(0, len(order), local_batch), start=1):
+                y, inputs = _batch(train, coeffs["train"], order[start:start + local_batch])
+                logits = network(**inputs)
+                loss = F.cross_entropy(logits, y, weight=weight)
+                stats = torch.stack([loss.detach().double() * len(y),
+                                     (logits.detach().argmax(-1) == y).sum().double(),
+                                     torch.tensor(float(len(y)), dtype=torch.float64,
+                                                  device=device),
+                                     (~torch.isfinite(loss.detach())).double()])
+                if world > 1:
+                    dist.all_reduce(stats)
+                if stats[3] > 0:
+                    raise TrainingDiverged(_diverged_message(
+                        "loss", epoch, step, checkpoint_path, saved_epoch))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_scale != 1.0:
+                    for parameter in classifier.parameters():
+                        if parameter.grad is not None:
+                            parameter.grad.mul_(config.grad_scale)
+                norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip or math.inf)
+                if not torch.isfinite(norm):
+                    raise TrainingDiverged(_diverged_message(
+                        "gradient", epoch, step, checkpoint_path, saved_epoch))
+                optimizer.step()
+                if not _all_finite(parameters):
+                    raise TrainingDiverged(_diverged_message(
+                        "weights", epoch, step, checkpoint_path, saved_epoch))
+                if config.schedule != "plateau":
+                    scheduler.step()
+                totals += stats
+                grad_norms.append(float(norm))
+                bar.update(1)
+                bar.set_postfix(epoch=f"{epoch}/{config.epochs}",
+                                loss=f"{float(totals[0] / totals[2]):.3f}",
+                                acc=f"{float(totals[1] / totals[2]):.3f}", refresh=False)
+
+            train_loss = float(totals[0] / totals[2])
+            if config.schedule == "plateau":
+                scheduler.step(train_loss)
+            val_metrics = None if val is None else _metrics(
+                _evaluation_logits(model, val, coeffs["val"], config.eval_batch_size),
+                val.y, weight)
+            record = EpochRecord(
+                epoch=epoch, train_loss=train_loss,
+                train_accuracy=float(totals[1] / totals[2]),
+                val_loss=None if val_metrics is None else val_metrics["loss"],
+                val_accuracy=None if val_metrics is None else val_metrics["accuracy"],
+                val_auroc=None if val_metrics is None else val_metrics.get("auroc"),
+                lr=float(optimizer.param_groups[0]["lr"]),
+                grad_norm=sum(grad_norms) / len(grad_norms),
+                seconds=time.perf_counter() - epoch_start)
+            history.records.append(record)
+            score = _score(val_metrics, config.monitor)
+            if val is None or score > best_score:
+                best_score, stale_epochs, history.best_epoch = score, 0, epoch
+                best_state = _state_copy(model)
+            else:
+                stale_epochs += 1
+            if config.patience is not None and stale_epochs >= config.patience:
+                history.stopped_early = True
+            finished = history.stopped_early or epoch == config.epochs
+            if val_metrics is not None:
+                bar.set_postfix(epoch=f"{epoch}/{config.epochs}", loss=f"{train_loss:.3f}",
+                                acc=f"{record.train_accuracy:.3f}",
+                                val_acc=f"{val_metrics['accuracy']:.3f}", refresh=False)
+            history.seconds += time.perf_counter() - session_start
+            session_start = time.perf_counter()
+            save(epoch)
+            saved_epoch = epoch
+            if callback is not None and rank == 0:
+                callback(record)
+    finally:
+        bar.close()
+
+    model.load_state_dict(best_state)
+    history.train = _metrics(_evaluation_logits(model, train, coeffs["train"],
+                                                config.eval_batch_size), train.y, weight)
+    history.val = None if val is None else _metrics(
+        _evaluation_logits(model, val, coeffs["val"], config.eval_batch_size), val.y, weight)
+    history.test = _metrics(_evaluation_logits(model, test, coeffs["test"],
+                                               config.eval_batch_size), test.y, weight)
+    history.seconds += time.perf_counter() - session_start
+    if out_dir is not None and rank == 0:
+        _write_json(out_dir / METRICS_NAME, _metrics_document(
+            model, model_config, dataset, config, history, world, run_info))
+    return history
+
+
+def _evaluation_logits(model: nn.Module, split: Split, coeffs: Optional[Tensor],
+                       batch_size: int) -> Tensor:
+    model.eval()
+    try:
+        with torch.no_grad():
+            return _shard_logits(model, split, coeffs, batch_size)
+    finally:
+        model.train()
+
+
+def _check_resumable(saved: dict[str, Any], path: Path, model_config: dict[str, Any],
+                     config: TrainConfig, dataset_name: str) -> None:
+    if saved["model_config"] != model_config:
+        raise ValueError(f"{path}: the checkpoint's model {saved['model_config']} differs from "
+                         f"the model given {model_config}")
+    differing = sorted(key for key, value in asdict(config).items()
+                       if _plain(saved["train_config"].get(key)) != _plain(value))
+    if differing:
+        details = ", ".join(f"{key}={saved['train_config'].get(key)!r} (saved) vs "
+                            f"{getattr(config, key)!r}" for key in differing)
+        raise ValueError(f"{path}: resume needs the saved training settings; {details}")
+    if saved["dataset"] != dataset_name:
+        raise ValueError(f"{path}: the checkpoint was trained on {saved['dataset']!r}, not "
+                         f"{dataset_name!r}")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _metrics_document(model: nn.Module, model_config: dict[str, Any], dataset: Dataset,
+                      config: TrainConfig, history: History, world: int,
+                      run_info: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The content of ``metrics.json``."""
+    document: dict[str, Any] = {
+        "model": model_config["name"],
+        "dataset": dataset.name,
+        "test_accuracy": history.test["accuracy"],
+        "train_accuracy": history.train["accuracy"],
+        "val_accuracy": None if history.val is None else history.val["accuracy"],
+        "test_loss": history.test["loss"],
+        "epochs": len(history.records),
+        "best_epoch": history.best_epoch,
+        "stopped_early": history.stopped_early,
+        "seconds": round(history.seconds, 3),
+        "parameters": count_parameters(model),
+        "processes": world,
+        "device": str(_device_of(model)),
+    }
+    if "auroc" in history.test:
+        document["test_auroc"] = history.test["auroc"]
+        document["train_auroc"] = history.train["auroc"]
+    document["model_config"] = model_config
+    document["train_config"] = asdict(config)
+    document["run"] = dict(run_info or {})
+    document["history"] = [asdict(record) for record in history.records]
+    return document
