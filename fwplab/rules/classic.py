@@ -274,7 +274,7 @@ CLASSIC_RULES: dict[str, VectorField] = {
 
 
 def get_classic_rule(rule: str | VectorField) -> VectorField:
-    """Return the vector field called ``rule`` in :data:`CLASSIC_RULES` (a callable passes through)."""
+    """Return the field named ``rule`` in :data:`CLASSIC_RULES`; a callable passes through."""
     if isinstance(rule, str):
         try:
             return CLASSIC_RULES[rule]

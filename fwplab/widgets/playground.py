@@ -150,7 +150,11 @@ class RuleTrajectories(NamedTuple):
     eigenvectors: Tensor
 
     def distances(self) -> tuple[Tensor, Tensor]:
-        """Distance of every weight to :attr:`center`: discrete ``(steps + 1, starts)``, ODE ``(points, starts)``."""
+        """Distance of every weight to :attr:`center`.
+
+        Returns:
+            Discrete distances ``(steps + 1, starts)`` and ODE distances ``(points, starts)``.
+        """
         return (
             (self.discrete - self.center).norm(dim=-1),
             (self.ode - self.center).norm(dim=-1),
@@ -234,6 +238,7 @@ def _draw_weight_plane(ax: Axes, trajectories: RuleTrajectories) -> None:
             (center + 0.6 * reach * vector).tolist(),
             color="0.4",
             fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7},
         )
     if trajectories.rule == "oja":
         angles = torch.linspace(0, 2 * math.pi, 200)
