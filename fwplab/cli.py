@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=_number(0.0, 1.0, include_low=True), metavar="P")
 
     training = train.add_argument_group("training")
-    training.add_argument("--preset", metavar="NAME",
+    training.add_argument("--preset", choices=list(PRESETS), metavar="NAME",
                           help=f"named settings: {', '.join(PRESETS)} (default {DEFAULT_PRESET}; "
                                "see fwplab presets)")
     training.add_argument("--epochs", type=_positive_int, metavar="N")
@@ -301,6 +301,9 @@ def _train(args: argparse.Namespace) -> int:
             flags = ", ".join("--" + name.replace("_", "-") for name in extra)
             raise ValueError(f"--resume continues a run with its saved settings; drop {flags}")
         out = Path(args.resume)
+        if not (out / CHECKPOINT_NAME).is_file():
+            raise ValueError(f"--resume {out}: no {CHECKPOINT_NAME} there (not a fwplab train "
+                             "run folder)")
         saved = load_checkpoint(out)
         run_info = saved["run"]
         if "data" not in run_info:
@@ -338,6 +341,9 @@ def _train(args: argparse.Namespace) -> int:
                                  f"{dataset.num_classes} classes, the checkpoint's model "
                                  f"{model.input_channels} and {model.output_channels}")
         model.to(device)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"fwplab train: {model.config['name']} ({count_parameters(model)} parameters) "
+                  f"on {dataset.name}, {device}, run folder {out}", flush=True)
         try:
             history = fit(model, dataset, config, out=out, resume=args.resume is not None,
                           progress=progress, run_info=run_info)
@@ -348,10 +354,9 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         _stop_processes()
     if history.out is not None:
-        print(f"{model.config['name']} on {dataset.name}: test accuracy "
-              f"{history.test['accuracy']:.4f}, train accuracy {history.train['accuracy']:.4f}, "
-              f"{len(history.records)} epochs, {history.seconds:.1f} s, "
-              f"{count_parameters(model)} parameters; wrote {history.out / METRICS_NAME}")
+        print(f"fwplab train: test accuracy {history.test['accuracy']:.4f}, train accuracy "
+              f"{history.train['accuracy']:.4f}, {len(history.records)} epochs, "
+              f"{history.seconds:.1f} s; wrote {history.out / METRICS_NAME}")
     return 0
 
 

@@ -44,6 +44,7 @@ from .rules.fast_weight import get_rule
 
 __all__ = [
     "MODELS",
+    "SOLVERS",
     "ContinuousFWP",
     "NeuralCDE",
     "build_model",
@@ -150,7 +151,8 @@ class _FastWeightField(nn.Module):
         return self.rule(W, key, value, rate, post_tanh=self.post_tanh)
 
 
-_SOLVER_CHOICES = ("auto", "fast", "reference")
+#: Solver choices of :class:`ContinuousFWP` (see its ``solver`` argument).
+SOLVERS = ("auto", "reference", *solvers.FIXED_GRID_BACKENDS)
 
 
 class ContinuousFWP(nn.Module):
@@ -172,8 +174,17 @@ class ContinuousFWP(nn.Module):
         method: any torchdiffeq method.
         step_size: largest solver step; default the smallest observation gap.
         rtol, atol: tolerances of adaptive methods.
-        solver: ``"auto"`` (the fast fixed-grid path when it applies, else the
-            torchdiffeq reference), ``"fast"`` or ``"reference"``.
+        solver: how the fast weight ODE is solved (:data:`SOLVERS`):
+            ``"reference"`` (torchdiffeq, any method, ``adjoint`` honoured);
+            ``"stepwise"``, ``"fast"`` or ``"kernel"`` (fixed-grid methods only:
+            controls precomputed at every stage, exact backprop; see
+            :mod:`fwplab.solvers`); ``"auto"`` picks the compiled kernel on CPU
+            for float32/float64 when it builds (environment variable
+            ``FWPLAB_KERNEL=0`` turns it off), else ``"fast"``, and the reference
+            for adaptive methods or ``adjoint=True``.
+        checkpoint_every: ``"fast"`` and ``"kernel"``: keep the fast weights every
+            this many steps and recompute the others in the backward (bounded
+            memory); ``None`` keeps every step (``"fast"``) or every 16 (``"kernel"``).
     """
 
     def __init__(
@@ -195,6 +206,7 @@ class ContinuousFWP(nn.Module):
         rtol: float = 1e-3,
         atol: float = 1e-4,
         solver: str = "auto",
+        checkpoint_every: Optional[int] = None,
     ) -> None:
         super().__init__()
         get_rule(rule)
@@ -212,12 +224,23 @@ class ContinuousFWP(nn.Module):
             raise ValueError(f"post_tanh applies to the delta rule only, not to {rule!r}")
         if v_layernorm and driver != "cde":
             raise ValueError("v_layernorm applies to CDE-driven models only")
-        if solver not in _SOLVER_CHOICES:
-            raise ValueError(f"solver: expected one of {_SOLVER_CHOICES}, got {solver!r}")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
         solvers.is_fixed_grid(method)  # validates the method name
-        if solver == "fast" and method not in solvers.TABLEAUS:
+        if solver in solvers.FIXED_GRID_BACKENDS and method not in solvers.TABLEAUS:
             raise ValueError(
-                f"solver='fast' needs a fixed-grid method in {sorted(solvers.TABLEAUS)}, got {method!r}"
+                f"solver={solver!r} needs a fixed-grid method in {sorted(solvers.TABLEAUS)}, "
+                f"got {method!r}"
+            )
+        if checkpoint_every is not None and (
+                isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                or checkpoint_every < 1):
+            raise ValueError(
+                f"checkpoint_every: expected a positive integer or None, got {checkpoint_every!r}"
+            )
+        if checkpoint_every is not None and solver in ("reference", "stepwise"):
+            raise ValueError(
+                f"checkpoint_every applies to solver 'fast', 'kernel' or 'auto', not {solver!r}"
             )
         if step_size is not None:
             integration_grid(torch.tensor([0.0, 1.0]), step_size)  # validates step_size
@@ -240,6 +263,7 @@ class ContinuousFWP(nn.Module):
         self.rtol = rtol
         self.atol = atol
         self.solver = solver
+        self.checkpoint_every = checkpoint_every
 
         self.slow_net = SlowNet(driver, input_channels, hidden_channels, num_heads, v_layernorm)
         self.query_proj = nn.Linear(hidden_channels, hidden_channels)
@@ -258,12 +282,36 @@ class ContinuousFWP(nn.Module):
 
     # ----------------------------------------------------------------- solving
     def uses_fast_path(self) -> bool:
-        """Whether the fast fixed-grid solver runs (see ``solver``)."""
-        if self.solver == "reference":
-            return False
-        if self.solver == "fast":
-            return True
-        return self.method in solvers.TABLEAUS and not self.adjoint
+        """Whether a fixed-grid solver with precomputed controls runs (see ``solver``)."""
+        if self.solver == "auto":
+            return self.method in solvers.TABLEAUS and not self.adjoint
+        return self.solver != "reference"
+
+    def selected_solver(self, device=None, dtype: Optional[torch.dtype] = None) -> str:
+        """The solver that runs for inputs on ``device`` with ``dtype``.
+
+        Args:
+            device: default the device of the model's parameters.
+            dtype: default the dtype of the model's parameters.
+
+        Returns:
+            ``"reference"``, ``"stepwise"``, ``"fast"`` or ``"kernel"``; ``"auto"``
+            resolves to the kernel only where :func:`fwplab.kernels.available`.
+        """
+        if self.solver != "auto":
+            return self.solver
+        if not self.uses_fast_path():
+            return "reference"
+        if self.rule == "hebb":  # no time loop, nothing to compile
+            return "fast"
+        parameter = next(self.parameters())
+        device = torch.device(device) if device is not None else parameter.device
+        dtype = dtype or parameter.dtype
+        from . import kernels
+
+        if kernels.enabled() and kernels.supports(device, dtype) and kernels.available():
+            return "kernel"
+        return "fast"
 
     def _path(self, batch: ObservedBatch, coeffs: Optional[Tensor]):
         if coeffs is None:
@@ -275,39 +323,58 @@ class ContinuousFWP(nn.Module):
     def _rule_name(self) -> str:
         return "delta_post_tanh" if self.post_tanh else self.rule
 
-    def _stage_controls(self, path, times: Tensor) -> solvers.StageControls:
-        """Activated controls at ``times (steps, stages)`` in one batched pass."""
-        flat = times.reshape(-1)
-        dx = path.derivative(flat) if self.slow_net.uses_derivative else None
-        key, value, rate = self.slow_net(path.evaluate(flat), dx)
-        shape = (key.shape[0], *times.shape, self.num_heads)
-        key = key.reshape(*shape, -1)
-        value = value.reshape(*shape, -1)
-        rate = torch.sigmoid(rate.reshape(*shape, 1))
+    def _stage_controls(self, path, points: Tensor) -> solvers.StageControls:
+        """Activated controls at ``points (points,)`` in one batched pass, time first.
+
+        Returns:
+            :class:`fwplab.solvers.StageControls`, each ``(points, batch, heads, .)``.
+        """
+        x = path.evaluate(points).transpose(0, 1)
+        dx = path.derivative(points).transpose(0, 1) if self.slow_net.uses_derivative else None
+        key, value, rate = self.slow_net(x, dx)
+        rate = torch.sigmoid(rate)
         if self.rule != "oja":
             key = torch.softmax(key, -1)
         if not self.post_tanh:
             value = torch.tanh(value)
         return solvers.StageControls(key, value, rate)
 
-    def _fast_weights(self, path, times: Tensor) -> Tensor:
-        """``W`` at every observation time: ``(time, batch, heads, d, d)``."""
+    def _fast_weights(self, path, times: Tensor, at: Optional[Tensor] = None) -> Tensor:
+        """The fast weights at the observation times.
+
+        Args:
+            path: the control path.
+            times: observation times ``(time,)``.
+            at: optional index into ``times`` for each series ``(batch,)``.
+
+        Returns:
+            ``W`` at every observation time, ``(time, batch, heads, d, d)``, or with
+            ``at`` each series' ``W`` at its own time, ``(batch, heads, d, d)``
+            (the fast paths then compute and keep only those states).
+        """
         t0 = times[0]
         dx0 = path.derivative(t0) if self.slow_net.uses_derivative else None
         key, value, rate = self.slow_net(path.evaluate(t0), dx0)
         rule = get_rule(self.rule)
         W0 = rule(None, key, value, rate, post_tanh=self.post_tanh)
+        series = torch.arange(W0.shape[0], device=W0.device)
         grid = integration_grid(times, self.step_size)
-        if not self.uses_fast_path():
+        solver = self.selected_solver(W0.device, W0.dtype)
+        if solver == "reference":
             field = _FastWeightField(self.slow_net, self.rule, self.post_tanh, path)
-            return solvers.solve_reference(
+            W = solvers.solve_reference(
                 field, W0, times, grid, self.method, self.adjoint, self.rtol, self.atol
             )
-        controls = self._stage_controls(path, solvers.stage_times(grid, self.method))
+            return W if at is None else W[at, series]
+        controls = self._stage_controls(path, solvers.stage_points(grid, self.method))
         keep = torch.searchsorted(grid, times)
-        return solvers.solve_fixed_grid(
-            self._rule_name(), controls, W0, grid[1:] - grid[:-1], self.method, keep
+        if at is not None:
+            keep, position = torch.unique(keep[at], return_inverse=True)
+        W = solvers.solve_fixed_grid(
+            self._rule_name(), controls, W0, grid[1:] - grid[:-1], self.method, keep,
+            backend=solver, checkpoint_every=self.checkpoint_every,
         )
+        return W if at is None else W[position, series]
 
     # ---------------------------------------------------------------- read-out
     def _query(self, path, at: Tensor) -> Tensor:

@@ -20,6 +20,11 @@ and sepsis code derives from Kidger et al.'s NeuralCDE):
 Not reproduced: the official L2-norm penalty ``0.03 * ||theta||`` on all
 parameters, and the sepsis initial fast weight computed from the static features
 (fwplab models start from the update term at ``t0``; static features are unused).
+The official EigenWorms model is a delta-rule ODE-FWP whose vector field reads
+each window's log-signature; fwplab's closest model is ``delta_cde`` on the
+piecewise-linear log-signature path (``interpolation="linear"``): its keys and
+rates come from ``dX/dt``, which on window ``m`` is that window's log-signature
+divided by the window length, and its values from the path ``X`` itself.
 """
 
 from __future__ import annotations

@@ -1,22 +1,41 @@
-"""Solvers for the fast weight ODEs: the torchdiffeq reference path and the fast fixed-grid path.
+"""Solvers for the fast weight ODEs: the torchdiffeq reference path and the fast fixed-grid paths.
 
-Both integrate ``dW/dt = F(W, c(t))`` where the controls ``c(t)`` (keys, values,
-rates) depend on the input path only, never on ``W``:
+All of them integrate ``dW/dt = F(W, c(t))`` where the controls ``c(t)`` (keys,
+values, rates) depend on the input path only, never on ``W``:
 
 * :func:`solve_reference` hands a vector field to ``torchdiffeq.odeint`` (or
   ``odeint_adjoint``): any torchdiffeq method, the plain reference.
 * :func:`solve_fixed_grid` is numerically the same explicit Runge-Kutta scheme
-  on the same grid, but evaluates the controls at every stage time of every step
-  in one batched pass (:class:`StageControls`), leaving only the W-dependent part
-  in the time loop. Every rule's update is rank one, ``F_i = a_i b_i^T``, so a
-  stage needs ``W k_i`` (delta) or ``W^T v_i`` (Oja) only::
+  on the same grid, but takes the controls at every stage point of the grid,
+  computed beforehand in one batched pass (:class:`StageControls`, laid out by
+  :func:`stage_points`), so only the W-dependent part stays in the time loop.
 
-      W_stage_i k = W_n k + h * sum_{j<i} a_ij r_j (k_j . k)      (delta)
+Every rule's stage update is rank one. Writing the delta and Oja rules in one
+form, with ``M = W`` (delta) or ``M = W^T`` (Oja), a fixed factor ``f`` and a
+target ``c``::
 
-  and the step is ``W_{n+1} = W_n + h * sum_i b_i r_i k_i^T``: two batched
-  matrix products per step plus a few vector operations. Hebb does not depend
-  on ``W`` at all, so its solution is a weighted sum of stage updates with no
-  time loop.
+    delta:      f = softmax(k),  c = tanh(v),  g(z) = z
+    post-tanh:  f = softmax(k),  c = v,        g(z) = tanh(z)
+    Oja:        f = tanh(v),     c = k,        g(z) = softmax(z)
+
+    stage i of step n:   u_i = M_n f_i + h sum_{j<i} a_ij (f_j . f_i) r_j
+                         r_i = beta_i g(c_i - u_i)
+    step:                M_{n+1} = M_n + h sum_i b_i r_i f_i^T
+
+so a step costs two batched matrix products (``M_n F`` and the update) and a
+few vector operations. Hebb does not depend on ``W`` at all: its solution is a
+cumulative sum of stage updates, with no time loop.
+
+Three implementations of the delta and Oja recurrence (``backend``):
+
+* ``"stepwise"``: the loop above written with ordinary tensor operations;
+  autograd records every operation (readable; the reference for the others).
+* ``"fast"``: the same loop run without recording, and one hand-written
+  backward for the whole recurrence (one autograd node instead of thousands).
+  With ``checkpoint_every=K`` it keeps ``M`` every ``K`` steps only and
+  recomputes the steps in between during the backward (bounded memory).
+* ``"kernel"``: a compiled C++ recurrence (:mod:`fwplab.kernels`), the batch
+  in the innermost dimension, checkpoints every ``K`` steps (16 by default).
 """
 
 from __future__ import annotations
@@ -29,11 +48,15 @@ from torch import Tensor, nn
 
 __all__ = [
     "TABLEAUS",
+    "FIXED_GRID_BACKENDS",
+    "KERNEL_CHECKPOINT_EVERY",
     "ButcherTableau",
+    "StageLayout",
     "StageControls",
     "grid_constructor",
     "is_fixed_grid",
-    "stage_times",
+    "stage_layout",
+    "stage_points",
     "solve_reference",
     "solve_fixed_grid",
 ]
@@ -63,6 +86,12 @@ TABLEAUS: dict[str, ButcherTableau] = {
     ),
 }
 
+#: Implementations of the delta and Oja recurrences (see the module docstring).
+FIXED_GRID_BACKENDS = ("stepwise", "fast", "kernel")
+
+#: Steps between stored fast weights in the compiled kernel when none is asked for.
+KERNEL_CHECKPOINT_EVERY = 16
+
 
 def is_fixed_grid(method: str) -> bool:
     """Whether torchdiffeq's ``method`` steps on a fixed grid."""
@@ -75,26 +104,60 @@ def is_fixed_grid(method: str) -> bool:
     return issubclass(SOLVERS[method], FixedGridODESolver)
 
 
-def stage_times(grid: Tensor, method: str) -> Tensor:
-    """Times at which ``method`` evaluates the vector field on ``grid``.
+class StageLayout(NamedTuple):
+    """Where the stages of a step sit among the distinct stage points of the grid.
+
+    A step from ``t_n`` to ``t_{n+1}`` owns ``per_step`` points: ``t_n`` and the
+    interior stage times ``t_n + c h`` (``0 < c < 1``) in increasing order; a stage
+    at ``c = 1`` is the next step's first point. Stage ``i`` of step ``n`` is point
+    ``n * per_step + offsets[i]``, and there are ``steps * per_step + 1`` points.
+    """
+
+    per_step: int
+    offsets: tuple[int, ...]
+
+
+def stage_layout(method: str) -> StageLayout:
+    """The :class:`StageLayout` of fixed-grid ``method`` (a key of :data:`TABLEAUS`)."""
+    if method not in TABLEAUS:
+        raise ValueError(f"method: expected a fixed-grid method in {sorted(TABLEAUS)}, "
+                         f"got {method!r}")
+    nodes = TABLEAUS[method].c
+    interior = sorted({c for c in nodes if 0.0 < c < 1.0})
+    per_step = 1 + len(interior)
+    offsets = tuple(0 if c == 0.0 else per_step if c == 1.0 else 1 + interior.index(c)
+                    for c in nodes)
+    return StageLayout(per_step, offsets)
+
+
+def stage_points(grid: Tensor, method: str) -> Tensor:
+    """The distinct times at which ``method`` evaluates the vector field on ``grid``.
+
+    Args:
+        grid: fixed-solver grid ``(steps + 1,)``.
+        method: a key of :data:`TABLEAUS`.
 
     Returns:
-        ``(steps, stages)``: ``t_n + c_i h_n``, with ``c_i = 1`` mapped to ``t_{n+1}``
-        exactly.
+        ``(steps * per_step + 1,)`` in increasing order (see :class:`StageLayout`);
+        grid points are copied exactly, interior points are ``t_n + c (t_{n+1} - t_n)``
+        as torchdiffeq computes them.
     """
-    tableau = TABLEAUS[method]
-    t0, t1 = grid[:-1], grid[1:]
-    columns = [t1 if c == 1.0 else t0 + (t1 - t0) * c for c in tableau.c]
-    return torch.stack(columns, dim=-1)
+    layout = stage_layout(method)
+    interior = sorted({c for c in TABLEAUS[method].c if 0.0 < c < 1.0})
+    t0, step = grid[:-1], grid[1:] - grid[:-1]
+    columns = [t0] + [t0 + step * c for c in interior]
+    assert len(columns) == layout.per_step
+    return torch.cat([torch.stack(columns, dim=-1).reshape(-1), grid[-1:]])
 
 
 class StageControls(NamedTuple):
-    """Activated controls at every stage of every step, each ``(batch, steps, stages, heads, ...)``.
+    """Activated controls at the stage points of a grid, time first.
 
-    ``key`` is ``softmax(k)`` for Hebb and delta and the key logits for Oja (whose
-    softmax comes after the W-dependent subtraction); ``value`` is ``tanh(v)``
-    except for the post-tanh delta rule, where it is ``v``; ``rate`` is
-    ``sigma(b)`` of shape ``(..., 1)``.
+    Each is ``(points, batch, heads, d)`` (``rate``: ``(points, batch, heads, 1)``)
+    with the points of :func:`stage_points`. ``key`` is ``softmax(k)`` for Hebb
+    and delta and the key logits for Oja (whose softmax comes after the
+    W-dependent subtraction); ``value`` is ``tanh(v)`` except for the post-tanh
+    delta rule, where it is ``v``; ``rate`` is ``sigma(b)``.
     """
 
     key: Tensor
@@ -155,6 +218,27 @@ def grid_constructor(grid: Tensor):
     return construct
 
 
+# --------------------------------------------------------------------------- fixed grid
+_NONLINEARITIES = {"delta": "linear", "delta_post_tanh": "tanh", "oja": "softmax"}
+_RULES = ("hebb", *_NONLINEARITIES)
+
+
+class RecurrenceSpec(NamedTuple):
+    """The non-tensor arguments of a rank-one recurrence.
+
+    ``nonlinearity`` is ``"linear"``, ``"tanh"`` or ``"softmax"`` (the ``g`` of the
+    module docstring); ``keep`` lists the grid indices whose states are returned;
+    ``checkpoint_every`` is ``None`` (store every state) or the number of steps
+    between stored states.
+    """
+
+    nonlinearity: str
+    tableau: ButcherTableau
+    layout: StageLayout
+    keep: tuple[int, ...]
+    checkpoint_every: Optional[int]
+
+
 def solve_fixed_grid(
     rule: str,
     controls: StageControls,
@@ -162,80 +246,366 @@ def solve_fixed_grid(
     steps: Tensor,
     method: str = "rk4",
     keep: Optional[Tensor] = None,
+    backend: str = "fast",
+    checkpoint_every: Optional[int] = None,
 ) -> Tensor:
     """Explicit Runge-Kutta on a fixed grid with precomputed stage controls.
 
     Args:
         rule: ``"hebb"``, ``"delta"``, ``"delta_post_tanh"`` or ``"oja"``.
-        controls: activated controls at every stage, ``(batch, steps, stages, heads, d)``.
+        controls: activated controls at the stage points (:class:`StageControls`),
+            each ``(points, batch, heads, d)``.
         W0: initial fast weights ``(batch, heads, d, d)``.
         steps: step sizes ``(steps,)``.
         method: a key of :data:`TABLEAUS`.
-        keep: sorted grid indices (0 = initial time) whose states to return;
+        keep: grid indices (0 = initial time) whose states to return, increasing;
             default all.
+        backend: one of :data:`FIXED_GRID_BACKENDS` (delta and Oja; Hebb has no
+            time loop and ignores it).
+        checkpoint_every: ``"fast"`` and ``"kernel"``: store ``W`` every this many
+            steps and recompute the rest in the backward; ``None`` stores every
+            step (``"fast"``) or every :data:`KERNEL_CHECKPOINT_EVERY` (``"kernel"``).
 
     Returns:
         ``(len(keep), batch, heads, d, d)``.
     """
-    tableau = TABLEAUS[method]
+    if rule not in _RULES:
+        raise ValueError(f"rule: expected one of {_RULES}, got {rule!r}")
+    if backend not in FIXED_GRID_BACKENDS:
+        raise ValueError(f"backend: expected one of {FIXED_GRID_BACKENDS}, got {backend!r}")
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every: expected a positive integer or None, "
+                         f"got {checkpoint_every!r}")
+    tableau, layout = TABLEAUS[method], stage_layout(method)
     n_steps = steps.shape[0]
+    points = controls.key.shape[0]
+    if points != n_steps * layout.per_step + 1:
+        raise ValueError(f"controls: expected {n_steps * layout.per_step + 1} stage points "
+                         f"for {n_steps} {method} steps, got {points}")
     if keep is None:
         keep = torch.arange(n_steps + 1)
-    h = steps.to(W0.dtype).reshape(n_steps, 1, 1, 1)
+    keep = tuple(int(i) for i in keep.tolist())
+    steps = steps.to(W0.dtype)
     if rule == "hebb":
-        return _hebb_fixed_grid(controls, W0, h, tableau, keep)
-    return _rank_one_fixed_grid(rule, controls, W0, h, tableau, keep)
+        return _hebb_fixed_grid(controls, W0, steps, tableau, layout, keep)
 
-
-def _hebb_fixed_grid(controls, W0, h, tableau, keep):
-    """Hebb: ``W(t_n) = W0 + sum_{m<n} h_m sum_i b_i beta v k^T``, a cumulative sum."""
-    b = torch.tensor(tableau.b, dtype=W0.dtype, device=W0.device).reshape(1, 1, -1, 1, 1)
-    value = controls.rate * controls.value * b
-    increments = torch.einsum("bnshv,bnshk->nbhvk", value, controls.key) * h.unsqueeze(1)
-    states = torch.cat([W0.unsqueeze(0), W0.unsqueeze(0) + increments.cumsum(0)])
-    return states[keep.to(states.device)]
-
-
-def _rank_one_fixed_grid(rule, controls, W0, h, tableau, keep):
-    """Delta and Oja: a Python loop over steps, vector work inside a step."""
-    key, value, rate = controls
-    n_steps, n_stages = key.shape[1], key.shape[2]
+    batch, heads, d_value, d_key = W0.shape
     oja = rule == "oja"
-    # The fixed factor of each stage's rank-one update: k_i (delta) or v_i (Oja),
-    # and its Gram matrix within a step, for the low-rank stage corrections.
-    fixed = value if oja else key
-    gram = torch.einsum("bnihd,bnjhd->bnhij", fixed, fixed)
-    fixed_t = fixed.permute(1, 0, 3, 4, 2)  # (steps, batch, heads, d, stages)
-    key_t, value_t, rate_t = (c.transpose(0, 1) for c in (key, value, rate))
-    gram_t = gram.transpose(0, 1)
-    b = torch.tensor(tableau.b, dtype=W0.dtype, device=W0.device)
-    keep_set = set(keep.tolist())
-    kept = [W0] if 0 in keep_set else []
-    W = W0
+    # Oja in the delta form: M = W^T, the fixed factor is the value, the target the key.
+    fixed, target = (controls.value, controls.key) if oja else (controls.key, controls.value)
+    M0 = W0.transpose(-1, -2) if oja else W0
+    flat = batch * heads
+    fixed = fixed.reshape(points, flat, -1)
+    target = target.reshape(points, flat, -1)
+    rate = controls.rate.reshape(points, flat, 1)
+    M0 = M0.reshape(flat, *M0.shape[-2:])
+    if backend == "stepwise":
+        states = _stepwise_recurrence(fixed, target, rate, M0, steps, _NONLINEARITIES[rule],
+                                      tableau, layout, keep)
+    else:
+        if backend == "kernel":
+            from . import kernels
+
+            checkpoint_every = checkpoint_every or KERNEL_CHECKPOINT_EVERY
+            function = kernels.KernelRecurrence
+        else:
+            function = _FastRecurrence
+        spec = RecurrenceSpec(_NONLINEARITIES[rule], tableau, layout, keep, checkpoint_every)
+        states = function.apply(fixed.contiguous(), target.contiguous(), rate.contiguous(),
+                                M0.contiguous(), steps, spec)
+    states = states.reshape(len(keep), batch, heads, *M0.shape[-2:])
+    return states.transpose(-1, -2) if oja else states
+
+
+def stage_view(points: Tensor, layout: StageLayout, n_steps: int) -> Tensor:
+    """Controls at the stages of every step: ``(points, ...) -> (steps, stages, ...)``.
+
+    A strided view (no copy) when the stages of a step are consecutive points, as
+    in every method of :data:`TABLEAUS`; a gathered copy otherwise.
+    """
+    stages = len(layout.offsets)
+    if layout.offsets == tuple(range(stages)):
+        stride = points.stride()
+        return points.as_strided((n_steps, stages, *points.shape[1:]),
+                                 (layout.per_step * stride[0], *stride),
+                                 points.storage_offset())
+    index = (torch.arange(n_steps, device=points.device).unsqueeze(-1) * layout.per_step
+             + torch.tensor(layout.offsets, device=points.device))
+    return points[index]
+
+
+def _hebb_fixed_grid(controls, W0, steps, tableau, layout, keep):
+    """Hebb: ``W(t_n) = W0 + sum_{m<n} h_m sum_i b_i beta_i v_i k_i^T``, a cumulative sum."""
+    n_steps = steps.shape[0]
+    key, value, rate = (stage_view(c, layout, n_steps) for c in controls)
+    weights = steps.unsqueeze(-1) * torch.tensor(tableau.b, dtype=W0.dtype, device=W0.device)
+    value = value * (rate * weights.reshape(*weights.shape, 1, 1, 1))
+    increments = torch.einsum("nsbhv,nsbhk->nbhvk", value, key)
+    states = torch.cat([W0.unsqueeze(0), increments]).cumsum(0)
+    return states[torch.tensor(keep, device=states.device)]
+
+
+def _apply_nonlinearity(nonlinearity: str, z: Tensor) -> Tensor:
+    if nonlinearity == "linear":
+        return z
+    if nonlinearity == "tanh":
+        return torch.tanh(z)
+    return torch.softmax(z, -1)
+
+
+def _stepwise_recurrence(fixed, target, rate, M0, steps, nonlinearity, tableau, layout, keep):
+    """The recurrence of the module docstring, every operation recorded by autograd.
+
+    Arguments as :class:`_FastRecurrence`; returns ``(len(keep), N, d_out, d_in)``.
+    """
+    n_steps, stages = steps.shape[0], len(tableau.c)
+    f, c, beta = (stage_view(x, layout, n_steps).unbind(0) for x in (fixed, target, rate))
+    gram = [fi @ fi.transpose(-1, -2) for fi in (x.transpose(0, 1) for x in f)]  # (N, S, S)
+    keep_set = set(keep)
+    kept = [M0] if 0 in keep_set else []
+    M = M0
     for n in range(n_steps):
-        hn = h[n]
-        # W_n k_i (delta) or W_n^T v_i (Oja) for every stage: (batch, heads, d, stages)
-        projected = torch.matmul(W.transpose(-1, -2) if oja else W, fixed_t[n])
-        factors = []  # the W-dependent factor r_i (delta) or s_i (Oja) of each stage
-        for i in range(n_stages):
-            u = projected[..., i]
+        h = steps[n]
+        projected = torch.einsum("nok,snk->sno", M, f[n])  # M_n f_i for every stage i
+        factors = []
+        for i in range(stages):
+            u = projected[i]
             for j, a_ij in enumerate(tableau.a[i]):
                 if a_ij != 0.0:
-                    u = u + (hn * a_ij) * gram_t[n][..., j, i].unsqueeze(-1) * factors[j]
-            beta = rate_t[n][:, i]
-            if rule == "delta":
-                r = beta * (value_t[n][:, i] - u)
-            elif rule == "delta_post_tanh":
-                r = beta * torch.tanh(value_t[n][:, i] - u)
-            else:
-                r = beta * torch.softmax(key_t[n][:, i] - u, -1)
-            factors.append(r)
-        weighted = torch.stack([f * (hn * w) for f, w in zip(factors, b.tolist(), strict=True)], dim=-1)
-        if oja:
-            W = W + torch.matmul(fixed_t[n], weighted.transpose(-1, -2))
-        else:
-            W = W + torch.matmul(weighted, fixed_t[n].transpose(-1, -2))
+                    u = u + (h * a_ij) * gram[n][:, j, i].unsqueeze(-1) * factors[j]
+            factors.append(beta[n][i] * _apply_nonlinearity(nonlinearity, c[n][i] - u))
+        update = sum((h * b_i) * r.unsqueeze(-1) * f[n][i].unsqueeze(-2)
+                     for i, (r, b_i) in enumerate(zip(factors, tableau.b, strict=True))
+                     if b_i != 0.0)
+        M = M + update
         if n + 1 in keep_set:
-            kept.append(W)
+            kept.append(M)
     return torch.stack(kept)
 
+
+class _StepOperands(NamedTuple):
+    """Per-step views and coefficients shared by the forward and backward of a recurrence.
+
+    ``f, c, rate``: ``(steps, stages, N, .)`` views of the point tensors;
+    ``coupling[n, :, i, j] = h_n a_ij (f_i . f_j)``: ``(steps, N, stages, stages)``,
+    zero unless ``(i, j)`` is in ``pairs`` (the ``a_ij != 0``);
+    ``weights[n, i] = h_n b_i``: ``(steps, stages)``.
+    """
+
+    f: Tensor
+    c: Tensor
+    rate: Tensor
+    coupling: Tensor
+    steps: Tensor
+    weights: Tensor
+    pairs: tuple[tuple[int, int, float], ...]
+
+
+def _step_operands(fixed, target, rate, steps, spec: RecurrenceSpec,
+                   coupling: Optional[Tensor] = None) -> _StepOperands:
+    n_steps = steps.shape[0]
+    tableau = spec.tableau
+    f = stage_view(fixed, spec.layout, n_steps)
+    pairs = tuple((i, j, a_ij) for i, row in enumerate(tableau.a)
+                  for j, a_ij in enumerate(row) if a_ij != 0.0)
+    if coupling is None:
+        stages = len(tableau.c)
+        coupling = fixed.new_zeros(n_steps, fixed.shape[1], stages, stages)
+        for i, j, a_ij in pairs:
+            torch.mul((f[:, i] * f[:, j]).sum(-1), steps.unsqueeze(-1) * a_ij,
+                      out=coupling[:, :, i, j])
+    weights = steps.unsqueeze(-1) * torch.tensor(tableau.b, dtype=fixed.dtype,
+                                                 device=fixed.device)
+    return _StepOperands(f, stage_view(target, spec.layout, n_steps),
+                         stage_view(rate, spec.layout, n_steps), coupling, steps, weights, pairs)
+
+
+def _forward_step(ops: _StepOperands, nonlinearity: str, n: int, M: Tensor,
+                  activation: Tensor, factors: Tensor, out: Tensor) -> None:
+    """One step ``M_n -> M_{n+1}`` written into ``out``; records what the backward needs.
+
+    ``activation (N, d_out, S)`` receives ``e = u - c`` (linear), ``tanh(e)`` (tanh) or
+    ``softmax(-e)`` (softmax); ``factors (N, d_out, S)`` receives ``r``.
+    """
+    stages = factors.shape[-1]
+    f_t = ops.f[n].permute(1, 2, 0)  # (N, d_in, S)
+    c_t = ops.c[n].permute(1, 2, 0)  # (N, d_out, S)
+    rate = ops.rate[n]  # (S, N, 1)
+    linear = nonlinearity == "linear"
+    e = activation if linear else torch.empty_like(activation)
+    torch.baddbmm(c_t, M, f_t, beta=-1, out=e)  # M_n f_i - c_i
+    for i in range(stages):
+        e_i = e[..., i]
+        for row, j, _ in ops.pairs:
+            if row == i:
+                e_i.addcmul_(factors[..., j], ops.coupling[n, :, i, j : j + 1])
+        if linear:  # r = beta (c - u) = -beta e
+            torch.mul(e_i, rate[i], out=factors[..., i]).neg_()
+        elif nonlinearity == "tanh":  # r = beta tanh(c - u) = -beta tanh(e)
+            torch.tanh(e_i, out=activation[..., i])
+            torch.mul(activation[..., i], rate[i], out=factors[..., i]).neg_()
+        else:  # r = beta softmax(c - u)
+            activation[..., i] = torch.softmax(e_i.neg(), -1)
+            torch.mul(activation[..., i], rate[i], out=factors[..., i])
+    out.copy_(M).baddbmm_(factors * ops.weights[n], ops.f[n].transpose(0, 1))
+
+
+class _FastRecurrence(torch.autograd.Function):
+    """The rank-one recurrence with one hand-written backward.
+
+    Inputs: ``fixed (points, N, d_in)``, ``target (points, N, d_out)``,
+    ``rate (points, N, 1)``, ``M0 (N, d_out, d_in)``, ``steps (steps,)`` and a
+    :class:`RecurrenceSpec`. Output: ``M`` at the kept grid indices,
+    ``(len(keep), N, d_out, d_in)``.
+
+    The backward walks the steps in reverse. With ``e_i = u_i - c_i`` and
+    ``gM = dL/dM_{n+1}``::
+
+        dL/dr_i = h b_i gM f_i          (then, for i = S-1..0:)
+        dL/de_i = J_i^T dL/dr_i;  dL/dr_j += h a_ij (f_i . f_j) dL/de_i   (j < i)
+        dL/dM_n = gM + sum_i dL/de_i f_i^T
+        dL/df_i = h b_i gM^T r_i + M_n^T dL/de_i + Gram terms;  dL/dc_i = -dL/de_i
+
+    and the per-stage sums (rates, Gram terms, scattering stages onto points)
+    run once per segment of steps as large batched operations.
+    """
+
+    @staticmethod
+    def forward(ctx, fixed, target, rate, M0, steps, spec: RecurrenceSpec):
+        ops = _step_operands(fixed, target, rate, steps, spec)
+        n_steps, stages = steps.shape[0], len(spec.tableau.c)
+        flat, d_out, d_in = M0.shape
+        every = spec.checkpoint_every
+        stored = range(0, n_steps + 1) if every is None else range(0, n_steps + 1, every)
+        states = M0.new_empty(len(stored), flat, d_out, d_in)
+        states[0] = M0
+        kept = M0.new_empty(len(spec.keep), flat, d_out, d_in)
+        position = {index: k for k, index in enumerate(spec.keep)}
+        if every is None:
+            activations = M0.new_empty(n_steps, flat, d_out, stages)
+            factors = M0.new_empty(n_steps, flat, d_out, stages)
+        else:
+            activations = M0.new_empty(1, flat, d_out, stages)
+            factors = M0.new_empty(1, flat, d_out, stages)
+            scratch = M0.new_empty(2, flat, d_out, d_in)
+        M = states[0]
+        for n in range(n_steps):
+            record = n if every is None else 0
+            if every is None:
+                out = states[n + 1]
+            elif (n + 1) % every == 0:
+                out = states[(n + 1) // every]
+            else:
+                out = scratch[n % 2]
+            _forward_step(ops, spec.nonlinearity, n, M, activations[record], factors[record], out)
+            M = out
+            if every is not None and n + 1 in position:
+                kept[position[n + 1]] = M
+        if every is None:
+            if spec.keep != tuple(range(n_steps + 1)):
+                kept = states[torch.tensor(spec.keep, device=states.device)]
+            else:
+                kept = states
+            ctx.save_for_backward(fixed, target, rate, steps, ops.coupling, states, activations,
+                                  factors)
+        else:
+            if 0 in position:
+                kept[position[0]] = M0
+            ctx.save_for_backward(fixed, target, rate, steps, ops.coupling, states)
+        ctx.spec = spec
+        return kept
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_kept):
+        spec: RecurrenceSpec = ctx.spec
+        fixed, target, rate, steps, coupling, states, *recorded = ctx.saved_tensors
+        ops = _step_operands(fixed, target, rate, steps, spec, coupling)
+        n_steps = steps.shape[0]
+        every = spec.checkpoint_every or n_steps
+        grads = (torch.zeros_like(fixed), torch.zeros_like(target), torch.zeros_like(rate))
+        position = {index: k for k, index in enumerate(spec.keep)}
+        gM = torch.zeros_like(states[0])
+        if n_steps in position:
+            gM += grad_kept[position[n_steps]]
+        for start in reversed(range(0, n_steps, every)):
+            stop = min(start + every, n_steps)
+            if recorded:
+                segment = (states[start : stop + 1], *(r[start:stop] for r in recorded))
+            else:
+                segment = _recompute_segment(ops, spec.nonlinearity, states[start // every],
+                                             start, stop)
+            _backward_segment(ops, spec, start, stop, segment, gM, grad_kept, position, grads)
+        return (*grads, gM, None, None)
+
+
+def _recompute_segment(ops, nonlinearity, M_start, start, stop):
+    """States, activations and factors of steps ``start..stop-1`` from ``M_start``."""
+    flat, d_out, d_in = M_start.shape
+    stages = ops.f.shape[1]
+    states = M_start.new_empty(stop - start + 1, flat, d_out, d_in)
+    states[0] = M_start
+    activations = M_start.new_empty(stop - start, flat, d_out, stages)
+    factors = torch.empty_like(activations)
+    for k, n in enumerate(range(start, stop)):
+        _forward_step(ops, nonlinearity, n, states[k], activations[k], factors[k], states[k + 1])
+    return states, activations, factors
+
+
+def _backward_segment(ops, spec, start, stop, segment, gM, grad_kept, position, grads):
+    """Backpropagate ``gM = dL/dM_stop`` through steps ``stop-1..start`` (in place).
+
+    Accumulates the gradients of the point tensors into ``grads`` and leaves
+    ``dL/dM_start`` in ``gM``.
+    """
+    states, activations, factors = segment
+    nonlinearity = spec.nonlinearity
+    grad_e = torch.empty_like(activations)  # dL/de per step and stage
+    grad_r = torch.empty_like(activations)  # dL/dr per step and stage
+    length, flat, _, stages = activations.shape
+    grad_f = ops.f.new_empty(length, flat, stages, ops.f.shape[-1])  # (steps, N, S, d_in)
+    for k in reversed(range(length)):
+        n = start + k
+        f_n = ops.f[n].transpose(0, 1)  # (N, S, d_in)
+        torch.bmm(gM, f_n.transpose(1, 2), out=grad_r[k]).mul_(ops.weights[n])
+        torch.bmm((factors[k] * ops.weights[n]).transpose(1, 2), gM, out=grad_f[k])
+        rate = ops.rate[n]
+        if nonlinearity == "tanh":  # de/dr factor: -beta (1 - tanh(e)^2)
+            slope = (1 - activations[k].square()) * rate.permute(1, 2, 0)
+        for i in reversed(range(stages)):
+            g_r, g_e = grad_r[k][..., i], grad_e[k][..., i]
+            if nonlinearity == "linear":
+                torch.mul(g_r, rate[i], out=g_e).neg_()
+            elif nonlinearity == "tanh":
+                torch.mul(g_r, slope[..., i], out=g_e).neg_()
+            else:  # r = beta y, y = softmax(-e): dL/de = r (<g_r, y> - g_r)
+                y = activations[k][..., i]
+                torch.mul(torch.sub((g_r * y).sum(-1, keepdim=True), g_r), factors[k][..., i],
+                          out=g_e)
+            for row, j, _ in ops.pairs:
+                if row == i:
+                    grad_r[k][..., j].addcmul_(g_e, ops.coupling[n, :, i, j : j + 1])
+        gM.baddbmm_(grad_e[k], f_n)
+        grad_f[k].baddbmm_(grad_e[k].transpose(1, 2), states[k])
+        if n in position:
+            gM += grad_kept[position[n]]
+    steps = slice(start, stop)
+    # Rates: r = beta y with y = -e (linear), -tanh(e) (tanh), softmax(-e).
+    grad_rate = (grad_r * activations).sum(2)  # (steps, N, S)
+    if nonlinearity != "softmax":
+        grad_rate = grad_rate.neg()
+    # Gram terms: coupling_ij = h a_ij (f_i . f_j), symmetric in f_i and f_j.
+    f_segment = ops.f[steps]  # (steps, S, N, d_in)
+    for i, j, a_ij in ops.pairs:
+        grad_gram = (grad_e[..., i] * factors[..., j]).sum(-1)  # (steps, N)
+        grad_gram = grad_gram.mul_(ops.steps[steps].unsqueeze(-1) * a_ij).unsqueeze(-1)
+        grad_f[:, :, i].addcmul_(grad_gram, f_segment[:, j])
+        grad_f[:, :, j].addcmul_(grad_gram, f_segment[:, i])
+    grad_fixed, grad_target, grad_rate_points = grads
+    per_step = spec.layout.per_step
+    for i, offset in enumerate(spec.layout.offsets):
+        rows = slice(start * per_step + offset, (stop - 1) * per_step + offset + 1, per_step)
+        grad_fixed[rows] += grad_f[:, :, i]
+        grad_target[rows] -= grad_e[..., i]
+        grad_rate_points[rows] += grad_rate[..., i : i + 1]

@@ -40,6 +40,7 @@ import math
 import os
 import random
 import time
+import weakref
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -272,11 +273,30 @@ def _uses_coeffs(model: nn.Module) -> bool:
     return isinstance(getattr(model, "interpolation", None), str)
 
 
+#: Interpolation coefficients by (id of a Split, interpolation); entries leave with their Split.
+_COEFFS_CACHE: dict[tuple[int, str], Tensor] = {}
+
+
 def _split_coeffs(model: nn.Module, split: Split) -> Optional[Tensor]:
-    """Interpolation coefficients of a whole split (once), or None for other models."""
+    """Interpolation coefficients of a whole split, or None for models without a path.
+
+    Computed once per split object and interpolation (torchcde's missing-value
+    handling is slow) and kept while the split lives; splits are not expected to
+    change in place.
+    """
     if not _uses_coeffs(model):
         return None
-    return interpolation_coeffs(split.x, split.times, split.lengths, model.interpolation)
+    key = (id(split), model.interpolation)
+    if key not in _COEFFS_CACHE:
+        _COEFFS_CACHE[key] = interpolation_coeffs(split.x, split.times, split.lengths,
+                                                  model.interpolation)
+        weakref.finalize(split, _COEFFS_CACHE.pop, key, None)
+    return _COEFFS_CACHE[key]
+
+
+def _on_device(split: Split, device: torch.device) -> Split:
+    """The split itself when already on ``device`` (so cached coefficients are found)."""
+    return split if split.x.device == device else split.to(device)
 
 
 def _batch(split: Split, coeffs: Optional[Tensor], index: Tensor) -> tuple[Tensor, dict[str, Any]]:
@@ -343,7 +363,7 @@ def predict(
     Returns:
         ``(batch, classes)`` logits on the model's device.
     """
-    split = split.to(_device_of(model))
+    split = _on_device(split, _device_of(model))
     if coeffs is None:
         coeffs = _split_coeffs(model, split)
     was_training = model.training
@@ -557,6 +577,9 @@ def fit(
             CLI records how to reload the dataset).
         **overrides: fields of :class:`TrainConfig`, e.g. ``epochs=20, lr=1e-3``.
 
+    A fresh run seeds torch's and Python's global random generators with
+    ``config.seed`` (dropout draws from them); a resumed run restores their states.
+
     Returns:
         History: per-epoch records and the final train/val/test metrics.
 
@@ -585,8 +608,11 @@ def fit(
     weight = _class_weight(config, dataset.num_classes, device)
 
     train, val = _carve_validation(dataset, config)
-    train, test = train.to(device), dataset.test.to(device)
-    val = None if val is None else val.to(device)
+    if config.patience is not None and val is None:
+        raise ValueError("patience: early stopping needs a validation split; set val_fraction "
+                         "> 0 or use a dataset that has one")
+    train, test = _on_device(train, device), _on_device(dataset.test, device)
+    val = None if val is None else _on_device(val, device)
     coeffs = {"train": _split_coeffs(model, train), "test": _split_coeffs(model, test),
               "val": None if val is None else _split_coeffs(model, val)}
 

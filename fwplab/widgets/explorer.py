@@ -37,7 +37,7 @@ from torch import Tensor
 from ..discrete import retrieval_error
 from ..models import ContinuousFWP
 from ..paths import check_observations, control_path, interpolation_coeffs
-from ..rules.fast_weight import FAST_WEIGHT_RULES
+from ..rules.fast_weight import FAST_WEIGHT_RULES, get_rule
 from .plots import (
     draw_norm_curve,
     draw_singular_value_curves,
@@ -56,6 +56,7 @@ __all__ = [
     "fast_weight_trace",
     "time_index",
     "stored_pair_error",
+    "recall_error_rate",
     "draw_fast_weights",
 ]
 
@@ -85,6 +86,7 @@ class FastWeightTrace(NamedTuple):
         keys: ``softmax(k(t))`` of shape ``(time, heads, d)``.
         values: ``tanh(v(t))`` of shape ``(time, heads, d)``.
         rates: ``sigma(b(t))`` of shape ``(time, heads)``.
+        updates: what the rule writes, ``dW/dt`` at ``t``, of shape ``(time, heads, d, d)``.
         query: the final query ``q(T)`` of shape ``(heads, d)``.
         readouts: ``W(t) q(T)`` of shape ``(time, heads, d)``.
         norms: ``||W(t)||_F`` of shape ``(time, heads)``.
@@ -99,6 +101,7 @@ class FastWeightTrace(NamedTuple):
     keys: Tensor
     values: Tensor
     rates: Tensor
+    updates: Tensor
     query: Tensor
     readouts: Tensor
     norms: Tensor
@@ -174,6 +177,7 @@ def fast_weight_trace(
         weights = model.fast_weight_trajectory(observations, own_times, coeffs=coeffs)
         derivative = path.derivative(own_times) if model.driver == "cde" else None
         key, value, rate = model.slow_net(path.evaluate(own_times), derivative)
+        updates = get_rule(rule)(weights[0], key[0], value[0], rate[0], post_tanh=model.post_tanh)
         queries = model._query(path, own_times)  # (1, time, heads, d)
         probabilities = torch.softmax(model._read_out(weights, queries), -1)
         weights = weights[0]
@@ -187,6 +191,7 @@ def fast_weight_trace(
             keys=torch.softmax(key[0], -1),
             values=torch.tanh(value[0]),
             rates=torch.sigmoid(rate[0, ..., 0]),
+            updates=updates,
             query=query,
             readouts=readouts,
             norms=torch.linalg.matrix_norm(weights),
@@ -232,6 +237,32 @@ def stored_pair_error(trace: FastWeightTrace) -> Tensor:
     return retrieval_error(
         trace.weights[-1], trace.keys.transpose(0, 1), trace.values.transpose(0, 1)
     )
+
+
+def recall_error_rate(trace: FastWeightTrace) -> Tensor:
+    """How fast each write changes the recall error of the pair being written.
+
+    Holding the current key and value fixed, the rule's write ``dW/dt`` changes the
+    error of recalling ``v`` from ``k`` at the rate
+
+    ```
+    d/dt |v - W k|^2 = -2 (v - W k) . (dW/dt k)
+    delta:  dW/dt k = beta |k|^2 (v - W k)   ->  -2 beta |k|^2 |v - W k|^2 <= 0
+    Hebb:   dW/dt k = beta |k|^2 v           ->  -2 beta |k|^2 (v - W k) . v
+    ```
+
+    The delta rule's write always corrects the current pair; Hebb's write adds ``v``
+    whatever ``W k`` already holds, so it overshoots where the memory already recalls it.
+
+    Args:
+        trace: from :func:`fast_weight_trace`.
+
+    Returns:
+        ``(time, heads)``.
+    """
+    error = trace.values - torch.matmul(trace.weights, trace.keys.unsqueeze(-1)).squeeze(-1)
+    written = torch.matmul(trace.updates, trace.keys.unsqueeze(-1)).squeeze(-1)
+    return -2 * (error * written).sum(-1)
 
 
 def _check_head(trace: FastWeightTrace, head: int) -> None:
@@ -484,10 +515,10 @@ class FastWeightExplorer:
             options=[(f"head {h}", h) for h in range(model.num_heads)], value=head,
             description="head", layout=widgets.Layout(width="180px"),
         )
-        self.rule_selector = widgets.ToggleButtons(
-            options=list(FAST_WEIGHT_RULES), value=model.rule, description="rule",
-            tooltips=["Hebb: dW = b v k^T", "Oja: dW = v (b softmax(k - W^T v))^T",
-                      "delta: dW = b (v - W k) k^T"],
+        self.rule_selector = widgets.Dropdown(
+            options=[("Hebb: dW = b v k^T", "hebb"), ("Oja: dW = v (b softmax(k - W^T v))^T", "oja"),
+                     ("delta: dW = b (v - W k) k^T", "delta")],
+            value=model.rule, description="rule", layout=widgets.Layout(width="340px"),
         )
         self.time_slider = widgets.FloatSlider(
             description="time t", continuous_update=False, readout_format=".2f",
@@ -503,8 +534,7 @@ class FastWeightExplorer:
         self.head_selector.observe(self._change_selection, names="value")
         self.time_slider.observe(self._change_time, names="value")
         self.widget: ipywidgets.VBox = widgets.VBox([
-            widgets.HBox([self.series_selector, self.head_selector]),
-            self.rule_selector,
+            widgets.HBox([self.series_selector, self.head_selector, self.rule_selector]),
             self.time_slider,
             self.image,
         ])
