@@ -20,7 +20,7 @@ lab: $(STAMP)
 		--IdentityProvider.token=$(TOKEN) --notebook-dir=notebooks
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -rs
 
 tour: $(STAMP)
 	mkdir -p build

@@ -68,6 +68,13 @@ PNG_COMPRESS_LEVEL = 1
 #: Relative tolerance of :func:`time_index` for slider values that carry float round-off.
 TIME_TOLERANCE = 1e-6
 
+#: The rule selector's entries: each rule with its update (b is the rate).
+RULE_LABELS = {
+    "hebb": "Hebb: dW = b v k^T",
+    "oja": "Oja: dW = v (b softmax(k - W^T v))^T",
+    "delta": "delta: dW = b (v - W k) k^T",
+}
+
 KEY_COLOR = "tab:green"
 VALUE_COLOR = "tab:purple"
 RATE_COLOR = "tab:orange"
@@ -114,6 +121,8 @@ def with_rule(model: ContinuousFWP, rule: str) -> ContinuousFWP:
 
     The copy keeps every slow weight, so the same keys, values and rates drive the
     new rule. ``post_tanh`` is a delta-rule option and is dropped for Hebb and Oja.
+    A ``config`` recorded by :func:`fwplab.build_model` is updated to match, so the copy
+    can be rebuilt and checkpointed like any model.
 
     Args:
         model: a continuous FWP (it is not modified).
@@ -129,6 +138,10 @@ def with_rule(model: ContinuousFWP, rule: str) -> ContinuousFWP:
     copied = copy.deepcopy(model).eval()
     copied.rule = rule
     copied.post_tanh = model.post_tanh and rule == "delta"
+    if hasattr(model, "config"):
+        copied.config = {**model.config, "name": copied.name}
+        if not copied.post_tanh:
+            copied.config.pop("post_tanh", None)
     return copied
 
 
@@ -516,9 +529,8 @@ class FastWeightExplorer:
             description="head", layout=widgets.Layout(width="180px"),
         )
         self.rule_selector = widgets.Dropdown(
-            options=[("Hebb: dW = b v k^T", "hebb"), ("Oja: dW = v (b softmax(k - W^T v))^T", "oja"),
-                     ("delta: dW = b (v - W k) k^T", "delta")],
-            value=model.rule, description="rule", layout=widgets.Layout(width="340px"),
+            options=[(label, rule) for rule, label in RULE_LABELS.items()], value=model.rule,
+            description="rule", layout=widgets.Layout(width="340px"),
         )
         self.time_slider = widgets.FloatSlider(
             description="time t", continuous_update=False, readout_format=".2f",
