@@ -30,6 +30,8 @@ __all__ = [
     "draw_singular_value_curves",
     "draw_control_path",
     "draw_parameter_scaling",
+    "draw_learning_curves",
+    "draw_accuracy_by_missing_rate",
 ]
 
 #: Diverging colour map of every fast weight heatmap (blue negative, red positive).
@@ -229,5 +231,76 @@ def draw_parameter_scaling(
         ax.loglog(_numpy(size), _numpy(parameters[label]), "o-", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("trainable parameters")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def draw_learning_curves(
+    curves: Mapping[str, Sequence[float]],
+    ylabel: str,
+    ax: Axes | None = None,
+) -> Axes:
+    """Plot one value per epoch (e.g. ``History.curve("train_loss")``), one line per model.
+
+    Epochs are numbered from 1, as in :class:`fwplab.train.EpochRecord`.
+
+    Args:
+        curves: model label -> one finite value per epoch (at least one epoch).
+        ylabel: what the values are.
+        ax: axes to draw into; a new figure's when ``None``.
+
+    Returns:
+        The axes.
+    """
+    if not curves:
+        raise ValueError("curves: expected at least one model's curve, got none")
+    for label, values in curves.items():
+        if len(values) == 0 or any(value is None for value in values):
+            raise ValueError(f"curves[{label!r}]: expected one number per epoch, got {list(values)}")
+    if ax is None:
+        ax = Figure(figsize=(5, 4), layout="constrained").subplots()
+    for label, values in curves.items():
+        ax.plot(range(1, len(values) + 1), [float(value) for value in values], "o-", ms=3,
+                label=label)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs only
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def draw_accuracy_by_missing_rate(
+    missing_rates: Sequence[float],
+    accuracies: Mapping[str, Sequence[float]],
+    chance: float | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Test accuracy against the fraction of dropped observations, one line per model.
+
+    Args:
+        missing_rates: fractions in ``[0, 1)`` of observations dropped, ``(n,)``.
+        accuracies: model label -> accuracy at each missing rate, ``(n,)``.
+        chance: accuracy of guessing (``1 / classes``), drawn as a dashed line; None draws none.
+        ax: axes to draw into; a new figure's when ``None``.
+
+    Returns:
+        The axes (x axis in percent).
+    """
+    if not accuracies:
+        raise ValueError("accuracies: expected at least one model's accuracies, got none")
+    for label, values in accuracies.items():
+        if len(values) != len(missing_rates):
+            raise ValueError(f"accuracies[{label!r}]: expected {len(missing_rates)} values (one "
+                             f"per missing rate), got {len(values)}")
+    if ax is None:
+        ax = Figure(figsize=(5, 4), layout="constrained").subplots()
+    percent = [100 * float(rate) for rate in missing_rates]
+    for label, values in accuracies.items():
+        ax.plot(percent, [float(value) for value in values], "o-", label=label)
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
+    ax.set_xlabel("observations dropped (%)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
     ax.legend(fontsize="small")
     return ax
