@@ -7,6 +7,12 @@ through torchcde. Series of different lengths share the grid: series ``b`` is
 observed at ``times[:lengths[b]]`` and ends at ``times[lengths[b] - 1]``;
 whatever ``x`` holds after that end is ignored (it is replaced by NaN before
 interpolation, so it cannot leak into the path).
+
+The coefficients are torchcde's (same layout, same values up to round-off) but
+computed here without torchcde's Python loops over every (series, channel)
+pair when values are missing: each scalar path is filled as torchcde fills it,
+and the natural cubic spline through each path's own knots is solved for all
+paths at once by one tridiagonal (Thomas) sweep over time.
 """
 
 from __future__ import annotations
@@ -31,17 +37,274 @@ __all__ = [
 
 
 class _Interpolation(NamedTuple):
-    coeffs: Callable[..., Tensor]
+    coeffs: Callable[[Tensor, Tensor], Tensor]
     path: Callable[..., torchcde.InterpolationBase]
 
 
-#: Interpolation schemes by name: coefficient function and path class of torchcde.
+def _scalar_paths(x: Tensor) -> Tensor:
+    """``(batch, time, channels)`` -> ``(time, batch * channels)``: one column per scalar path."""
+    batch, length, channels = x.shape
+    return x.transpose(0, 1).reshape(length, batch * channels)
+
+
+def _batched(columns: Tensor, batch: int, channels: int) -> Tensor:
+    """``(pieces, time', batch * channels)`` -> ``(batch, time', pieces * channels)``."""
+    pieces, length, _ = columns.shape
+    columns = columns.view(pieces, length, batch, channels)
+    return columns.permute(2, 1, 0, 3).reshape(batch, length, pieces * channels)
+
+
+def _linear_coeffs(x: Tensor, times: Tensor) -> Tensor:
+    """``torchcde.linear_interpolation_coeffs(x, times)`` without its per-path loop.
+
+    Each scalar path (one series, one channel) is filled on its own: a value
+    before the first observation takes the first observed value, one after the
+    last takes the last observed value, one in between lies on the straight line
+    through the neighbouring observations, and a path never observed is zero::
+
+        x_i = x_p + (t_i - t_p) / (t_q - t_p) * (x_q - x_p),
+        p = last observation before i,  q = first observation after i.
+
+    These filled values are the coefficients of torchcde's linear interpolation
+    (bit-for-bit equal on CPU).
+
+    Args:
+        x: observations ``(batch, time, channels)``, NaN where missing.
+        times: strictly increasing ``(time,)`` in ``x``'s dtype and device.
+
+    Returns:
+        ``x`` filled, ``(batch, time, channels)``.
+    """
+    batch, length, channels = x.shape
+    values = _scalar_paths(x)
+    observed = ~torch.isnan(values)
+    index = torch.arange(length, device=x.device).unsqueeze(-1)
+    previous = torch.where(observed, index, -1).cummax(0).values
+    following = torch.where(observed, index, length).flip(0).cummin(0).values.flip(0)
+    before_first, after_last = previous < 0, following == length
+    previous, following = previous.clamp(min=0), following.clamp(max=length - 1)
+    previous_value, following_value = values.gather(0, previous), values.gather(0, following)
+    previous_time, following_time = times[previous], times[following]
+    ratio = (times.unsqueeze(-1) - previous_time) / (following_time - previous_time)
+    between = previous_value + ratio * (following_value - previous_value)
+    filled = torch.where(
+        observed, values,
+        torch.where(before_first, following_value, torch.where(after_last, previous_value, between)),
+    )
+    filled = filled.masked_fill(~observed.any(0), 0.0)
+    return filled.view(length, batch, channels).transpose(0, 1).contiguous()
+
+
+def _hermite_cubic_coeffs(x: Tensor, times: Tensor) -> Tensor:
+    """``torchcde.hermite_cubic_coefficients_with_backward_differences`` without its per-path loop.
+
+    The missing values are filled as for the linear interpolation
+    (:func:`_linear_coeffs`); torchcde then builds the Hermite cubic whose knot
+    derivatives are the backward differences of the filled values.
+
+    Args:
+        x: observations ``(batch, time, channels)``, NaN where missing.
+        times: strictly increasing ``(time,)`` in ``x``'s dtype and device.
+
+    Returns:
+        Coefficients ``(batch, time - 1, 4 * channels)``.
+    """
+    filled = _linear_coeffs(x, times)
+    return torchcde.hermite_cubic_coefficients_with_backward_differences(filled, times)
+
+
+def _thomas_solve(lower_upper: Tensor, diagonal: Tensor, rhs: Tensor) -> Tensor:
+    """Solve symmetric tridiagonal systems, one per column, by the Thomas algorithm.
+
+    Row ``i`` of column ``n`` reads ``u[i-1] y[i-1] + d[i] y[i] + u[i] y[i+1] = r[i]``
+    (``u = lower_upper[:, n]``, ``d = diagonal[:, n]``, ``r = rhs[:, n]``)::
+
+        forward:   w = u[i-1] / d'[i-1],  d'[i] = d[i] - w u[i-1],  r'[i] = r[i] - w r'[i-1]
+        backward:  y[k-1] = r'[k-1] / d'[k-1],  y[i] = (r'[i] - u[i] y[i+1]) / d'[i]
+
+    The operations are those of ``torchcde.misc.tridiagonal_solve``, in the same
+    order, so a system padded with decoupled rows (``u = 0``, ``d = 1``,
+    ``r = 0``) gives the unpadded solution bit for bit.
+
+    Args:
+        lower_upper: off-diagonal ``(k - 1, columns)``.
+        diagonal: ``(k, columns)``, nonzero pivots.
+        rhs: ``(k, columns)``.
+
+    Returns:
+        The solutions ``y``, ``(k, columns)``.
+    """
+    size = diagonal.shape[0]
+    pivots, reduced = torch.empty_like(diagonal), torch.empty_like(rhs)
+    pivots[0], reduced[0] = diagonal[0], rhs[0]
+    for i in range(1, size):
+        weight = lower_upper[i - 1] / pivots[i - 1]
+        pivots[i] = diagonal[i] - weight * lower_upper[i - 1]
+        reduced[i] = rhs[i] - weight * reduced[i - 1]
+    solution = torch.empty_like(rhs)
+    solution[-1] = reduced[-1] / pivots[-1]
+    for i in range(size - 2, -1, -1):
+        solution[i] = (reduced[i] - lower_upper[i] * solution[i + 1]) / pivots[i]
+    return solution
+
+
+def _spline_knots(values: Tensor, times: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """torchcde's knots of the natural cubic spline of each scalar path, packed.
+
+    A value before a path's first observation takes the first observed value
+    and one after its last observation takes the last one, so these times
+    become knots too; a path never observed is zero at every time. The ``k``
+    knots of column ``n`` are moved to rows ``0 .. k - 1`` (in time order);
+    the rows below are zero.
+
+    Args:
+        values: scalar paths ``(time, paths)``, NaN where missing.
+        times: strictly increasing ``(time,)``.
+
+    Returns:
+        ``knot_times`` and ``knot_values``, both ``(time, paths)``; the number
+        of knots ``(1, paths)``; and ``piece`` ``(time - 1, paths)``, the number
+        ``j`` of the knot interval ``[s_j, s_{j+1}]`` that holds the original
+        interval ``[t_i, t_{i+1}]``.
+    """
+    length, paths = values.shape
+    observed = ~torch.isnan(values)
+    index = torch.arange(length, device=values.device).unsqueeze(-1)
+    first = observed.to(torch.uint8).argmax(0, keepdim=True)
+    last = length - 1 - observed.flip(0).to(torch.uint8).argmax(0, keepdim=True)
+    never_observed = ~observed.any(0, keepdim=True)
+    before_first, after_last = index < first, index > last
+    filled = torch.where(
+        before_first, values.gather(0, first),
+        torch.where(after_last, values.gather(0, last), values),
+    ).masked_fill(never_observed, 0.0)
+    knots = observed | before_first | after_last | never_observed
+    rank = knots.cumsum(0) - 1
+    # Knot number j goes to row j; every other time to the discarded row `length`.
+    target = rank.masked_fill(~knots, length).unsqueeze(0).expand(2, -1, -1)
+    sources = torch.stack([times.unsqueeze(-1).expand_as(filled), filled])
+    packed = values.new_zeros(2, length + 1, paths).scatter_(1, target, sources)
+    return packed[0, :length], packed[1, :length], rank[-1:] + 1, rank[:-1]
+
+
+def _natural_cubic_pieces(knot_times: Tensor, knot_values: Tensor, count: Tensor) -> Tensor:
+    """Coefficients of the natural cubic spline of each column's packed knots.
+
+    Column ``n`` holds ``k_n >= 2`` knots ``(s_j, y_j)`` in its first ``k_n``
+    rows (zeros below). The knot derivatives ``D`` solve (``h_j = s_{j+1} - s_j``,
+    terms with ``h_{-1}`` or ``h_{k-1}`` dropped)::
+
+        D_{j-1} / h_{j-1} + 2 (1 / h_{j-1} + 1 / h_j) D_j + D_{j+1} / h_j
+            = 3 (y_j - y_{j-1}) / h_{j-1}^2 + 3 (y_{j+1} - y_j) / h_j^2
+
+    padded with the decoupled rows ``D_j = 0`` for ``j >= k_n`` so that all
+    columns share one Thomas sweep. On ``[s_j, s_{j+1}]``, with ``u = s - s_j``::
+
+        y(s) = a + b u + c u^2 + d u^3,  a = y_j,  b = D_j,
+        2c = (6 (y_{j+1} - y_j) / h_j - 4 D_j - 2 D_{j+1}) / h_j,
+        3d = (-6 (y_{j+1} - y_j) / h_j + 3 (D_j + D_{j+1})) / h_j^2,
+
+    and a column with two knots is the straight line ``b = (y_1 - y_0) / h_0``,
+    ``c = d = 0`` (torchcde's special case). The operations follow torchcde's.
+
+    Args:
+        knot_times: ``(time, paths)``, increasing within each column's knots.
+        knot_values: ``(time, paths)``.
+        count: number of knots ``k_n`` of each column, ``(1, paths)``.
+
+    Returns:
+        ``a, b, 2c, 3d`` stacked, ``(4, time - 1, paths)``; rows ``j >= k_n - 1``
+        of column ``n`` are meaningless.
+    """
+    length = knot_times.shape[0]
+    index = torch.arange(length, device=knot_times.device).unsqueeze(-1)
+    gaps = knot_times[1:] - knot_times[:-1]
+    reciprocal = torch.where(index[:-1] < count - 1, gaps.reciprocal(), 0.0)
+    reciprocal_squared = reciprocal**2
+    three_diffs = 3 * (knot_values[1:] - knot_values[:-1])
+    scaled_diffs = three_diffs * reciprocal_squared
+    pad = torch.zeros_like(reciprocal[:1])
+    diagonal = 2 * (torch.cat([reciprocal, pad]) + torch.cat([pad, reciprocal]))
+    diagonal.masked_fill_(index >= count, 1.0)
+    rhs = torch.cat([scaled_diffs, pad]) + torch.cat([pad, scaled_diffs])
+    derivatives = _thomas_solve(reciprocal, diagonal, rhs)
+    del diagonal, rhs, scaled_diffs  # free (time, paths) buffers before the next ones
+
+    six_diffs = 2 * three_diffs
+    two_c = (six_diffs * reciprocal - 4 * derivatives[:-1] - 2 * derivatives[1:]) * reciprocal
+    three_d = (-six_diffs * reciprocal + 3 * (derivatives[:-1] + derivatives[1:])) * reciprocal_squared
+    pieces = torch.stack([knot_values[:-1], derivatives[:-1], two_c, three_d])
+    line = count == 2
+    pieces[1, :1] = torch.where(line, (knot_values[1:2] - knot_values[:1]) / gaps[:1], pieces[1, :1])
+    pieces[2:, :1].masked_fill_(line, 0.0)
+    return pieces
+
+
+def _taylor_shift(pieces: Tensor, piece: Tensor, knot_times: Tensor, times: Tensor) -> Tensor:
+    """Re-expand spline pieces about the start of each original interval.
+
+    The original interval ``[t_i, t_{i+1}]`` lies in the knot interval
+    ``[s_j, s_{j+1}]``, ``j = piece[i]``; with ``o = s_j - t_i <= 0`` that piece,
+    written about ``t_i``, has::
+
+        a' = a + (-b + (c - d o) o) o,  b' = b + (3 d o - 2 c) o,
+        2c' = 2c - 2 (3d) o,  3d' = 3d.
+
+    Args:
+        pieces: ``a, b, 2c, 3d`` per knot interval, ``(4, time - 1, paths)``.
+        piece: knot interval of each original interval, ``(time - 1, paths)``.
+        knot_times: ``(time, paths)``.
+        times: ``(time,)``.
+
+    Returns:
+        ``a', b', 2c', 3d'`` per original interval, ``(4, time - 1, paths)``.
+    """
+    a, b, two_c, three_d = pieces.gather(1, piece.expand_as(pieces))
+    offset = knot_times.gather(0, piece) - times[:-1].unsqueeze(-1)
+    a_inner = (0.5 * two_c - three_d * offset / 3) * offset
+    return torch.stack([
+        a + (a_inner - b) * offset,
+        b + (three_d * offset - two_c) * offset,
+        two_c - 2 * three_d * offset,
+        three_d,
+    ])
+
+
+def _natural_cubic_coeffs(x: Tensor, times: Tensor) -> Tensor:
+    """``torchcde.natural_cubic_coeffs(x, times)`` without its per-path loop.
+
+    Each scalar path (one series, one channel) gets its own natural cubic
+    spline through its observations, filled at both ends as torchcde fills
+    them (:func:`_spline_knots`, :func:`_natural_cubic_pieces`); each
+    interval between consecutive observation times then gets the coefficients
+    of the spline piece that covers it, re-expanded about the interval's start
+    (:func:`_taylor_shift`). All paths are solved at once; the only Python
+    loop runs over time. The arithmetic follows torchcde's operation by
+    operation (the results are bit-for-bit equal on CPU). Without missing
+    values torchcde's own vectorised code is called.
+
+    Args:
+        x: observations ``(batch, time, channels)``, NaN where missing.
+        times: strictly increasing ``(time,)`` in ``x``'s dtype and device.
+
+    Returns:
+        Coefficients ``(batch, time - 1, 4 * channels)``: ``a``, ``b``, ``2c``,
+        ``3d`` of each interval, channels last, as ``torchcde.CubicSpline`` reads them.
+    """
+    if not bool(torch.isnan(x).any()):
+        return torchcde.natural_cubic_coeffs(x, times)
+    batch, length, channels = x.shape
+    knot_times, knot_values, count, piece = _spline_knots(_scalar_paths(x), times)
+    pieces = _natural_cubic_pieces(knot_times, knot_values, count)
+    return _batched(_taylor_shift(pieces, piece, knot_times, times), batch, channels)
+
+
+#: Interpolation schemes by name: coefficient function (vectorised equivalents of
+#: torchcde's) and torchcde path class.
 INTERPOLATIONS: dict[str, _Interpolation] = {
-    "natural_cubic": _Interpolation(torchcde.natural_cubic_coeffs, torchcde.CubicSpline),
-    "hermite_cubic": _Interpolation(
-        torchcde.hermite_cubic_coefficients_with_backward_differences, torchcde.CubicSpline
-    ),
-    "linear": _Interpolation(torchcde.linear_interpolation_coeffs, torchcde.LinearInterpolation),
+    "natural_cubic": _Interpolation(_natural_cubic_coeffs, torchcde.CubicSpline),
+    "hermite_cubic": _Interpolation(_hermite_cubic_coeffs, torchcde.CubicSpline),
+    "linear": _Interpolation(_linear_coeffs, torchcde.LinearInterpolation),
 }
 
 
@@ -150,8 +413,7 @@ def interpolation_coeffs(
     Each series is interpolated on its own observations ``times[:length]`` and
     held constant after its end, so its path never depends on the other series
     of the batch nor on what ``x`` holds after the end. Compute the coefficients
-    once per dataset and pass them to a model's ``forward``: torchcde's
-    missing-value handling loops in Python.
+    once per dataset and pass them to a model's ``forward``.
 
     Args:
         x: observations ``(batch, time, channels)``, NaN where missing.
