@@ -37,6 +37,7 @@ from .models import (
     load_official_state_dict,
 )
 from .paths import INTERPOLATIONS, integration_grid, interpolation_coeffs
+from .presets import PRESETS, Preset, get_preset
 from .rules.classic import (
     CLASSIC_RULES,
     PrincipalComponents,
@@ -69,10 +70,35 @@ from .rules.fast_weight import (
     oja_rule,
     oja_update,
 )
+from .train import (
+    EpochRecord,
+    History,
+    TrainConfig,
+    TrainingDiverged,
+    auroc,
+    evaluate,
+    fit,
+    load_checkpoint,
+    load_model,
+    predict,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EpochRecord",
+    "History",
+    "TrainConfig",
+    "TrainingDiverged",
+    "auroc",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "load_model",
+    "predict",
+    "PRESETS",
+    "Preset",
+    "get_preset",
     "CLASSIC_RULES",
     "PrincipalComponents",
     "convergence_order",

@@ -213,16 +213,18 @@ def _given(args: argparse.Namespace, names) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-def _data_spec(args: argparse.Namespace, preset: Preset) -> dict[str, Any]:
-    """How to load the dataset: plain values, stored in the checkpoint for --resume."""
+def _data_spec(args: argparse.Namespace, preset: Preset, seed: int) -> dict[str, Any]:
+    """How to load the dataset: plain values, stored in the checkpoint for --resume.
+
+    ``seed`` (the training seed) also seeds the dropped observations and splits.
+    """
     if args.dataset is not None and (args.train is not None or args.test is not None):
         raise ValueError("--dataset: give either --dataset or --train/--test, not both")
     if (args.train is None) != (args.test is None):
         missing = "--test" if args.test is None else "--train"
         raise ValueError(f"{missing}: --train and --test go together (a TRAIN and a TEST .ts "
                          "file)")
-    spec: dict[str, Any] = {"missing_rate": args.missing_rate or 0.0,
-                            "seed": 0 if args.seed is None else args.seed}
+    spec: dict[str, Any] = {"missing_rate": args.missing_rate or 0.0, "seed": seed}
     options: dict[str, Any] = {}
     if args.train is not None:
         for flag, path in (("--train", args.train), ("--test", args.test)):
@@ -314,9 +316,9 @@ def _train(args: argparse.Namespace) -> int:
         seed = config.seed
     else:
         preset = get_preset(args.preset or DEFAULT_PRESET)
-        run_info = {"preset": preset.name, "data": _data_spec(args, preset)}
         config = _train_config(args, preset)
         seed = config.seed
+        run_info = {"preset": preset.name, "data": _data_spec(args, preset, seed)}
         model_name = args.model or preset.model
         model_config = {"name": model_name, **_model_options(args, preset, model_name)}
         out = None if args.out is None else Path(args.out)
@@ -341,7 +343,7 @@ def _train(args: argparse.Namespace) -> int:
                                  f"{dataset.num_classes} classes, the checkpoint's model "
                                  f"{model.input_channels} and {model.output_channels}")
         model.to(device)
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
             print(f"fwplab train: {model.config['name']} ({count_parameters(model)} parameters) "
                   f"on {dataset.name}, {device}, run folder {out}", flush=True)
         try:

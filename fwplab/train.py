@@ -3,7 +3,7 @@
 One call trains a model on a :class:`fwplab.data.Dataset` and returns its
 :class:`History`::
 
-    history = fwplab.train.fit(model, dataset, epochs=40)
+    history = fwplab.train.fit(model, dataset, epochs=20)
     history.test["accuracy"]
 
 What :func:`fit` does, in order:
@@ -116,9 +116,9 @@ class TrainConfig:
         seed: seeds the validation split, the batch order and dropout.
     """
 
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 2e-3
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
     weight_decay: float = 0.01
     schedule: str = "cosine"
     min_lr_ratio: float = 0.0
@@ -190,7 +190,8 @@ class History:
         records: one :class:`EpochRecord` per completed epoch.
         best_epoch: the epoch whose weights the model holds at the end.
         stopped_early: whether ``patience`` ended training before ``epochs``.
-        seconds: wall time of training and evaluation, summed over resumed sessions.
+        seconds: wall time of :func:`fit` (interpolation coefficients, training,
+            evaluation), summed over resumed sessions.
         train, val, test: metrics of the final (best) weights on each split:
             ``loss``, ``accuracy`` and, for two classes, ``auroc``; ``val`` is None
             without a validation split.
@@ -537,16 +538,202 @@ def _plain_config(model: nn.Module) -> dict[str, Any]:
     return dict(config)
 
 
-def _diverged_message(what: str, epoch: int, step: int, checkpoint: Optional[Path],
-                      saved_epoch: int) -> str:
-    if checkpoint is None:
-        kept = "no files written"
-    elif saved_epoch == 0:
-        kept = "no checkpoint was written yet (it diverged before the first epoch ended)"
-    else:
-        kept = f"kept the last good checkpoint {checkpoint} (epoch {saved_epoch})"
-    return (f"non-finite {what} at epoch {epoch}, step {step}; {kept}; try a smaller "
+class _Trainer:
+    """The state of one training run: splits, optimiser, schedule, best weights, history."""
+
+    def __init__(self, model: nn.Module, dataset: Dataset, config: TrainConfig,
+                 out_dir: Optional[Path], run_info: Optional[dict[str, Any]]) -> None:
+        self.rank, self.world = _world()
+        if config.batch_size % self.world:
+            raise ValueError(f"batch_size: {config.batch_size} must be divisible by the number "
+                             f"of processes ({self.world})")
+        if config.monitor == "auroc" and dataset.num_classes != 2:
+            raise ValueError(f"monitor: 'auroc' needs two classes, the dataset has "
+                             f"{dataset.num_classes}")
+        self.model, self.dataset, self.config = model, dataset, config
+        self.model_config = _plain_config(model)
+        self.run_info = dict(run_info or {})
+        self.device = _device_of(model)
+        self.weight = _class_weight(config, dataset.num_classes, self.device)
+        self.classifier = getattr(model, "classifier", None)
+        if config.grad_scale != 1.0 and not isinstance(self.classifier, nn.Module):
+            raise ValueError("grad_scale: the model has no final linear layer named 'classifier'")
+
+        train, val = _carve_validation(dataset, config)
+        if config.patience is not None and val is None:
+            raise ValueError("patience: early stopping needs a validation split; set "
+                             "val_fraction > 0 or use a dataset that has one")
+        self.splits = {"train": _on_device(train, self.device),
+                       "test": _on_device(dataset.test, self.device)}
+        if val is not None:
+            self.splits["val"] = _on_device(val, self.device)
+        self.coeffs = {name: _split_coeffs(model, split) for name, split in self.splits.items()}
+
+        self.local_batch = config.batch_size // self.world
+        self.sampler = DistributedSampler(range(len(train)), num_replicas=self.world,
+                                          rank=self.rank, shuffle=True, seed=config.seed,
+                                          drop_last=False)
+        self.steps_per_epoch = math.ceil(len(self.sampler) / self.local_batch)
+        self.network = DistributedDataParallel(model) if self.world > 1 else model
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.scheduler = _scheduler(self.optimizer, config, config.epochs * self.steps_per_epoch)
+
+        self.checkpoint = None if out_dir is None else out_dir / CHECKPOINT_NAME
+        self.history = History(out=out_dir if self.rank == 0 else None)
+        self.best_state = _state_copy(model)
+        self.best_score = -math.inf
+        self.stale_epochs = 0
+        self.epoch = 0  # the last completed epoch
+        self.finished = False
+
+    # -------------------------------------------------------------- checkpoints
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint of the same run."""
+        _check_resumable(saved, self.checkpoint, self.model_config, self.config,
+                         self.dataset.name)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"])
+        self.best_state = saved["best_model"]
+        self.best_score = saved["best_score"]
+        self.stale_epochs = saved["stale_epochs"]
+        self.epoch = saved["epoch"]
+        self.finished = saved["finished"]
+        self.history.records = [EpochRecord(**record) for record in saved["history"]]
+        self.history.best_epoch = saved["best_epoch"]
+        self.history.stopped_early = saved["stopped_early"]
+        self.history.seconds = saved["seconds"]
+
+    def save(self) -> None:
+        """Write the checkpoint atomically (rank 0 only)."""
+        if self.checkpoint is None or self.rank != 0:
+            return
+        content = {
+            "format": CHECKPOINT_FORMAT,
+            "model_config": self.model_config,
+            "model": self.model.state_dict(),
+            "best_model": self.best_state,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(),
+            "epoch": self.epoch,
+            "finished": self.finished,
+            "history": [asdict(record) for record in self.history.records],
+            "best_epoch": self.history.best_epoch,
+            "best_score": self.best_score,
+            "stale_epochs": self.stale_epochs,
+            "stopped_early": self.history.stopped_early,
+            "seconds": self.history.seconds,
+            "train_config": asdict(self.config),
+            "dataset": self.dataset.name,
+            "run": self.run_info,
+        }
+        _atomic_write(self.checkpoint, lambda target: torch.save(content, target))
+
+    def _diverged(self, what: str, step: int) -> TrainingDiverged:
+        if self.checkpoint is None:
+            kept = "no files written"
+        elif not self.history.records:
+            kept = "no checkpoint was written yet (it diverged before the first epoch ended)"
+        else:
+            kept = f"kept the last good checkpoint {self.checkpoint} (epoch {self.epoch})"
+        return TrainingDiverged(
+            f"non-finite {what} at epoch {self.epoch + 1}, step {step}; {kept}; try a smaller "
             "learning rate (--lr) or solver step (--step-size)")
+
+    # ----------------------------------------------------------------- training
+    def _step(self, index: Tensor, step: int) -> tuple[Tensor, float]:
+        """One optimisation step on series ``index``: (loss sum, correct, count), grad norm."""
+        y, inputs = _batch(self.splits["train"], self.coeffs["train"], index)
+        logits = self.network(**inputs)
+        loss = F.cross_entropy(logits, y, weight=self.weight)
+        stats = torch.stack([loss.detach().double() * len(y),
+                             (logits.detach().argmax(-1) == y).sum().double(),
+                             torch.tensor(float(len(y)), dtype=torch.float64, device=self.device),
+                             (~torch.isfinite(loss.detach())).double()])
+        if self.world > 1:
+            dist.all_reduce(stats)  # every rank stops together
+        if stats[3] > 0:
+            raise self._diverged("loss", step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_scale != 1.0:
+            for parameter in self.classifier.parameters():
+                if parameter.grad is not None:
+                    parameter.grad.mul_(self.config.grad_scale)
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip or math.inf)
+        if not torch.isfinite(norm):
+            raise self._diverged("gradient", step)
+        self.optimizer.step()
+        if not _all_finite(self.parameters):
+            raise self._diverged("weights", step)
+        if self.config.schedule != "plateau":
+            self.scheduler.step()
+        return stats[:3], float(norm)
+
+    def train_epoch(self, bar: tqdm) -> EpochRecord:
+        """One pass over the training split, then validation and best-weight bookkeeping."""
+        started = time.perf_counter()
+        epoch = self.epoch + 1
+        self.model.train()
+        self.sampler.set_epoch(epoch - 1)
+        order = torch.tensor(list(self.sampler), device=self.device)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        norms = []
+        for step, start in enumerate(range(0, len(order), self.local_batch), start=1):
+            stats, norm = self._step(order[start:start + self.local_batch], step)
+            totals += stats
+            norms.append(norm)
+            bar.update(1)
+            bar.set_postfix(epoch=f"{epoch}/{self.config.epochs}",
+                            loss=f"{float(totals[0] / totals[2]):.3f}",
+                            acc=f"{float(totals[1] / totals[2]):.3f}", refresh=False)
+        train_loss = float(totals[0] / totals[2])
+        if self.config.schedule == "plateau":
+            self.scheduler.step(train_loss)
+        val = self.evaluate("val") if "val" in self.splits else None
+        record = EpochRecord(
+            epoch=epoch, train_loss=train_loss, train_accuracy=float(totals[1] / totals[2]),
+            val_loss=None if val is None else val["loss"],
+            val_accuracy=None if val is None else val["accuracy"],
+            val_auroc=None if val is None else val.get("auroc"),
+            lr=float(self.optimizer.param_groups[0]["lr"]),
+            grad_norm=sum(norms) / len(norms), seconds=time.perf_counter() - started)
+        if val is not None:
+            bar.set_postfix(epoch=f"{epoch}/{self.config.epochs}", loss=f"{train_loss:.3f}",
+                            acc=f"{record.train_accuracy:.3f}",
+                            val_acc=f"{val['accuracy']:.3f}", refresh=False)
+
+        self.history.records.append(record)
+        score = _score(val, self.config.monitor)
+        if val is None or score > self.best_score:
+            self.best_score, self.stale_epochs, self.history.best_epoch = score, 0, epoch
+            self.best_state = _state_copy(self.model)
+        else:
+            self.stale_epochs += 1
+        if self.config.patience is not None and self.stale_epochs >= self.config.patience:
+            self.history.stopped_early = True
+        self.epoch = epoch
+        self.finished = self.history.stopped_early or epoch == self.config.epochs
+        return record
+
+    def evaluate(self, name: str) -> dict[str, float]:
+        """Metrics of the current weights on one split."""
+        split = self.splits[name]
+        logits = _evaluation_logits(self.model, split, self.coeffs[name],
+                                    self.config.eval_batch_size)
+        return _metrics(logits, split.y, self.weight)
+
+    def finish(self) -> History:
+        """Load the best weights and evaluate them on every split."""
+        self.model.load_state_dict(self.best_state)
+        self.history.train = self.evaluate("train")
+        self.history.val = self.evaluate("val") if "val" in self.splits else None
+        self.history.test = self.evaluate("test")
+        return self.history
 
 
 def fit(
@@ -570,7 +757,7 @@ def fit(
         out: run folder for ``checkpoint.pt`` (every epoch) and ``metrics.json``
             (at the end); None writes nothing.
         resume: continue from ``out/checkpoint.pt`` (model, optimizer, schedule, RNG
-            states, history); the configuration must be the saved one.
+            states, history) when it exists; the configuration must be the saved one.
         progress: show a ``tqdm`` progress bar with live loss and accuracy.
         callback: called with each epoch's :class:`EpochRecord` after its checkpoint.
         run_info: plain values stored in the checkpoint and ``metrics.json`` (the
@@ -588,199 +775,42 @@ def fit(
             epoch and step and the checkpoint kept).
         ValueError: bad arguments, or a checkpoint that does not match.
     """
+    session_start = time.perf_counter()
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
-    rank, world = _world()
-    device = _device_of(model)
     out_dir = None if out is None else Path(out)
-    checkpoint_path = None if out_dir is None else out_dir / CHECKPOINT_NAME
-    if resume and checkpoint_path is None:
+    if resume and out_dir is None:
         raise ValueError("resume: needs out= (the run folder holding checkpoint.pt)")
-    if (checkpoint_path is not None and not resume
-            and (checkpoint_path.exists() or (out_dir / METRICS_NAME).exists())):
+    if out_dir is not None and not resume and any(
+            (out_dir / name).exists() for name in (CHECKPOINT_NAME, METRICS_NAME)):
         raise ValueError(f"out: {out_dir} already holds a run; resume it or choose another folder")
-    if config.batch_size % world:
-        raise ValueError(f"batch_size: {config.batch_size} must be divisible by the number of "
-                         f"processes ({world})")
-    if config.monitor == "auroc" and dataset.num_classes != 2:
-        raise ValueError(f"monitor: 'auroc' needs two classes, the dataset has "
-                         f"{dataset.num_classes}")
-    model_config = _plain_config(model)
-    weight = _class_weight(config, dataset.num_classes, device)
-
-    train, val = _carve_validation(dataset, config)
-    if config.patience is not None and val is None:
-        raise ValueError("patience: early stopping needs a validation split; set val_fraction "
-                         "> 0 or use a dataset that has one")
-    train, test = _on_device(train, device), _on_device(dataset.test, device)
-    val = None if val is None else _on_device(val, device)
-    coeffs = {"train": _split_coeffs(model, train), "test": _split_coeffs(model, test),
-              "val": None if val is None else _split_coeffs(model, val)}
-
-    local_batch = config.batch_size // world
-    sampler = DistributedSampler(range(len(train)), num_replicas=world, rank=rank,
-                                 shuffle=True, seed=config.seed, drop_last=False)
-    steps_per_epoch = math.ceil(len(sampler) / local_batch)
-    network = DistributedDataParallel(model) if world > 1 else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scheduler = _scheduler(optimizer, config, config.epochs * steps_per_epoch)
-    classifier = getattr(model, "classifier", None)
-    if config.grad_scale != 1.0 and not isinstance(classifier, nn.Module):
-        raise ValueError("grad_scale: the model has no final linear layer named 'classifier'")
-
-    history = History(out=out_dir if rank == 0 else None)
-    best_state = _state_copy(model)
-    best_score = -math.inf
-    stale_epochs = 0
-    start_epoch = 0
-    finished = False
-    if resume and checkpoint_path.exists():
-        saved = load_checkpoint(checkpoint_path, map_location=device)
-        _check_resumable(saved, checkpoint_path, model_config, config, dataset.name)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        _set_rng_state(saved["rng"])
-        best_state = saved["best_model"]
-        best_score = saved["best_score"]
-        stale_epochs = saved["stale_epochs"]
-        start_epoch = saved["epoch"]
-        finished = saved["finished"]
-        history.records = [EpochRecord(**record) for record in saved["history"]]
-        history.best_epoch = saved["best_epoch"]
-        history.stopped_early = saved["stopped_early"]
-        history.seconds = saved["seconds"]
+    trainer = _Trainer(model, dataset, config, out_dir, run_info)
+    if resume and trainer.checkpoint.exists():
+        trainer.restore(load_checkpoint(trainer.checkpoint, map_location=trainer.device))
     else:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-    saved_epoch = start_epoch
 
-    def save(epoch: int) -> None:
-        if checkpoint_path is None or rank != 0:
-            return
-        content = {
-            "format": CHECKPOINT_FORMAT,
-            "model_config": model_config,
-            "model": model.state_dict(),
-            "best_model": best_state,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(),
-            "epoch": epoch,
-            "finished": finished,
-            "history": [asdict(record) for record in history.records],
-            "best_epoch": history.best_epoch,
-            "best_score": best_score,
-            "stale_epochs": stale_epochs,
-            "stopped_early": history.stopped_early,
-            "seconds": history.seconds,
-            "train_config": asdict(config),
-            "dataset": dataset.name,
-            "run": dict(run_info or {}),
-        }
-        _atomic_write(checkpoint_path, lambda target: torch.save(content, target))
-
-    bar = tqdm(total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-               disable=not progress or rank != 0, unit="step", dynamic_ncols=True,
-               desc=f"{model_config['name']} on {dataset.name}")
-    session_start = time.perf_counter()
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    history = trainer.history
+    bar = tqdm(total=config.epochs * trainer.steps_per_epoch,
+               initial=trainer.epoch * trainer.steps_per_epoch,
+               disable=not progress or trainer.rank != 0, unit="step", dynamic_ncols=True,
+               desc=f"{trainer.model_config['name']} on {dataset.name}")
     try:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            if finished:
-                break
-            epoch_start = time.perf_counter()
-            model.train()
-            sampler.set_epoch(epoch - 1)
-            order = torch.tensor(list(sampler), device=device)
-            totals = torch.zeros(4, dtype=torch.float64, device=device)
-            grad_norms = []
-            for step, start in enumerate(range(0, len(order), local_batch), start=1):
-                y, inputs = _batch(train, coeffs["train"], order[start:start + local_batch])
-                logits = network(**inputs)
-                loss = F.cross_entropy(logits, y, weight=weight)
-                stats = torch.stack([loss.detach().double() * len(y),
-                                     (logits.detach().argmax(-1) == y).sum().double(),
-                                     torch.tensor(float(len(y)), dtype=torch.float64,
-                                                  device=device),
-                                     (~torch.isfinite(loss.detach())).double()])
-                if world > 1:
-                    dist.all_reduce(stats)
-                if stats[3] > 0:
-                    raise TrainingDiverged(_diverged_message(
-                        "loss", epoch, step, checkpoint_path, saved_epoch))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_scale != 1.0:
-                    for parameter in classifier.parameters():
-                        if parameter.grad is not None:
-                            parameter.grad.mul_(config.grad_scale)
-                norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip or math.inf)
-                if not torch.isfinite(norm):
-                    raise TrainingDiverged(_diverged_message(
-                        "gradient", epoch, step, checkpoint_path, saved_epoch))
-                optimizer.step()
-                if not _all_finite(parameters):
-                    raise TrainingDiverged(_diverged_message(
-                        "weights", epoch, step, checkpoint_path, saved_epoch))
-                if config.schedule != "plateau":
-                    scheduler.step()
-                totals += stats
-                grad_norms.append(float(norm))
-                bar.update(1)
-                bar.set_postfix(epoch=f"{epoch}/{config.epochs}",
-                                loss=f"{float(totals[0] / totals[2]):.3f}",
-                                acc=f"{float(totals[1] / totals[2]):.3f}", refresh=False)
-
-            train_loss = float(totals[0] / totals[2])
-            if config.schedule == "plateau":
-                scheduler.step(train_loss)
-            val_metrics = None if val is None else _metrics(
-                _evaluation_logits(model, val, coeffs["val"], config.eval_batch_size),
-                val.y, weight)
-            record = EpochRecord(
-                epoch=epoch, train_loss=train_loss,
-                train_accuracy=float(totals[1] / totals[2]),
-                val_loss=None if val_metrics is None else val_metrics["loss"],
-                val_accuracy=None if val_metrics is None else val_metrics["accuracy"],
-                val_auroc=None if val_metrics is None else val_metrics.get("auroc"),
-                lr=float(optimizer.param_groups[0]["lr"]),
-                grad_norm=sum(grad_norms) / len(grad_norms),
-                seconds=time.perf_counter() - epoch_start)
-            history.records.append(record)
-            score = _score(val_metrics, config.monitor)
-            if val is None or score > best_score:
-                best_score, stale_epochs, history.best_epoch = score, 0, epoch
-                best_state = _state_copy(model)
-            else:
-                stale_epochs += 1
-            if config.patience is not None and stale_epochs >= config.patience:
-                history.stopped_early = True
-            finished = history.stopped_early or epoch == config.epochs
-            if val_metrics is not None:
-                bar.set_postfix(epoch=f"{epoch}/{config.epochs}", loss=f"{train_loss:.3f}",
-                                acc=f"{record.train_accuracy:.3f}",
-                                val_acc=f"{val_metrics['accuracy']:.3f}", refresh=False)
+        while not trainer.finished:
+            record = trainer.train_epoch(bar)
             history.seconds += time.perf_counter() - session_start
             session_start = time.perf_counter()
-            save(epoch)
-            saved_epoch = epoch
-            if callback is not None and rank == 0:
+            trainer.save()
+            if callback is not None and trainer.rank == 0:
                 callback(record)
     finally:
         bar.close()
 
-    model.load_state_dict(best_state)
-    history.train = _metrics(_evaluation_logits(model, train, coeffs["train"],
-                                                config.eval_batch_size), train.y, weight)
-    history.val = None if val is None else _metrics(
-        _evaluation_logits(model, val, coeffs["val"], config.eval_batch_size), val.y, weight)
-    history.test = _metrics(_evaluation_logits(model, test, coeffs["test"],
-                                               config.eval_batch_size), test.y, weight)
+    trainer.finish()
     history.seconds += time.perf_counter() - session_start
-    if out_dir is not None and rank == 0:
+    if out_dir is not None and trainer.rank == 0:
         _write_json(out_dir / METRICS_NAME, _metrics_document(
-            model, model_config, dataset, config, history, world, run_info))
+            model, trainer.model_config, dataset, config, history, trainer.world, run_info))
     return history
 
 

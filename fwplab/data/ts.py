@@ -237,6 +237,7 @@ def _parse_timestamped(
             raise _fail(source, number, f"dimension {dimension + 1} is not a list of "
                         "(timestamp,value) tuples separated by ','")
         pairs: dict[float, float] = {}
+        last = -math.inf
         for inner in _TUPLE.findall(text):
             stamp_text, comma, value_text = inner.rpartition(",")
             if not comma:
@@ -245,7 +246,12 @@ def _parse_timestamped(
             if stamp in pairs:
                 raise _fail(source, number, f"dimension {dimension + 1} repeats timestamp "
                             f"{stamp_text.strip()!r}")
+            if stamp < last:
+                raise _fail(source, number, f"dimension {dimension + 1}: timestamps must be "
+                            f"strictly increasing, but {stamp_text.strip()!r} comes after a "
+                            "later one")
             pairs[stamp] = _parse_values(value_text, source, number, dimension)[0]
+            last = stamp
         observations.append(pairs)
     union = sorted(set().union(*observations))
     position = {stamp: index for index, stamp in enumerate(union)}
