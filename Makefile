@@ -20,7 +20,7 @@ lab: $(STAMP)
 		--IdentityProvider.token=$(TOKEN) --notebook-dir=notebooks
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -rs
+	$(BIN)/python -m pytest -rfEs
 
 tour: $(STAMP)
 	mkdir -p build

@@ -30,7 +30,7 @@ import torch
 import torchcde
 from torch import Tensor, nn
 
-from . import solvers
+from . import kernels, solvers
 from .paths import (
     INTERPOLATIONS,
     ObservedBatch,
@@ -149,6 +149,26 @@ class _FastWeightField(nn.Module):
         dx = self.path.derivative(t) if self.slow_net.uses_derivative else None
         key, value, rate = self.slow_net(self.path.evaluate(t), dx)
         return self.rule(W, key, value, rate, post_tanh=self.post_tanh)
+
+
+def _split_projection(linear: nn.Linear, u: Tensor, heads: int, sizes: tuple[int, ...]):
+    """``linear(u)`` as ``(..., heads, sum(sizes))`` split on the last dimension.
+
+    Each piece is computed by its own rows of the weight, so each is contiguous.
+
+    Returns:
+        One tensor ``(..., heads, size)`` per entry of ``sizes``.
+    """
+    total = sum(sizes)
+    weight = linear.weight.unflatten(0, (heads, total))
+    bias = linear.bias.unflatten(0, (heads, total))
+    pieces, start = [], 0
+    for size in sizes:
+        rows = slice(start, start + size)
+        piece = nn.functional.linear(u, weight[:, rows].flatten(0, 1), bias[:, rows].flatten())
+        pieces.append(piece.unflatten(-1, (heads, size)))
+        start += size
+    return pieces
 
 
 #: Solver choices of :class:`ContinuousFWP` (see its ``solver`` argument).
@@ -307,8 +327,6 @@ class ContinuousFWP(nn.Module):
         parameter = next(self.parameters())
         device = torch.device(device) if device is not None else parameter.device
         dtype = dtype or parameter.dtype
-        from . import kernels
-
         if kernels.enabled() and kernels.supports(device, dtype) and kernels.available():
             return "kernel"
         return "fast"
@@ -324,19 +342,29 @@ class ContinuousFWP(nn.Module):
         return "delta_post_tanh" if self.post_tanh else self.rule
 
     def _stage_controls(self, path, points: Tensor) -> solvers.StageControls:
-        """Activated controls at ``points (points,)`` in one batched pass, time first.
+        """The slow net's raw controls at ``points (points,)`` in one batched pass, time first.
+
+        The same values as ``self.slow_net`` at those points, but each control is
+        projected by its own rows of the shared projection, so that keys, values and
+        rates come out as separate contiguous tensors (no slicing copies forward or
+        backward).
 
         Returns:
             :class:`fwplab.solvers.StageControls`, each ``(points, batch, heads, .)``.
         """
+        net = self.slow_net
         x = path.evaluate(points).transpose(0, 1)
-        dx = path.derivative(points).transpose(0, 1) if self.slow_net.uses_derivative else None
-        key, value, rate = self.slow_net(x, dx)
-        rate = torch.sigmoid(rate)
-        if self.rule != "oja":
-            key = torch.softmax(key, -1)
-        if not self.post_tanh:
-            value = torch.tanh(value)
+        dx = path.derivative(points).transpose(0, 1) if net.uses_derivative else None
+        u = net.features(x, dx)
+        heads, d = self.num_heads, self.head_dim
+        if net.driver == "ode":
+            key, value, rate = _split_projection(net.kvb_proj, u, heads, (d, d, 1))
+        else:
+            key, rate = _split_projection(net.kb_proj, u, heads, (d, 1))
+            value = net.value_proj(x)
+            if net.v_layernorm:
+                value = net.value_net(net.value_norm(value))
+            value = value.unflatten(-1, (heads, d))
         return solvers.StageControls(key, value, rate)
 
     def _fast_weights(self, path, times: Tensor, at: Optional[Tensor] = None) -> Tensor:
@@ -433,13 +461,14 @@ class ContinuousFWP(nn.Module):
         """
         batch = check_observations(x, times, lengths, self.input_channels)
         path = self._path(batch, coeffs)
-        W = self._fast_weights(path, batch.times).movedim(0, 1)  # (batch, time, heads, d, d)
         q = self._query(path, batch.times)
         if stream:
+            W = self._fast_weights(path, batch.times).movedim(0, 1)  # (batch, time, heads, d, d)
             return self._read_out(W, q)
-        last = (batch.lengths - 1).reshape(-1, 1)
-        index = torch.arange(W.shape[0], device=W.device)
-        return self._read_out(W[index, last[:, 0]], q[index, last[:, 0]])
+        last = batch.lengths - 1
+        index = torch.arange(q.shape[0], device=q.device)
+        # Only each series' final fast weights: the fast paths then compute no others.
+        return self._read_out(self._fast_weights(path, batch.times, at=last), q[index, last])
 
 
 class _NeuralCDEField(nn.Module):

@@ -24,7 +24,7 @@ target ``c``::
 
 so a step costs two batched matrix products (``M_n F`` and the update) and a
 few vector operations. Hebb does not depend on ``W`` at all: its solution is a
-cumulative sum of stage updates, with no time loop.
+sum of stage updates (a cumulative sum for whole trajectories), with no time loop.
 
 Three implementations of the delta and Oja recurrence (``backend``):
 
@@ -46,6 +46,8 @@ import torch
 import torchdiffeq
 from torch import Tensor, nn
 
+from . import kernels
+
 __all__ = [
     "TABLEAUS",
     "FIXED_GRID_BACKENDS",
@@ -53,10 +55,14 @@ __all__ = [
     "ButcherTableau",
     "StageLayout",
     "StageControls",
+    "RecurrenceSpec",
+    "RULE_ACTIVATIONS",
+    "activate",
     "grid_constructor",
     "is_fixed_grid",
     "stage_layout",
     "stage_points",
+    "stage_view",
     "solve_reference",
     "solve_fixed_grid",
 ]
@@ -151,18 +157,39 @@ def stage_points(grid: Tensor, method: str) -> Tensor:
 
 
 class StageControls(NamedTuple):
-    """Activated controls at the stage points of a grid, time first.
+    """The slow net's raw controls at the stage points of a grid, time first.
 
     Each is ``(points, batch, heads, d)`` (``rate``: ``(points, batch, heads, 1)``)
-    with the points of :func:`stage_points`. ``key`` is ``softmax(k)`` for Hebb
-    and delta and the key logits for Oja (whose softmax comes after the
-    W-dependent subtraction); ``value`` is ``tanh(v)`` except for the post-tanh
-    delta rule, where it is ``v``; ``rate`` is ``sigma(b)``.
+    with the points of :func:`stage_points`: key logits, value pre-activations and
+    rate logits, before the rule's activations (:data:`RULE_ACTIVATIONS`), which
+    :func:`solve_fixed_grid` applies (the compiled kernel inside its loop).
     """
 
     key: Tensor
     value: Tensor
     rate: Tensor
+
+
+#: The activations each rule applies to the raw (key, value, rate) controls: keys
+#: get their softmax after the W-dependent subtraction in Oja, values are squashed
+#: after it in the post-tanh delta rule.
+RULE_ACTIVATIONS: dict[str, tuple[str, str, str]] = {
+    "hebb": ("softmax", "tanh", "sigmoid"),
+    "delta": ("softmax", "tanh", "sigmoid"),
+    "delta_post_tanh": ("softmax", "identity", "sigmoid"),
+    "oja": ("identity", "tanh", "sigmoid"),
+}
+
+
+def activate(name: str, x: Tensor) -> Tensor:
+    """``"identity"``, ``"tanh"``, ``"sigmoid"`` or ``"softmax"`` (over the last dimension)."""
+    if name == "identity":
+        return x
+    if name == "tanh":
+        return torch.tanh(x)
+    if name == "sigmoid":
+        return torch.sigmoid(x)
+    return torch.softmax(x, -1)
 
 
 def solve_reference(
@@ -253,7 +280,7 @@ def solve_fixed_grid(
 
     Args:
         rule: ``"hebb"``, ``"delta"``, ``"delta_post_tanh"`` or ``"oja"``.
-        controls: activated controls at the stage points (:class:`StageControls`),
+        controls: raw controls at the stage points (:class:`StageControls`),
             each ``(points, batch, heads, d)``.
         W0: initial fast weights ``(batch, heads, d, d)``.
         steps: step sizes ``(steps,)``.
@@ -287,33 +314,46 @@ def solve_fixed_grid(
         keep = torch.arange(n_steps + 1)
     keep = tuple(int(i) for i in keep.tolist())
     steps = steps.to(W0.dtype)
+    activations = RULE_ACTIVATIONS[rule]
     if rule == "hebb":
+        controls = StageControls(*(activate(a, c) for a, c in zip(activations, controls,
+                                                                   strict=True)))
         return _hebb_fixed_grid(controls, W0, steps, tableau, layout, keep)
 
-    batch, heads, d_value, d_key = W0.shape
+    batch, heads = W0.shape[:2]
     oja = rule == "oja"
     # Oja in the delta form: M = W^T, the fixed factor is the value, the target the key.
-    fixed, target = (controls.value, controls.key) if oja else (controls.key, controls.value)
+    key_activation, value_activation, rate_activation = activations
+    if oja:
+        fixed, target = controls.value, controls.key
+        activations = (value_activation, key_activation, rate_activation)
+    else:
+        fixed, target = controls.key, controls.value
     M0 = W0.transpose(-1, -2) if oja else W0
     flat = batch * heads
     fixed = fixed.reshape(points, flat, -1)
     target = target.reshape(points, flat, -1)
     rate = controls.rate.reshape(points, flat, 1)
     M0 = M0.reshape(flat, *M0.shape[-2:])
-    if backend == "stepwise":
-        states = _stepwise_recurrence(fixed, target, rate, M0, steps, _NONLINEARITIES[rule],
-                                      tableau, layout, keep)
+    if backend == "kernel":
+        if not kernels.supports(W0.device, W0.dtype):
+            raise ValueError(f"backend: the compiled kernel runs CPU float32/float64 tensors, "
+                             f"got {W0.dtype} on {W0.device}")
+        spec = RecurrenceSpec(_NONLINEARITIES[rule], tableau, layout, keep,
+                              checkpoint_every or KERNEL_CHECKPOINT_EVERY)
+        states = kernels.KernelRecurrence.apply(
+            fixed.contiguous(), target.contiguous(), rate.contiguous(), M0.contiguous(), steps,
+            spec, activations)
     else:
-        if backend == "kernel":
-            from . import kernels
-
-            checkpoint_every = checkpoint_every or KERNEL_CHECKPOINT_EVERY
-            function = kernels.KernelRecurrence
+        fixed, target, rate = (activate(a, x) for a, x in zip(activations, (fixed, target, rate),
+                                                               strict=True))
+        if backend == "stepwise":
+            states = _stepwise_recurrence(fixed, target, rate, M0, steps, _NONLINEARITIES[rule],
+                                          tableau, layout, keep)
         else:
-            function = _FastRecurrence
-        spec = RecurrenceSpec(_NONLINEARITIES[rule], tableau, layout, keep, checkpoint_every)
-        states = function.apply(fixed.contiguous(), target.contiguous(), rate.contiguous(),
-                                M0.contiguous(), steps, spec)
+            spec = RecurrenceSpec(_NONLINEARITIES[rule], tableau, layout, keep, checkpoint_every)
+            states = _FastRecurrence.apply(fixed.contiguous(), target.contiguous(),
+                                           rate.contiguous(), M0.contiguous(), steps, spec)
     states = states.reshape(len(keep), batch, heads, *M0.shape[-2:])
     return states.transpose(-1, -2) if oja else states
 
@@ -335,12 +375,24 @@ def stage_view(points: Tensor, layout: StageLayout, n_steps: int) -> Tensor:
     return points[index]
 
 
+#: Hebb keeps at most this many states as separate sums over the steps before them;
+#: more kept states (trajectories) come from one cumulative sum over all steps.
+HEBB_SEPARATE_SUMS = 8
+
+
 def _hebb_fixed_grid(controls, W0, steps, tableau, layout, keep):
-    """Hebb: ``W(t_n) = W0 + sum_{m<n} h_m sum_i b_i beta_i v_i k_i^T``, a cumulative sum."""
+    """Hebb: ``W(t_n) = W0 + sum_{m<n} h_m sum_i b_i beta_i v_i k_i^T``, no time loop.
+
+    A few kept states are each one contraction over the stages before them (no
+    ``(steps, d, d)`` intermediate); many are a cumulative sum of per-step updates.
+    """
     n_steps = steps.shape[0]
     key, value, rate = (stage_view(c, layout, n_steps) for c in controls)
     weights = steps.unsqueeze(-1) * torch.tensor(tableau.b, dtype=W0.dtype, device=W0.device)
     value = value * (rate * weights.reshape(*weights.shape, 1, 1, 1))
+    if len(keep) <= HEBB_SEPARATE_SUMS:
+        return torch.stack([W0 + torch.einsum("nsbhv,nsbhk->bhvk", value[:n], key[:n])
+                            for n in keep])
     increments = torch.einsum("nsbhv,nsbhk->nbhvk", value, key)
     states = torch.cat([W0.unsqueeze(0), increments]).cumsum(0)
     return states[torch.tensor(keep, device=states.device)]

@@ -1,0 +1,220 @@
+"""Fast fixed-grid paths vs the torchdiffeq reference path of the same model.
+
+At the paper's Speech Commands shape (161 observation times, 20 MFCC + time = 21
+channels, hidden 80, 4 heads, feed-forward 320; batch 128 on CPU, 1024 on GPU)
+this times the forward and the forward+backward of every solver of one model
+with the same weights, in one process after warm-up (medians, see common.py),
+and measures memory (saved bytes and peak RSS growth, see common.py).
+
+Solvers (``--solvers``): ``reference`` (torchdiffeq ``odeint``, backprop through
+the solver), ``adjoint`` (``odeint_adjoint``, the paper's setting), ``stepwise``
+(fixed-grid loop recorded op by op by autograd), ``fast`` (pure PyTorch, one
+hand-written backward), ``fast-bounded`` (the same, fast weights kept every 16
+steps and recomputed), ``kernel`` (compiled C++ recurrence, checkpoints every 16).
+
+Examples::
+
+    python benchmarks/speed.py --batch 32,128 --json benchmarks/results/speed_cpu.json
+    python benchmarks/speed.py --device cuda --batch 1024 --solvers reference,fast
+    python benchmarks/speed.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+import common
+import fwplab
+from fwplab import kernels, solvers
+
+SOLVERS = {
+    "reference": dict(solver="reference"),
+    "adjoint": dict(solver="reference", adjoint=True),
+    "stepwise": dict(solver="stepwise"),
+    "fast": dict(solver="fast"),
+    "fast-bounded": dict(solver="fast", checkpoint_every=16),
+    "kernel": dict(solver="kernel"),
+}
+DEFAULT_SOLVERS = "reference,adjoint,fast,fast-bounded,kernel"
+SMOKE = dict(length=12, channels=5, hidden_channels=8, num_heads=2, ff_channels=16, classes=3)
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="delta_cde", help="a continuous FWP name")
+    parser.add_argument("--batch", default="128", help="batch sizes, comma separated")
+    parser.add_argument("--solvers", default=DEFAULT_SOLVERS, help=f"from {list(SOLVERS)}")
+    parser.add_argument("--post-tanh", action="store_true", help="delta rule with post_tanh")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--rss", default=None,
+                        help="solvers whose peak RSS growth to measure in a subprocess "
+                             "(default all on CPU; 'none' to skip)")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shapes, one round: checks that the script runs")
+    parser.add_argument("--measure-rss", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def shape(arguments) -> dict:
+    return SMOKE if arguments.smoke else common.SPEECH_COMMANDS
+
+
+def build(arguments, config: str, batch: int):
+    """The model of ``config`` (same weights for every config) and its inputs."""
+    size = shape(arguments)
+    torch.manual_seed(0)
+    options = {"post_tanh": True} if arguments.post_tanh else {}
+    model = fwplab.build_model(
+        arguments.model, size["channels"], size["classes"],
+        hidden_channels=size["hidden_channels"], num_heads=size["num_heads"],
+        ff_channels=size["ff_channels"], **options, **SOLVERS[config],
+    ).to(arguments.device)
+    x = common.random_series(batch, size["length"], size["channels"], device=arguments.device)
+    coeffs = fwplab.interpolation_coeffs(x)
+    return model, x, coeffs
+
+
+def forward_backward(model, x, coeffs) -> None:
+    model.zero_grad(set_to_none=True)
+    model(x, coeffs=coeffs).square().sum().backward()
+
+
+def forward_only(model, x, coeffs) -> None:
+    with torch.no_grad():
+        model(x, coeffs=coeffs)
+
+
+def floor_flops(arguments, batch: int) -> float:
+    """Floating point operations of one forward+backward of the fast path (estimate).
+
+    Linear layers at every stage point (forward 2 m n per row, backward twice that)
+    and the recurrence's two rank-S products per step (forward ``4 S d^2`` per head,
+    backward twice that); LayerNorm, activations and the read-out are left out.
+    """
+    size = shape(arguments)
+    name = arguments.model
+    method = "rk4"
+    layout = solvers.stage_layout(method)
+    steps = size["length"] - 1
+    points = steps * layout.per_step + 1
+    channels, hidden, heads = size["channels"], size["hidden_channels"], size["num_heads"]
+    d = hidden // heads
+    if name.endswith("cde"):
+        per_row = 2 * (channels * hidden + hidden * heads * (d + 1) + channels * hidden)
+    else:
+        per_row = 2 * (channels * hidden + hidden * heads * (2 * d + 1))
+    projections = 3 * per_row * points * batch
+    recurrence = 0 if name.startswith("hebb") else 3 * 4 * len(layout.offsets) * d * d * heads
+    return projections + recurrence * steps * batch
+
+
+def measure(arguments, batch: int, configs: list[str]) -> list[dict]:
+    built = {config: build(arguments, config, batch) for config in configs}
+    for config, (model, _, _) in built.items():
+        print(f"  {config}: solver {model.selected_solver(arguments.device)}", file=sys.stderr)
+    print(f"batch {batch}: timing forward", file=sys.stderr)
+    forward_times = common.time_round_robin(
+        {c: (lambda b=b: forward_only(*b)) for c, b in built.items()},
+        arguments.repeats, arguments.warmup, arguments.device)
+    print(f"batch {batch}: timing forward+backward", file=sys.stderr)
+    backward_times = common.time_round_robin(
+        {c: (lambda b=b: forward_backward(*b)) for c, b in built.items()},
+        arguments.repeats, arguments.warmup, arguments.device)
+    rss = configs if arguments.rss is None else [
+        c for c in arguments.rss.split(",") if c in configs]
+    rows = []
+    for config, (model, x, coeffs) in built.items():
+        row = {"batch": batch, "solver": config, "runs": model.selected_solver(arguments.device),
+               "forward_s": common.median(forward_times[config]),
+               "forward_backward_s": common.median(backward_times[config]),
+               "forward_times": forward_times[config],
+               "forward_backward_times": backward_times[config],
+               "saved_mb": common.saved_tensor_bytes(
+                   lambda m=model, x=x, c=coeffs: m(x, coeffs=c).square().sum()) / 2**20}
+        if arguments.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            start = torch.cuda.memory_allocated()
+            forward_backward(model, x, coeffs)
+            row["peak_mb"] = (torch.cuda.max_memory_allocated() - start) / 2**20
+        elif config in rss:
+            growth = common.rss_growth_in_subprocess(Path(__file__), rss_arguments(
+                arguments, config, batch))
+            row["peak_mb"] = None if growth is None else growth / 2**20
+        rows.append(row)
+    reference = next((r for r in rows if r["solver"] == "reference"), None)
+    adjoint = next((r for r in rows if r["solver"] == "adjoint"), None)
+    for row in rows:
+        if reference:
+            row["forward_speedup"] = reference["forward_s"] / row["forward_s"]
+            row["speedup"] = reference["forward_backward_s"] / row["forward_backward_s"]
+        if adjoint and adjoint.get("peak_mb") and row.get("peak_mb") is not None:
+            row["peak_vs_adjoint"] = row["peak_mb"] / adjoint["peak_mb"]
+    return rows
+
+
+def rss_arguments(arguments, config: str, batch: int) -> list[str]:
+    flags = ["--config", config, "--batch", str(batch), "--model", arguments.model,
+             "--device", arguments.device]
+    return flags + (["--smoke"] if arguments.smoke else []) + (
+        ["--post-tanh"] if arguments.post_tanh else [])
+
+
+def main(argv=None) -> None:
+    arguments = parse_arguments(argv)
+    if arguments.measure_rss:
+        model, x, coeffs = build(arguments, arguments.config, int(arguments.batch))
+        common.report_rss_growth(lambda: forward_backward(model, x, coeffs))
+        return
+    if arguments.smoke:
+        arguments.batch, arguments.repeats = "4", 1
+        arguments.rss = arguments.rss or "fast"
+    configs = [c.strip() for c in arguments.solvers.split(",")]
+    unknown = [c for c in configs if c not in SOLVERS]
+    if unknown:
+        raise SystemExit(f"--solvers: unknown {unknown}; expected names from {list(SOLVERS)}")
+    if "kernel" in configs and not (arguments.device == "cpu" and kernels.available()):
+        print("kernel: not available here (CPU only, needs a compiler); left out",
+              file=sys.stderr)
+        configs.remove("kernel")
+    if "kernel" in configs:
+        print(f"kernel ready after {kernels.build_seconds():.1f} s (build or cache)",
+              file=sys.stderr)
+    gflops = common.matmul_gflops(arguments.device)
+    results = []
+    for batch in (int(b) for b in arguments.batch.split(",")):
+        rows = measure(arguments, batch, configs)
+        flops = floor_flops(arguments, batch)
+        print(f"\n{arguments.model}, batch {batch}, {shape(arguments)}, "
+              f"{torch.get_num_threads()} threads, device {arguments.device}")
+        common.print_table(rows, [
+            ("solver", "solver", "s"), ("runs", "runs", "s"),
+            ("forward_s", "fwd s", ".4f"), ("forward_speedup", "fwd x", ".1f"),
+            ("forward_backward_s", "fwd+bwd s", ".4f"), ("speedup", "fwd+bwd x", ".1f"),
+            ("saved_mb", "saved MB", ".1f"), ("peak_mb", "peak RSS MB", ".1f"),
+            ("peak_vs_adjoint", "peak/adjoint", ".2f")])
+        floor = flops / (gflops * 1e9)
+        best = min(r["forward_backward_s"] for r in rows)
+        print(f"floor: {flops / 1e9:.2f} GFLOP at the measured {gflops:.1f} GFLOP/s matrix "
+              f"product rate = {floor:.3f} s; fastest here {best:.3f} s = {best / floor:.1f}x "
+              "the floor")
+        results.append({"batch": batch, "rows": rows, "floor_gflop": flops / 1e9,
+                        "matmul_gflops": gflops, "floor_s": floor})
+    print("\nmemory: 'saved MB' = tensors autograd keeps for the backward; 'peak RSS MB' = "
+          "growth of peak resident memory during one forward+backward in a fresh process")
+    common.write_json(arguments.json, {
+        "benchmark": "speed", "model": arguments.model, "post_tanh": arguments.post_tanh,
+        "shape": shape(arguments), "device": arguments.device,
+        "environment": common.environment(),
+        "kernel_build_s": kernels.build_seconds(), "results": results})
+
+
+if __name__ == "__main__":
+    main()

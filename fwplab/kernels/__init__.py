@@ -1,0 +1,268 @@
+"""The compiled CPU kernel for the delta, post-tanh delta and Oja recurrences.
+
+``recurrence.cpp`` (next to this file) runs the rank-one recurrence of
+:mod:`fwplab.solvers` for any fixed-grid tableau with up to four stages, forward
+and one hand-written backward, checkpointing the fast weights every ``K`` steps
+and recomputing the steps in between. It is plain C++ without intrinsics
+(compiled with ``-O3`` and the host's own instruction set, ``-march=native`` /
+``-mcpu=native``, so it also builds on ARM laptops), has no dependency on PyTorch
+headers and is called through ``ctypes`` with the
+tensors' data pointers. Hebb rules need no kernel: they have no time loop.
+The build compiles this one file only (about 25 s on two cores).
+
+It is built with ``torch.utils.cpp_extension`` on first use into
+``$FWPLAB_KERNEL_CACHE`` (default ``~/.cache/fwplab/kernels/<torch>-<python>-<cpu>``,
+one folder per CPU model since the code uses the host's instruction set)
+and reused afterwards. Where no compiler or ``ninja`` is present, or the build
+fails, :func:`available` warns once and returns ``False``, and the models fall
+back to the pure-PyTorch fast path. ``FWPLAB_KERNEL=0`` keeps the ``"auto"``
+solver off the kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "SOURCE",
+    "available",
+    "build_seconds",
+    "cache_directory",
+    "enabled",
+    "load",
+    "supports",
+    "KernelRecurrence",
+]
+
+#: The C++ source of the kernel.
+SOURCE = Path(__file__).with_name("recurrence.cpp")
+_NONLINEARITY_CODES = {"linear": 0, "tanh": 1, "softmax": 2}
+_ACTIVATION_CODES = {"identity": 0, "tanh": 1, "softmax": 2, "sigmoid": 3}
+_MAX_STAGES = 4
+
+
+class _Build:
+    """The process-wide state of the kernel: loaded library, or why it is unavailable."""
+
+    library: Optional[ctypes.CDLL] = None
+    error: Optional[str] = None
+    warned = False
+    seconds: Optional[float] = None
+
+
+def enabled() -> bool:
+    """Whether the ``"auto"`` solver may use the kernel (``FWPLAB_KERNEL`` is not ``0``)."""
+    return os.environ.get("FWPLAB_KERNEL", "1").strip() != "0"
+
+
+def supports(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the kernel runs tensors on ``device`` with ``dtype`` (CPU, float32/float64)."""
+    return torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64)
+
+
+def cache_directory() -> Path:
+    """Where the kernel is built: ``$FWPLAB_KERNEL_CACHE`` or a folder under ``~/.cache``.
+
+    The default folder is specific to the torch and Python versions and the CPU, since
+    the code is compiled for the host's instruction set.
+    """
+    root = os.environ.get("FWPLAB_KERNEL_CACHE")
+    if root:
+        return Path(root).expanduser()
+    version = torch.__version__.replace("+", "_")
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return (Path.home() / ".cache" / "fwplab" / "kernels"
+            / f"torch{version}-{python}-{platform.machine() or 'cpu'}-{_cpu_tag()}")
+
+
+def _cpu_tag() -> str:
+    """A short hash of the CPU model and its instruction set extensions."""
+    description = platform.processor()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        description += "".join(sorted({line for line in lines
+                                       if line.startswith(("model name", "flags", "Features"))}))
+    except OSError:
+        pass
+    return hashlib.sha1(description.encode()).hexdigest()[:8]
+
+
+def _compiler_flags() -> list[list[str]]:
+    """Flag sets to try in order: with the host's instruction set, then without."""
+    if sys.platform == "win32":
+        return [["/O2"]]
+    # The flags PyTorch itself is built with, which let loops with comparisons vectorise.
+    base = ["-O3", "-ffp-contract=fast", "-fno-trapping-math", "-fno-math-errno", "-pthread"]
+    machine = platform.machine().lower()
+    native = ["-mcpu=native"] if machine in ("arm64", "aarch64") else ["-march=native"]
+    return [base + native, base]
+
+
+def load() -> ctypes.CDLL:
+    """Build (first call only) and load the kernel library.
+
+    Returns:
+        The loaded library.
+
+    Raises:
+        RuntimeError: naming why the kernel could not be built or loaded.
+    """
+    if _Build.library is not None:
+        return _Build.library
+    if _Build.error is not None:
+        raise RuntimeError(_Build.error)
+    from torch.utils import cpp_extension
+
+    directory = cache_directory()
+    failures = []
+    started = time.perf_counter()
+    for flags in _compiler_flags():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = cpp_extension.load(
+                name="fwplab_recurrence", sources=[str(SOURCE)], extra_cflags=flags,
+                extra_ldflags=[] if sys.platform == "win32" else ["-pthread"],
+                build_directory=str(directory), is_python_module=False, verbose=False,
+            )
+            library = ctypes.CDLL(str(path) if isinstance(path, str) else
+                                  str(directory / "fwplab_recurrence.so"))
+            _declare(library)
+        except Exception as error:  # no compiler, no ninja, failed build or load
+            failures.append(" ".join(f"{type(error).__name__}: {error}".split())[:300])
+            continue
+        _Build.library = library
+        _Build.seconds = time.perf_counter() - started
+        return library
+    _Build.error = "fwplab kernel build failed: " + " | ".join(failures)
+    raise RuntimeError(_Build.error)
+
+
+def available() -> bool:
+    """Whether the kernel builds and loads; warns once (one line) when it does not."""
+    try:
+        load()
+    except RuntimeError as error:
+        if not _Build.warned:
+            _Build.warned = True
+            first_line = str(error).splitlines()[0][:200]
+            warnings.warn(f"{first_line}; using the pure-PyTorch fast path instead",
+                          RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+def build_seconds() -> Optional[float]:
+    """Seconds the first :func:`load` of this process took (build or cache hit), if any."""
+    return _Build.seconds
+
+
+def _declare(library: ctypes.CDLL) -> None:
+    pointer, integer = ctypes.c_void_p, ctypes.c_int64
+    for suffix in ("f32", "f64"):
+        forward = getattr(library, f"fwplab_forward_{suffix}")
+        forward.argtypes = [pointer] * 10 + [integer] * 8 + [pointer] * 2 + [integer]
+        forward.restype = ctypes.c_int
+        backward = getattr(library, f"fwplab_backward_{suffix}")
+        backward.argtypes = [pointer] * 9 + [integer] * 8 + [pointer] * 6 + [integer]
+        backward.restype = ctypes.c_int
+
+
+def _address(tensor: Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(tensor.data_ptr())
+
+
+def _tables(spec, activations, steps: Tensor) -> tuple[Tensor, ...]:
+    """The non-tensor arguments as contiguous CPU arrays the C entry points read."""
+    stages = len(spec.tableau.c)
+    a = torch.zeros(stages, stages, dtype=torch.float64)
+    for i, row in enumerate(spec.tableau.a):
+        for j, a_ij in enumerate(row):
+            a[i, j] = a_ij
+    b = torch.tensor(spec.tableau.b, dtype=torch.float64)
+    offsets = torch.tensor(spec.layout.offsets, dtype=torch.int64)
+    keep_position = torch.full((steps.shape[0] + 1,), -1, dtype=torch.int64)
+    keep_position[torch.tensor(spec.keep, dtype=torch.int64)] = torch.arange(len(spec.keep))
+    codes = torch.tensor([_ACTIVATION_CODES[name] for name in activations], dtype=torch.int64)
+    return (steps.detach().to(torch.float64).contiguous(), a, b, offsets, keep_position, codes)
+
+
+def _sizes(spec, steps: Tensor, flat: int, d_out: int, d_in: int) -> tuple[int, ...]:
+    """The integer arguments shared by both entry points."""
+    return (steps.shape[0], len(spec.tableau.c), spec.layout.per_step, flat, d_out, d_in,
+            _NONLINEARITY_CODES[spec.nonlinearity], spec.checkpoint_every)
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"fwplab kernel {what} failed (status {status}: "
+                           f"{'out of memory' if status == 1 else 'unsupported stage count'})")
+
+
+class KernelRecurrence(torch.autograd.Function):
+    """The recurrence of :class:`fwplab.solvers._FastRecurrence`, run by the compiled kernel.
+
+    Inputs as there, except that the controls come before their activations and the
+    kernel applies them: ``fixed (points, N, d_in)``, ``target (points, N, d_out)``,
+    ``rate (points, N, 1)``, ``M0 (N, d_out, d_in)`` (contiguous CPU float32 or
+    float64), ``steps (steps,)``, a :class:`fwplab.solvers.RecurrenceSpec` whose
+    ``checkpoint_every`` is set, and ``activations``: the names (``"identity"``,
+    ``"tanh"``, ``"softmax"`` over the last dimension, ``"sigmoid"``) of the
+    activations of ``fixed``, ``target`` and ``rate``. Returns ``M`` at the kept
+    grid indices, ``(len(keep), N, d_out, d_in)``.
+    """
+
+    @staticmethod
+    def forward(ctx, fixed, target, rate, M0, steps, spec, activations):
+        library = load()
+        tensors = (fixed, target, rate, M0)
+        if not all(supports(t.device, t.dtype) and t.dtype == M0.dtype and t.is_contiguous()
+                   for t in tensors):
+            raise ValueError("the kernel takes contiguous CPU tensors of one dtype, float32 or "
+                             f"float64; got {[(t.dtype, t.device.type) for t in tensors]}")
+        if len(spec.tableau.c) > _MAX_STAGES:
+            raise ValueError(f"method: the kernel supports up to {_MAX_STAGES} stages, "
+                             f"got {len(spec.tableau.c)}")
+        flat, d_out, d_in = M0.shape
+        kept = M0.new_empty(len(spec.keep), flat, d_out, d_in)
+        checkpoints = M0.new_empty(steps.shape[0] // spec.checkpoint_every + 1, flat, d_out, d_in)
+        entry = library.fwplab_forward_f64 if M0.dtype == torch.float64 else \
+            library.fwplab_forward_f32
+        tables = _tables(spec, activations, steps)
+        status = entry(*(_address(t) for t in (fixed, target, rate, M0, *tables)),
+                       *_sizes(spec, steps, flat, d_out, d_in), _address(kept),
+                       _address(checkpoints), torch.get_num_threads())
+        _check(status, "forward")
+        ctx.save_for_backward(fixed, target, rate, steps, checkpoints)
+        ctx.spec, ctx.activations = spec, activations
+        return kept
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_kept):
+        fixed, target, rate, steps, checkpoints = ctx.saved_tensors
+        spec = ctx.spec
+        flat, d_out, d_in = checkpoints.shape[1:]
+        grads = [torch.zeros_like(fixed), torch.zeros_like(target), torch.zeros_like(rate),
+                 torch.empty_like(checkpoints[0])]
+        grad_kept = grad_kept.contiguous()
+        library = load()
+        entry = library.fwplab_backward_f64 if fixed.dtype == torch.float64 else \
+            library.fwplab_backward_f32
+        tables = _tables(spec, ctx.activations, steps)
+        status = entry(*(_address(t) for t in (fixed, target, rate, *tables)),
+                       *_sizes(spec, steps, flat, d_out, d_in), _address(checkpoints),
+                       _address(grad_kept), *(_address(g) for g in grads),
+                       torch.get_num_threads())
+        _check(status, "backward")
+        return (*grads, None, None, None)

@@ -1,0 +1,181 @@
+"""The compiled CPU recurrence kernel: built here, checked against torchdiffeq and autograd."""
+
+import shutil
+
+import pytest
+import torch
+
+import fwplab
+from fwplab import kernels, solvers
+from fwplab.models import MODELS
+
+LOGITS_ATOL = 1e-5  # kernel vs torchdiffeq, float32 logits, max abs
+GRAD_RTOL = 1e-4  # parameter gradients, relative to the largest entry
+FLOAT64_ATOL = 1e-10  # kernel vs torchdiffeq in float64
+STATES_ATOL = 1e-6  # kernel vs the pure-PyTorch fast path, float32 states
+TINY = dict(hidden_channels=8, num_heads=2, ff_channels=16)
+LOOP_MODELS = [name for name, spec in MODELS.items() if spec is not None and spec[0] != "hebb"]
+KERNEL_ACTIVATIONS = [("softmax", "tanh", "sigmoid"), ("softmax", "identity", "sigmoid"),
+                      ("tanh", "identity", "sigmoid"), ("identity", "identity", "identity")]
+
+
+def _compiler_present() -> bool:
+    from torch.utils.cpp_extension import is_ninja_available
+
+    return is_ninja_available() and any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
+pytestmark = pytest.mark.skipif(not _compiler_present(),
+                                reason="no C++ compiler or ninja: the models fall back")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_kernel():
+    """Build (or load from the cache) once; a failed build fails every test here."""
+    kernels.load()
+    print(f"\nfwplab kernel ready after {kernels.build_seconds():.1f} s")
+
+
+def _series(batch=3, length=9, channels=4, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    x = torch.randn(batch, length, channels, dtype=dtype)
+    x[..., 0] = torch.arange(length, dtype=dtype)
+    return x
+
+
+def _logits_and_grads(model, x, lengths=None, times=None):
+    model.zero_grad()
+    logits = model(x, times=times, lengths=lengths)
+    logits.square().sum().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                             if p.grad is not None}
+
+
+def _compare(name, x, lengths=None, times=None, atol=LOGITS_ATOL, dtype=torch.float32,
+             checkpoints=(None,), **options):
+    """The kernel (at each checkpoint interval) against torchdiffeq: logits and gradients."""
+    torch.manual_seed(1)
+    reference = fwplab.build_model(name, 4, 3, **TINY, **options, solver="reference").to(dtype)
+    ref_logits, ref_grads = _logits_and_grads(reference, x, lengths, times)
+    for checkpoint_every in checkpoints:
+        kernel = fwplab.build_model(name, 4, 3, **TINY, **options, solver="kernel",
+                                    checkpoint_every=checkpoint_every).to(dtype)
+        kernel.load_state_dict(reference.state_dict())
+        logits, grads = _logits_and_grads(kernel, x, lengths, times)
+        torch.testing.assert_close(logits, ref_logits, atol=atol, rtol=0)
+        for key, grad in ref_grads.items():
+            scale = grad.abs().max().clamp(min=1e-6)
+            assert (grads[key] - grad).abs().max() / scale < GRAD_RTOL, (checkpoint_every, key)
+
+
+@pytest.mark.parametrize("options", [{}, {"post_tanh": True}, {"v_layernorm": True}],
+                         ids=["plain", "post_tanh", "v_layernorm"])
+@pytest.mark.parametrize("name", LOOP_MODELS)
+def test_kernel_equals_torchdiffeq(name, options):
+    if options.get("post_tanh") and not name.startswith("delta"):
+        pytest.skip("post_tanh is a delta-rule option")
+    if options.get("v_layernorm") and name.endswith("ode"):
+        pytest.skip("v_layernorm is a CDE option")
+    _compare(name, _series(), lengths=torch.tensor([9, 4, 6]), checkpoints=(None, 1, 3),
+             **options)
+
+
+@pytest.mark.parametrize("method", list(solvers.TABLEAUS))
+def test_kernel_equals_torchdiffeq_for_every_method_on_irregular_times(method):
+    times = torch.tensor([0.0, 0.5, 1.0, 2.0, 2.2, 3.0, 4.5, 5.0, 6.0])
+    for name, options in (("delta_cde", {}), ("oja_ode", {}), ("delta_ode", {"post_tanh": True})):
+        _compare(name, _series(), lengths=torch.tensor([9, 6, 8]), times=times, method=method,
+                 **options)
+
+
+@pytest.mark.parametrize("name", ["delta_cde", "oja_cde"])
+def test_kernel_handles_batch_size_one(name):
+    _compare(name, _series(batch=1, length=6))
+
+
+@pytest.mark.parametrize("name", ["delta_cde", "oja_ode"])
+def test_kernel_equals_torchdiffeq_in_float64(name):
+    _compare(name, _series(dtype=torch.float64), lengths=torch.tensor([9, 5, 7]),
+             atol=FLOAT64_ATOL, dtype=torch.float64, post_tanh=name == "delta_cde")
+
+
+def _kernel_inputs(activations, flat, d=3, n_steps=5, method="rk4", seed=0):
+    """Random float64 raw controls; ``flat`` recurrences fill lane groups partly."""
+    torch.manual_seed(seed)
+    points = n_steps * solvers.stage_layout(method).per_step + 1
+    fixed = torch.randn(points, flat, d, dtype=torch.float64)
+    if activations[0] == "identity":
+        fixed = fixed.softmax(-1)
+    target = torch.randn(points, flat, d, dtype=torch.float64)
+    rate = torch.randn(points, flat, 1, dtype=torch.float64)
+    if activations[2] == "identity":
+        rate = rate.sigmoid()
+    M0 = 0.3 * torch.randn(flat, d, d, dtype=torch.float64)
+    steps = 0.2 + 0.5 * torch.rand(n_steps, dtype=torch.float64)
+    return (*(t.requires_grad_() for t in (fixed, target, rate, M0)), steps)
+
+
+@pytest.mark.parametrize("method, checkpoint_every", [("rk4", 2), ("rk4", 16), ("heun3", 1),
+                                                      ("heun2", 3), ("euler", 2)])
+@pytest.mark.parametrize("nonlinearity, activations", [
+    ("linear", KERNEL_ACTIVATIONS[0]), ("tanh", KERNEL_ACTIVATIONS[1]),
+    ("softmax", KERNEL_ACTIVATIONS[2]), ("linear", KERNEL_ACTIVATIONS[3])])
+def test_kernel_backward_passes_float64_gradcheck(nonlinearity, activations, method,
+                                                  checkpoint_every):
+    *tensors, steps = _kernel_inputs(activations, flat=3, method=method)
+    spec = solvers.RecurrenceSpec(nonlinearity, solvers.TABLEAUS[method],
+                                  solvers.stage_layout(method), (0, 3, 5), checkpoint_every)
+    assert torch.autograd.gradcheck(
+        lambda *t: kernels.KernelRecurrence.apply(*t, steps, spec, activations), tuple(tensors),
+        fast_mode=True)
+
+
+@pytest.mark.parametrize("flat", [1, 17, 40])
+def test_kernel_states_equal_the_fast_path_for_any_number_of_recurrences(flat):
+    """Lane groups of 16 (float32): partial, single and several groups, one or two threads."""
+    activations = KERNEL_ACTIVATIONS[0]
+    fixed, target, rate, M0, steps = (t.detach().float() for t in
+                                      _kernel_inputs(activations, flat=flat, d=5, n_steps=20))
+    keep = tuple(range(21))
+    spec = solvers.RecurrenceSpec("linear", solvers.TABLEAUS["rk4"], solvers.stage_layout("rk4"),
+                                  keep, None)
+    expected = solvers._FastRecurrence.apply(fixed.softmax(-1), target.tanh(), rate.sigmoid(),
+                                             M0, steps, spec)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            states = kernels.KernelRecurrence.apply(fixed, target, rate, M0, steps,
+                                                    spec._replace(checkpoint_every=7), activations)
+            torch.testing.assert_close(states, expected, atol=STATES_ATOL, rtol=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_auto_uses_the_kernel_on_cpu_unless_turned_off(monkeypatch):
+    model = fwplab.build_model("delta_cde", 4, 3, **TINY)
+    assert model.selected_solver() == "kernel"
+    assert model.selected_solver(dtype=torch.float16) == "fast"
+    assert fwplab.build_model("hebb_cde", 4, 3, **TINY).selected_solver() == "fast"
+    assert fwplab.build_model("delta_cde", 4, 3, **TINY, adjoint=True).selected_solver() == \
+        "reference"
+    monkeypatch.setenv("FWPLAB_KERNEL", "0")
+    assert model.selected_solver() == "fast"
+
+
+def test_failed_build_falls_back_with_one_notice(monkeypatch):
+    monkeypatch.setattr(kernels._Build, "library", None)
+    monkeypatch.setattr(kernels._Build, "error", "fwplab kernel build failed: no compiler")
+    monkeypatch.setattr(kernels._Build, "warned", False)
+    model = fwplab.build_model("delta_cde", 4, 3, **TINY)
+    with pytest.warns(RuntimeWarning, match="no compiler; using the pure-PyTorch fast path"):
+        assert model.selected_solver() == "fast"
+    assert not kernels.available()  # the notice is given once
+    with pytest.raises(RuntimeError, match="no compiler"):
+        fwplab.build_model("delta_cde", 4, 3, **TINY, solver="kernel")(_series())
+
+
+def test_kernel_rejects_tensors_it_cannot_run():
+    model = fwplab.build_model("delta_cde", 4, 3, **TINY, solver="kernel").half()
+    with pytest.raises(ValueError, match="backend: the compiled kernel runs CPU float32/float64"):
+        model(_series().half())
