@@ -48,6 +48,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--rss", action="store_true",
                         help="also measure peak RSS growth, one subprocess per point")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes, one round: checks that the script runs")
@@ -113,11 +115,14 @@ def measure(arguments, sweep: str) -> list[dict]:
 
 def rss_arguments(arguments, name: str, hidden: int, channels: int) -> list[str]:
     return ["--model", name, "--point", f"{hidden},{channels}", "--batch", str(arguments.batch),
-            "--length", str(arguments.length), "--heads", str(arguments.heads)]
+            "--length", str(arguments.length), "--heads", str(arguments.heads),
+            "--threads", str(torch.get_num_threads())]
 
 
 def main(argv=None) -> None:
     arguments = parse_arguments(argv)
+    if arguments.threads:
+        torch.set_num_threads(arguments.threads)
     if arguments.measure_rss:
         hidden, channels = (int(v) for v in arguments.point.split(","))
         model, x, coeffs = build(arguments, arguments.model, hidden, channels)

@@ -55,6 +55,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--rss", default=None,
                         help="solvers whose peak RSS growth to measure in a subprocess "
                              "(default all on CPU; 'none' to skip)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes, one round: checks that the script runs")
@@ -162,13 +164,15 @@ def measure(arguments, batch: int, configs: list[str]) -> list[dict]:
 
 def rss_arguments(arguments, config: str, batch: int) -> list[str]:
     flags = ["--config", config, "--batch", str(batch), "--model", arguments.model,
-             "--device", arguments.device]
+             "--device", arguments.device, "--threads", str(torch.get_num_threads())]
     return flags + (["--smoke"] if arguments.smoke else []) + (
         ["--post-tanh"] if arguments.post_tanh else [])
 
 
 def main(argv=None) -> None:
     arguments = parse_arguments(argv)
+    if arguments.threads:
+        torch.set_num_threads(arguments.threads)
     if arguments.measure_rss:
         model, x, coeffs = build(arguments, arguments.config, int(arguments.batch))
         common.report_rss_growth(lambda: forward_backward(model, x, coeffs))

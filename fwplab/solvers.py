@@ -439,19 +439,22 @@ def _stepwise_recurrence(fixed, target, rate, M0, steps, nonlinearity, tableau, 
 class _StepOperands(NamedTuple):
     """Per-step views and coefficients shared by the forward and backward of a recurrence.
 
-    ``f, c, rate``: ``(steps, stages, N, .)`` views of the point tensors;
-    ``coupling[n, :, i, j] = h_n a_ij (f_i . f_j)``: ``(steps, N, stages, stages)``,
-    zero unless ``(i, j)`` is in ``pairs`` (the ``a_ij != 0``);
-    ``weights[n, i] = h_n b_i``: ``(steps, stages)``.
+    ``f, c``: ``(steps, stages, N, .)`` views of the point tensors;
+    ``signed_rate``: the same view of ``-beta`` (linear, tanh) or ``beta`` (softmax), so
+    that ``r = signed_rate * activation`` (see :func:`_forward_step`);
+    ``coupling[n, q] = h_n a_ij (f_i . f_j)`` for the ``q``-th pair ``(i, j, a_ij)`` of
+    ``pairs`` (the ``a_ij != 0``): ``(steps, pairs, N, 1)``; ``couplings_of[i]``: the
+    ``(q, j)`` of stage ``i``; ``weights[n, i] = h_n b_i``: ``(steps, stages)``.
     """
 
     f: Tensor
     c: Tensor
-    rate: Tensor
+    signed_rate: Tensor
     coupling: Tensor
     steps: Tensor
     weights: Tensor
     pairs: tuple[tuple[int, int, float], ...]
+    couplings_of: tuple[tuple[tuple[int, int], ...], ...]
 
 
 def _step_operands(fixed, target, rate, steps, spec: RecurrenceSpec,
@@ -462,15 +465,18 @@ def _step_operands(fixed, target, rate, steps, spec: RecurrenceSpec,
     pairs = tuple((i, j, a_ij) for i, row in enumerate(tableau.a)
                   for j, a_ij in enumerate(row) if a_ij != 0.0)
     if coupling is None:
-        stages = len(tableau.c)
-        coupling = fixed.new_zeros(n_steps, fixed.shape[1], stages, stages)
-        for i, j, a_ij in pairs:
-            torch.mul((f[:, i] * f[:, j]).sum(-1), steps.unsqueeze(-1) * a_ij,
-                      out=coupling[:, :, i, j])
+        coupling = fixed.new_empty(n_steps, len(pairs), fixed.shape[1], 1)
+        for q, (i, j, a_ij) in enumerate(pairs):
+            torch.mul((f[:, i] * f[:, j]).sum(-1, keepdim=True),
+                      (steps * a_ij).reshape(-1, 1, 1), out=coupling[:, q])
+    couplings_of = tuple(tuple((q, j) for q, (row, j, _) in enumerate(pairs) if row == i)
+                         for i in range(len(tableau.c)))
     weights = steps.unsqueeze(-1) * torch.tensor(tableau.b, dtype=fixed.dtype,
                                                  device=fixed.device)
+    signed_rate = rate if spec.nonlinearity == "softmax" else -rate
     return _StepOperands(f, stage_view(target, spec.layout, n_steps),
-                         stage_view(rate, spec.layout, n_steps), coupling, steps, weights, pairs)
+                         stage_view(signed_rate, spec.layout, n_steps), coupling, steps,
+                         weights, pairs, couplings_of)
 
 
 def _forward_step(ops: _StepOperands, nonlinearity: str, n: int, M: Tensor,
@@ -478,28 +484,25 @@ def _forward_step(ops: _StepOperands, nonlinearity: str, n: int, M: Tensor,
     """One step ``M_n -> M_{n+1}`` written into ``out``; records what the backward needs.
 
     ``activation (N, d_out, S)`` receives ``e = u - c`` (linear), ``tanh(e)`` (tanh) or
-    ``softmax(-e)`` (softmax); ``factors (N, d_out, S)`` receives ``r``.
+    ``softmax(-e)`` (softmax), and ``factors (N, d_out, S)`` receives
+    ``r = signed_rate * activation``: ``-beta e = beta (c - u)``,
+    ``-beta tanh(e) = beta tanh(c - u)`` or ``beta softmax(c - u)``.
     """
-    stages = factors.shape[-1]
     f_t = ops.f[n].permute(1, 2, 0)  # (N, d_in, S)
     c_t = ops.c[n].permute(1, 2, 0)  # (N, d_out, S)
-    rate = ops.rate[n]  # (S, N, 1)
+    signed_rate, coupling = ops.signed_rate[n], ops.coupling[n]
     linear = nonlinearity == "linear"
     e = activation if linear else torch.empty_like(activation)
     torch.baddbmm(c_t, M, f_t, beta=-1, out=e)  # M_n f_i - c_i
-    for i in range(stages):
+    for i, couplings in enumerate(ops.couplings_of):
         e_i = e[..., i]
-        for row, j, _ in ops.pairs:
-            if row == i:
-                e_i.addcmul_(factors[..., j], ops.coupling[n, :, i, j : j + 1])
-        if linear:  # r = beta (c - u) = -beta e
-            torch.mul(e_i, rate[i], out=factors[..., i]).neg_()
-        elif nonlinearity == "tanh":  # r = beta tanh(c - u) = -beta tanh(e)
+        for q, j in couplings:
+            e_i.addcmul_(factors[..., j], coupling[q])
+        if nonlinearity == "tanh":
             torch.tanh(e_i, out=activation[..., i])
-            torch.mul(activation[..., i], rate[i], out=factors[..., i]).neg_()
-        else:  # r = beta softmax(c - u)
+        elif nonlinearity == "softmax":
             activation[..., i] = torch.softmax(e_i.neg(), -1)
-            torch.mul(activation[..., i], rate[i], out=factors[..., i])
+        torch.mul(activation[..., i], signed_rate[i], out=factors[..., i])
     out.copy_(M).baddbmm_(factors * ops.weights[n], ops.f[n].transpose(0, 1))
 
 
@@ -622,22 +625,21 @@ def _backward_segment(ops, spec, start, stop, segment, gM, grad_kept, position, 
         f_n = ops.f[n].transpose(0, 1)  # (N, S, d_in)
         torch.bmm(gM, f_n.transpose(1, 2), out=grad_r[k]).mul_(ops.weights[n])
         torch.bmm((factors[k] * ops.weights[n]).transpose(1, 2), gM, out=grad_f[k])
-        rate = ops.rate[n]
-        if nonlinearity == "tanh":  # de/dr factor: -beta (1 - tanh(e)^2)
-            slope = (1 - activations[k].square()) * rate.permute(1, 2, 0)
+        signed_rate, coupling = ops.signed_rate[n], ops.coupling[n]
+        if nonlinearity == "tanh":  # dr/de = signed_rate (1 - tanh(e)^2)
+            slope = (1 - activations[k].square()) * signed_rate.permute(1, 2, 0)
         for i in reversed(range(stages)):
             g_r, g_e = grad_r[k][..., i], grad_e[k][..., i]
             if nonlinearity == "linear":
-                torch.mul(g_r, rate[i], out=g_e).neg_()
+                torch.mul(g_r, signed_rate[i], out=g_e)
             elif nonlinearity == "tanh":
-                torch.mul(g_r, slope[..., i], out=g_e).neg_()
+                torch.mul(g_r, slope[..., i], out=g_e)
             else:  # r = beta y, y = softmax(-e): dL/de = r (<g_r, y> - g_r)
                 y = activations[k][..., i]
                 torch.mul(torch.sub((g_r * y).sum(-1, keepdim=True), g_r), factors[k][..., i],
                           out=g_e)
-            for row, j, _ in ops.pairs:
-                if row == i:
-                    grad_r[k][..., j].addcmul_(g_e, ops.coupling[n, :, i, j : j + 1])
+            for q, j in ops.couplings_of[i]:
+                grad_r[k][..., j].addcmul_(g_e, coupling[q])
         gM.baddbmm_(grad_e[k], f_n)
         grad_f[k].baddbmm_(grad_e[k].transpose(1, 2), states[k])
         if n in position:
