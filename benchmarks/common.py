@@ -30,7 +30,7 @@ from typing import Callable, Optional
 
 import torch
 
-#: The paper's Speech Commands setting (SPEC section 7).
+#: The paper's Speech Commands setting (docs/maths.md, section 7).
 SPEECH_COMMANDS = dict(length=161, channels=21, hidden_channels=80, num_heads=4,
                        ff_channels=320, classes=10)
 

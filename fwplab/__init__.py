@@ -16,6 +16,7 @@ from .data import (
     observational_intensity,
     read_ts,
 )
+from .devices import pick_device
 from .discrete import (
     DISCRETE_UPDATES,
     FEATURE_MAPS,
@@ -146,6 +147,7 @@ __all__ = [
     "ContinuousFWP",
     "NeuralCDE",
     "build_model",
+    "pick_device",
     "count_parameters",
     "integration_grid",
     "interpolation_coeffs",

@@ -1,4 +1,4 @@
-"""Discrete fast weight programmers (SPEC section 3): recurrent and attention forms.
+"""Discrete fast weight programmers (docs/maths.md, section 3): recurrent and attention forms.
 
 At every step ``t`` a slow network has produced a key ``k_t``, a value ``v_t``, a query
 ``q_t`` and a rate ``beta_t``; each head owns a fast weight ``W`` of shape ``(d_v, d_k)``

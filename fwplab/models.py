@@ -6,7 +6,7 @@ Every model maps raw observations ``x`` of shape ``(batch, time, channels)``
 :func:`build_model`; load weights trained with the official code with
 :func:`load_official_state_dict`.
 
-A continuous FWP (SPEC section 4) has ``heads`` fast weight matrices
+A continuous FWP (docs/maths.md, section 4) has ``heads`` fast weight matrices
 ``W_h(t)`` of size ``d x d`` (``hidden = heads * d``) driven by the input path::
 
     ODE-driven (hebb_ode, oja_ode, delta_ode):
@@ -176,7 +176,7 @@ SOLVERS = ("auto", "reference", *solvers.FIXED_GRID_BACKENDS)
 
 
 class ContinuousFWP(nn.Module):
-    """A continuous-time Fast Weight Programmer (SPEC section 4).
+    """A continuous-time Fast Weight Programmer (docs/maths.md, section 4).
 
     Args:
         rule: ``"hebb"``, ``"oja"`` or ``"delta"``.
@@ -492,7 +492,7 @@ class _NeuralCDEField(nn.Module):
 
 
 class NeuralCDE(nn.Module):
-    """The Neural CDE baseline of Kidger et al. (2020) (SPEC section 4.5).
+    """The Neural CDE baseline of Kidger et al. (2020) (docs/maths.md, section 4.5).
 
     ::
 
@@ -642,7 +642,7 @@ OFFICIAL_UNUSED = ("initial_network.",)
 def load_official_state_dict(model: ContinuousFWP, state_dict: dict[str, Tensor]) -> ContinuousFWP:
     """Load a state_dict saved by the official code into the matching fwplab model.
 
-    Supported: ``delta_cde``, ``hebb_ode``, ``oja_ode`` and ``delta_ode`` (SPEC 4.4).
+    Supported: ``delta_cde``, ``hebb_ode``, ``oja_ode`` and ``delta_ode`` (docs/maths.md, section 4.4).
     The official ``initial_network`` is unused by these models and skipped.
 
     Raises:

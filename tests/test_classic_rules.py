@@ -1,4 +1,4 @@
-"""Classic learning rules as ODEs (SPEC section 2): fields, Euler steps, fixed points, orders."""
+"""Classic learning rules as ODEs (docs/maths.md, section 2): fields, Euler steps, fixed points, orders."""
 
 import math
 

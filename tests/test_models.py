@@ -11,7 +11,7 @@ from fwplab.models import MODELS, ContinuousFWP, _FastWeightField
 from fwplab.paths import control_path, interpolation_coeffs
 
 GOLDEN = Path(__file__).parent / "fixtures" / "official_fwp_logits.pt"
-OFFICIAL_ATOL = 1e-5  # float32 round-off (SPEC 4.4)
+OFFICIAL_ATOL = 1e-5  # float32 round-off (docs/maths.md, section 4.4)
 LOGITS_ATOL = 1e-5  # fast vs reference logits, max abs (performance issue)
 GRAD_RTOL = 1e-4  # fast vs reference parameter gradients, relative
 ADJOINT_RTOL = 1e-2  # continuous adjoint vs exact discrete gradients

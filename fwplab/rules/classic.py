@@ -1,4 +1,4 @@
-"""Classic learning rules as ordinary differential equations (SPEC section 2).
+"""Classic learning rules as ordinary differential equations (docs/maths.md, section 2).
 
 A discrete learning rule ``w <- w + eta F(w)`` is one Euler step of size ``eta``
 of the ODE ``dw/dt = F(w)``. This module gives the vector fields ``F`` of three

@@ -1,5 +1,5 @@
-"""Fast weight learning rules: the discrete updates (SPEC section 3) and the
-continuous rule table of the paper's models (SPEC sections 4.1-4.2).
+"""Fast weight learning rules: the discrete updates (docs/maths.md, section 3) and the
+continuous rule table of the paper's models (docs/maths.md, sections 4.1-4.2).
 
 Every fast weight ``W`` maps keys to values: ``W`` has shape ``(..., d_value, d_key)``
 and a read-out is ``W q``. The leading ``...`` dimensions are batch and heads.
@@ -20,7 +20,7 @@ pre-activations, rate logits) and apply the paper's activations::
 
 The Oja rule applies the softmax *after* subtracting ``W^T v`` (as the official
 code does). Passing ``W=None`` leaves the W-dependent part out: that is the
-initial fast weight ``W(t0)`` of every continuous model (SPEC 4.3).
+initial fast weight ``W(t0)`` of every continuous model (docs/maths.md, section 4.3).
 """
 
 from __future__ import annotations
