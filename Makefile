@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fwplab-installed
 PORT ?= 8888
 TOKEN ?= $(shell $(PYTHON) -c "import secrets; print(secrets.token_hex(16))")
+# JupyterLab refuses to run as root (containers, cloud notebooks, CI) without this flag.
+ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
 .PHONY: lab test tour lint clean
 
@@ -15,8 +17,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lab: $(STAMP)
+	@if [ -n "$(ALLOW_ROOT)" ]; then echo "Running as root: JupyterLab starts with --allow-root."; fi
 	@echo "JupyterLab: http://127.0.0.1:$(PORT)/lab?token=$(TOKEN)"
-	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) \
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) $(ALLOW_ROOT) \
 		--IdentityProvider.token=$(TOKEN) --notebook-dir=notebooks
 
 test: $(STAMP)

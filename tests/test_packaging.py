@@ -1,7 +1,12 @@
-"""The set-up files agree: environment.yml and pyproject.toml list the same packages."""
+"""Packaging: environment.yml and pyproject.toml agree, and a wheel install works on its own."""
 
+import json
+import os
 import re
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import fwplab
@@ -47,3 +52,33 @@ def test_public_names_are_exported_explicitly():
     for name in fwplab.__all__:
         assert hasattr(fwplab, name), name
     assert len(set(fwplab.__all__)) == len(fwplab.__all__)
+
+
+def test_a_wheel_installed_outside_the_checkout_trains_on_the_shipped_data(tmp_path):
+    """``pip install .`` (not editable) carries the kernel source and JapaneseVowels."""
+    wheels, target, run = tmp_path / "wheels", tmp_path / "site", tmp_path / "run"
+    run.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "--quiet"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    str(ROOT)], check=True, cwd=tmp_path, capture_output=True)
+    (wheel,) = wheels.glob("fwplab-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    for shipped in ("fwplab/data/shipped/JapaneseVowels/JapaneseVowels_TRAIN.ts",
+                    "fwplab/data/shipped/JapaneseVowels/JapaneseVowels_TEST.ts",
+                    "fwplab/data/shipped/README.md", "fwplab/kernels/recurrence.cpp"):
+        assert shipped in names, shipped
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    # The installed copy comes first on the path, ahead of the editable checkout.
+    env = {**os.environ, "PYTHONPATH": str(target), "FWPLAB_KERNEL": "0", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fwplab", "train", "--epochs", "1", "--out", str(run / "out")],
+        cwd=run, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run / "out" / "metrics.json").read_text())
+    assert metrics["dataset"] == "japanese-vowels" and metrics["test_accuracy"] > 1 / 9
+    where = subprocess.run([sys.executable, "-c", "import fwplab; print(fwplab.__file__)"],
+                           cwd=run, env=env, capture_output=True, text=True, check=True)
+    assert where.stdout.strip().startswith(str(target))

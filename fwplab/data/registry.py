@@ -3,7 +3,7 @@
 =========================  ===============================================================
 name                       what
 =========================  ===============================================================
-``japanese-vowels``        shipped in ``data/JapaneseVowels`` (UCI; 12 channels, lengths
+``japanese-vowels``        shipped in ``fwplab/data/shipped/JapaneseVowels`` (UCI; 12 channels, lengths
                            7-29, 9 classes, 270 train / 370 test); official split
 ``spirals``                synthetic clockwise/anticlockwise spirals (128 train / 128 test)
 ``speech-commands``        Speech Commands v0.02, 10 words, 20 MFCCs x 161 frames
@@ -50,8 +50,12 @@ SPIRALS_LENGTH = 100
 
 
 def shipped_data_dir() -> Path:
-    """The repository's ``data/`` folder (next to the ``fwplab`` package)."""
-    return Path(__file__).resolve().parents[2] / "data"
+    """The folder of the data shipped inside the package (``fwplab/data/shipped``).
+
+    It is package data, so a wheel install has it too; ``data/README.md`` in the
+    repository gives its provenance and licence.
+    """
+    return Path(__file__).resolve().parent / "shipped"
 
 
 def _ts_raw(ts: TsFile) -> RawSplit:
@@ -168,8 +172,8 @@ def load_dataset(
     Args:
         name: one of :data:`DATASET_NAMES`.
         root: where the raw data is: for ``japanese-vowels`` a folder holding
-            ``JapaneseVowels_TRAIN.ts`` and ``_TEST.ts`` (default: the repository's
-            ``data/JapaneseVowels``); for the downloaded datasets the extracted folder
+            ``JapaneseVowels_TRAIN.ts`` and ``_TEST.ts`` (default: the copy shipped in
+            the package, ``fwplab/data/shipped/JapaneseVowels``); for the downloaded datasets the extracted folder
             (or, for the UEA ones, the zip); None downloads into the cache.
         missing_rate: fraction of each series' observed points to drop (irregular sampling).
         seed: seeds the synthetic data, the dropping and the splits.
@@ -201,7 +205,7 @@ def load_dataset(
         folder = Path(root) if root is not None else shipped_data_dir() / "JapaneseVowels"
         if root is None and not folder.is_dir():
             raise DataFormatError(f"{folder}: the shipped JapaneseVowels files are not there "
-                                  "(fwplab installed without its repository?); pass root=")
+                                  "(an incomplete fwplab install: reinstall it); pass root=")
         dataset = load_ts_pair(folder / "JapaneseVowels_TRAIN.ts",
                                folder / "JapaneseVowels_TEST.ts",
                                val_fraction=val_fraction or 0.0, name=name, **options)
