@@ -1,15 +1,13 @@
-"""Shared helpers of the benchmark scripts: inputs, timing, memory, tables and JSON.
+"""Helpers of the benchmark scripts only: peak memory in a subprocess, tables and JSON.
 
-Timing: every configuration runs once to warm up, then the configurations take
-turns (round robin) for ``repeats`` rounds in one process, and the median wall
-time of each is reported, so that load from other processes hits all of them alike.
+Inputs, timing (medians in one process after warm-up, round robin), saved-tensor
+bytes, FLOP counts and the matrix-product rate come from :mod:`fwplab.benchmarking`,
+which notebook 6 uses too. Memory is measured two ways:
 
-Memory, two ways:
-
-* saved bytes: the bytes of every tensor autograd keeps between the forward and
-  the backward (``torch.autograd.graph.saved_tensors_hooks``; each storage once).
-  Deterministic; it is what checkpointing and the adjoint reduce.
-* peak RSS growth: a fresh Python process per configuration sets up the model and
+* saved bytes (:func:`fwplab.benchmarking.saved_tensor_bytes`): the bytes of every
+  tensor autograd keeps between the forward and the backward. Deterministic; it is
+  what checkpointing and the adjoint reduce.
+* peak RSS growth (here): a fresh Python process per configuration sets up the model and
   inputs, then runs one forward+backward; the growth of the process's peak
   resident memory over its resident memory after set-up (Linux: ``VmHWM`` reset
   through ``/proc/self/clear_refs``; elsewhere ``ru_maxrss``). It includes transient
@@ -21,69 +19,12 @@ from __future__ import annotations
 import json
 import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-
-#: The paper's Speech Commands setting (docs/maths.md, section 7).
-SPEECH_COMMANDS = dict(length=161, channels=21, hidden_channels=80, num_heads=4,
-                       ff_channels=320, classes=10)
-
-
-def random_series(batch: int, length: int, channels: int, seed: int = 0,
-                  device: str = "cpu") -> torch.Tensor:
-    """Random observations ``(batch, length, channels)`` with a time channel first."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, length, channels, generator=generator)
-    x[..., 0] = torch.arange(length, dtype=x.dtype)
-    return x.to(device)
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_round_robin(runs: dict[str, Callable[[], None]], repeats: int, warmup: int = 1,
-                     device: str = "cpu", progress: bool = True) -> dict[str, list[float]]:
-    """Wall times (seconds) of every run over ``repeats`` rounds after ``warmup`` rounds."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for round_index in range(warmup + repeats):
-        for name, run in runs.items():
-            synchronize(device)
-            start = time.perf_counter()
-            run()
-            synchronize(device)
-            if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
-        if progress:
-            label = "warm-up" if round_index < warmup else f"round {round_index - warmup + 1}"
-            print(f"  {label}/{repeats} done", file=sys.stderr, flush=True)
-    return times
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def saved_tensor_bytes(forward: Callable[[], torch.Tensor]) -> int:
-    """Bytes autograd saves for the backward of ``forward()`` (each storage counted once)."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = forward()
-    del loss
-    return sum(storages.values())
 
 
 def _proc_status_bytes(field: str) -> Optional[int]:
@@ -151,21 +92,6 @@ def environment() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.machine(), "processor": platform.processor(),
             "python": platform.python_version()}
-
-
-def matmul_gflops(device: str = "cpu", size: int = 1024, repeats: int = 5) -> float:
-    """Measured float32 matrix-product rate (GFLOP/s), the yardstick of the floor estimate."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
 
 
 def write_json(path: Optional[str], payload: dict) -> None:

@@ -3,8 +3,9 @@
 The Neural CDE's vector field outputs an ``H x C`` matrix at every evaluation
 (its last layer has ``H * C`` outputs), the FWP's slow net only keys, values and
 rates (``2 H + heads`` outputs for a CDE-driven FWP), whatever ``C`` is. This
-times one forward+backward of each model (medians in one process after warm-up)
-and measures memory (saved bytes, optional peak RSS growth; see common.py) over
+times one forward+backward of each model (medians in one process after warm-up,
+see fwplab.benchmarking) and measures memory (saved bytes, optional peak RSS
+growth in a subprocess; see common.py) over
 
 * ``hidden``: H in 32..512 with the Speech Commands channels (21);
 * ``channels``: C in 4..256 at H = 128.
@@ -29,6 +30,14 @@ import torch
 
 import common
 import fwplab
+from fwplab.benchmarking import (
+    field_outputs,
+    forward_backward,
+    median,
+    random_series,
+    saved_tensor_bytes,
+    time_round_robin,
+)
 
 MODELS = ("delta_cde", "ncde")
 SMOKE = dict(batch=2, length=6, hidden="8,16", channels="3,6", fixed_hidden=8, fixed_channels=3)
@@ -66,18 +75,8 @@ def build(arguments, name: str, hidden: int, channels: int):
     else:
         model = fwplab.build_model(name, channels, 10, hidden_channels=hidden,
                                    num_heads=arguments.heads, ff_channels=4 * hidden)
-    x = common.random_series(arguments.batch, arguments.length, channels)
+    x = random_series(arguments.batch, arguments.length, channels)
     return model, x, fwplab.interpolation_coeffs(x)
-
-
-def field_outputs(name: str, hidden: int, channels: int, heads: int) -> int:
-    """Outputs of the vector field (NCDE) or slow net (FWP) per evaluation and sample."""
-    return hidden * channels if name == "ncde" else 2 * hidden + heads
-
-
-def forward_backward(model, x, coeffs) -> None:
-    model.zero_grad(set_to_none=True)
-    model(x, coeffs=coeffs).square().sum().backward()
 
 
 def sweep_points(arguments, sweep: str) -> list[tuple[int, int]]:
@@ -91,16 +90,16 @@ def measure(arguments, sweep: str) -> list[dict]:
     for hidden, channels in sweep_points(arguments, sweep):
         built = {name: build(arguments, name, hidden, channels) for name in MODELS}
         print(f"{sweep}: H={hidden} C={channels}", file=sys.stderr)
-        times = common.time_round_robin(
+        times = time_round_robin(
             {name: (lambda b=b: forward_backward(*b)) for name, b in built.items()},
-            arguments.repeats, arguments.warmup, progress=False)
+            arguments.repeats, arguments.warmup)
         for name, (model, x, coeffs) in built.items():
             row = {"sweep": sweep, "model": name, "hidden": hidden, "channels": channels,
                    "solver": getattr(model, "selected_solver", lambda: "torchcde")(),
                    "parameters": fwplab.count_parameters(model),
                    "field_outputs": field_outputs(name, hidden, channels, arguments.heads),
-                   "forward_backward_s": common.median(times[name]), "times": times[name],
-                   "saved_mb": common.saved_tensor_bytes(
+                   "forward_backward_s": median(times[name]), "times": times[name],
+                   "saved_mb": saved_tensor_bytes(
                        lambda m=model, x=x, c=coeffs: m(x, coeffs=c).square().sum()) / 2**20}
             if arguments.rss:
                 growth = common.rss_growth_in_subprocess(Path(__file__), rss_arguments(

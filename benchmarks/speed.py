@@ -3,8 +3,9 @@
 At the paper's Speech Commands shape (161 observation times, 20 MFCC + time = 21
 channels, hidden 80, 4 heads, feed-forward 320; batch 128 on CPU, 1024 on GPU)
 this times the forward and the forward+backward of every solver of one model
-with the same weights, in one process after warm-up (medians, see common.py),
-and measures memory (saved bytes and peak RSS growth, see common.py).
+with the same weights, in one process after warm-up (medians, see
+fwplab.benchmarking), and measures memory (saved bytes, and peak RSS growth in a
+subprocess, see common.py).
 
 Solvers (``--solvers``): ``reference`` (torchdiffeq ``odeint``, backprop through
 the solver), ``adjoint`` (``odeint_adjoint``, the paper's setting), ``stepwise``
@@ -29,16 +30,20 @@ import torch
 
 import common
 import fwplab
-from fwplab import kernels, solvers
+from fwplab import kernels
+from fwplab.benchmarking import (
+    SOLVER_OPTIONS,
+    SPEECH_COMMANDS,
+    fast_path_flops,
+    forward_backward,
+    matmul_gflops,
+    median,
+    random_series,
+    saved_tensor_bytes,
+    time_round_robin,
+)
 
-SOLVERS = {
-    "reference": dict(solver="reference"),
-    "adjoint": dict(solver="reference", adjoint=True),
-    "stepwise": dict(solver="stepwise"),
-    "fast": dict(solver="fast"),
-    "fast-bounded": dict(solver="fast", checkpoint_every=16),
-    "kernel": dict(solver="kernel"),
-}
+SOLVERS = {name: options for name, options in SOLVER_OPTIONS.items() if name != "auto"}
 DEFAULT_SOLVERS = "reference,adjoint,fast,fast-bounded,kernel"
 SMOKE = dict(length=12, channels=5, hidden_channels=8, num_heads=2, ff_channels=16, classes=3)
 
@@ -66,7 +71,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def shape(arguments) -> dict:
-    return SMOKE if arguments.smoke else common.SPEECH_COMMANDS
+    return SMOKE if arguments.smoke else SPEECH_COMMANDS
 
 
 def build(arguments, config: str, batch: int):
@@ -79,14 +84,13 @@ def build(arguments, config: str, batch: int):
         hidden_channels=size["hidden_channels"], num_heads=size["num_heads"],
         ff_channels=size["ff_channels"], **options, **SOLVERS[config],
     ).to(arguments.device)
-    x = common.random_series(batch, size["length"], size["channels"], device=arguments.device)
+    x = random_series(batch, size["length"], size["channels"], device=arguments.device)
     coeffs = fwplab.interpolation_coeffs(x)
     return model, x, coeffs
 
 
-def forward_backward(model, x, coeffs) -> None:
-    model.zero_grad(set_to_none=True)
-    model(x, coeffs=coeffs).square().sum().backward()
+def progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def forward_only(model, x, coeffs) -> None:
@@ -95,27 +99,10 @@ def forward_only(model, x, coeffs) -> None:
 
 
 def floor_flops(arguments, batch: int) -> float:
-    """Floating point operations of one forward+backward of the fast path (estimate).
-
-    Linear layers at every stage point (forward 2 m n per row, backward twice that)
-    and the recurrence's two rank-S products per step (forward ``4 S d^2`` per head,
-    backward twice that); LayerNorm, activations and the read-out are left out.
-    """
+    """Floating point operations of one forward+backward of the fast path (estimate)."""
     size = shape(arguments)
-    name = arguments.model
-    method = "rk4"
-    layout = solvers.stage_layout(method)
-    steps = size["length"] - 1
-    points = steps * layout.per_step + 1
-    channels, hidden, heads = size["channels"], size["hidden_channels"], size["num_heads"]
-    d = hidden // heads
-    if name.endswith("cde"):
-        per_row = 2 * (channels * hidden + hidden * heads * (d + 1) + channels * hidden)
-    else:
-        per_row = 2 * (channels * hidden + hidden * heads * (2 * d + 1))
-    projections = 3 * per_row * points * batch
-    recurrence = 0 if name.startswith("hebb") else 3 * 4 * len(layout.offsets) * d * d * heads
-    return projections + recurrence * steps * batch
+    return fast_path_flops(arguments.model, size["channels"], size["hidden_channels"],
+                           size["num_heads"], size["length"], batch)
 
 
 def measure(arguments, batch: int, configs: list[str]) -> list[dict]:
@@ -123,23 +110,23 @@ def measure(arguments, batch: int, configs: list[str]) -> list[dict]:
     for config, (model, _, _) in built.items():
         print(f"  {config}: solver {model.selected_solver(arguments.device)}", file=sys.stderr)
     print(f"batch {batch}: timing forward", file=sys.stderr)
-    forward_times = common.time_round_robin(
+    forward_times = time_round_robin(
         {c: (lambda b=b: forward_only(*b)) for c, b in built.items()},
-        arguments.repeats, arguments.warmup, arguments.device)
+        arguments.repeats, arguments.warmup, arguments.device, report=progress)
     print(f"batch {batch}: timing forward+backward", file=sys.stderr)
-    backward_times = common.time_round_robin(
+    backward_times = time_round_robin(
         {c: (lambda b=b: forward_backward(*b)) for c, b in built.items()},
-        arguments.repeats, arguments.warmup, arguments.device)
+        arguments.repeats, arguments.warmup, arguments.device, report=progress)
     rss = configs if arguments.rss is None else [
         c for c in arguments.rss.split(",") if c in configs]
     rows = []
     for config, (model, x, coeffs) in built.items():
         row = {"batch": batch, "solver": config, "runs": model.selected_solver(arguments.device),
-               "forward_s": common.median(forward_times[config]),
-               "forward_backward_s": common.median(backward_times[config]),
+               "forward_s": median(forward_times[config]),
+               "forward_backward_s": median(backward_times[config]),
                "forward_times": forward_times[config],
                "forward_backward_times": backward_times[config],
-               "saved_mb": common.saved_tensor_bytes(
+               "saved_mb": saved_tensor_bytes(
                    lambda m=model, x=x, c=coeffs: m(x, coeffs=c).square().sum()) / 2**20}
         if arguments.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -191,7 +178,7 @@ def main(argv=None) -> None:
     if "kernel" in configs:
         print(f"kernel ready after {kernels.build_seconds():.1f} s (build or cache)",
               file=sys.stderr)
-    gflops = common.matmul_gflops(arguments.device)
+    gflops = matmul_gflops(arguments.device)
     results = []
     for batch in (int(b) for b in arguments.batch.split(",")):
         rows = measure(arguments, batch, configs)
