@@ -5,20 +5,26 @@ At every step ``t`` a slow network has produced a key ``k_t``, a value ``v_t``, 
 that is written with one of the outer-product rules of :mod:`fwplab.rules.fast_weight`
 and read with the query::
 
-    Hebb:   W_t = W_{t-1} + beta_t v_t phi(k_t)^T
-    delta:  W_t = W_{t-1} + beta_t (v_t - W_{t-1} phi(k_t)) phi(k_t)^T
-    Oja:    W_t = W_{t-1} + beta_t v_t (phi(k_t) - W_{t-1}^T v_t)^T
-    output: y_t = W_t phi(q_t)
+    Hebb:            W_t = W_{t-1} + beta_t v_t phi(k_t)^T
+    delta:           W_t = W_{t-1} + beta_t (v_t - W_{t-1} phi(k_t)) phi(k_t)^T
+    Oja-style FWP:   W_t = W_{t-1} + beta_t v_t (phi(k_t) - W_{t-1}^T v_t)^T
+    output:          y_t = W_t phi(q_t)
+
+The rule called ``"oja"`` here is *the Oja-style FWP update*: neither Oja's rule of
+notebook 1 (``dw/dt = y (x - y w)``, which finds a principal component) nor *the softmax
+Oja rule* of the continuous models (:func:`fwplab.rules.fast_weight.oja_rule`, softmax
+after the subtraction).
 
 :func:`fast_weight_recurrent` runs this loop step by step (the reference form).
-:func:`fast_weight_attention` computes the same outputs for all steps at once:
+:func:`fast_weight_attention` computes the same outputs for all steps at once::
 
     Hebb:   y_t = W_0 phi(q_t) + sum_{s<=t} beta_s v_s (phi(k_s) . phi(q_t))
             (un-normalised causal linear attention)
-    delta:  the same with corrected values u_s = beta_s (v_s - W_{s-1} phi(k_s)),
-            found for all s by one unit lower-triangular solve
-    Oja:    W^T follows the delta rule with keys v and values phi(k), so the same
-            solve gives the corrected keys
+    delta:  y_t = W_0 phi(q_t) + sum_{s<=t} u_s (phi(k_s) . phi(q_t)), with corrected
+            values u_s = beta_s (v_s - W_{s-1} phi(k_s)) found for all s by one unit
+            lower-triangular solve
+    Oja-style: W^T follows the delta rule with keys v and values phi(k), so the same
+            solve gives corrected keys
 
 The module also holds the memory capacity experiment of notebook 2: store ``N``
 random key/value pairs in a ``d x d`` fast weight and measure how well they come back.
@@ -36,6 +42,7 @@ from torch import Tensor, nn
 from .rules.fast_weight import delta_update, hebb_update, oja_update
 
 __all__ = [
+    "CAPACITY_KEYS",
     "DISCRETE_UPDATES",
     "FEATURE_MAPS",
     "CapacityResult",
@@ -44,6 +51,7 @@ __all__ = [
     "capacity_experiment",
     "fast_weight_attention",
     "fast_weight_recurrent",
+    "random_keys",
     "retrieval_error",
     "store_pairs",
 ]
@@ -210,7 +218,7 @@ def fast_weight_recurrent(
         queries: ``(batch, time, heads, d_k)``, before the feature map.
         rates: ``beta``: ``(batch, time, heads)`` or ``(batch, time, heads, 1)``;
             ``None`` means 1 at every step.
-        rule: ``"hebb"``, ``"delta"`` or ``"oja"``.
+        rule: ``"hebb"``, ``"delta"`` or ``"oja"`` (the Oja-style FWP update).
         feature_map: ``phi`` for keys and queries, one of ``FEATURE_MAPS``.
         initial_weight: ``W_0`` of shape ``(batch, heads, d_v, d_k)`` or ``None``.
         return_final_weight: also return ``W_T``.
@@ -279,20 +287,22 @@ def fast_weight_attention(
         Hebb:   y_t = W_0 phi(q_t) + sum_{s<=t} (beta_s v_s) (phi(k_s) . phi(q_t))
         delta:  y_t = W_0 phi(q_t) + sum_{s<=t} u_s (phi(k_s) . phi(q_t)),
                 (I + tril_strict(beta phi(K) phi(K)^T)) U = beta (V - phi(K) W_0^T)
-        Oja:    y_t = W_0 phi(q_t) + sum_{s<=t} v_s (c_s . phi(q_t)),
+        Oja-style: y_t = W_0 phi(q_t) + sum_{s<=t} v_s (c_s . phi(q_t)),
                 (I + tril_strict(beta V V^T)) C = beta (phi(K) - V W_0)
 
     Hebb is un-normalised causal linear attention (a causal mask on ``phi(Q) phi(K)^T``).
     The delta rule is linear attention on corrected values ``u_s = beta_s (v_s - W_{s-1}
-    phi(k_s))``; Oja's ``W^T`` follows the delta rule with keys ``v`` and values ``phi(k)``,
-    so it is linear attention with corrected keys ``c_s``. Memory grows as ``time^2``.
+    phi(k_s))``. Under the Oja-style FWP update ``W^T`` follows the delta rule with keys
+    ``v`` and values ``phi(k)``, so it is linear attention with corrected keys ``c_s``.
+    ``W_0`` enters the delta and Oja-style corrections too, not only the first term.
+    Memory grows as ``time^2``.
 
     Args:
         keys: ``(batch, time, heads, d_k)``, before the feature map.
         values: ``(batch, time, heads, d_v)``.
         queries: ``(batch, time, heads, d_k)``, before the feature map.
         rates: ``(batch, time, heads)`` or ``(batch, time, heads, 1)``; ``None`` means 1.
-        rule: ``"hebb"``, ``"delta"`` or ``"oja"``.
+        rule: ``"hebb"``, ``"delta"`` or ``"oja"`` (the Oja-style FWP update).
         feature_map: one of ``FEATURE_MAPS``.
         initial_weight: ``W_0`` of shape ``(batch, heads, d_v, d_k)`` or ``None``.
 
@@ -338,7 +348,7 @@ class FastWeightLayer(nn.Module):
         in_features: channels of the input.
         num_heads: number of fast weights ``W_h``.
         head_dim: ``d``; each fast weight is ``d x d``.
-        rule: ``"hebb"``, ``"delta"`` or ``"oja"``.
+        rule: ``"hebb"``, ``"delta"`` or ``"oja"`` (the Oja-style FWP update).
         feature_map: one of ``FEATURE_MAPS``.
     """
 
@@ -417,7 +427,7 @@ def store_pairs(
     Args:
         keys: ``(batch, pairs, d_k)``.
         values: ``(batch, pairs, d_v)``.
-        rule: ``"hebb"``, ``"delta"`` or ``"oja"``.
+        rule: ``"hebb"``, ``"delta"`` or ``"oja"`` (the Oja-style FWP update).
         rate: one rate for every write, or a rate per pair ``(batch, pairs)`` (0 skips a pair).
         sweeps: how many times the whole list is written (at least 1).
 
@@ -478,22 +488,62 @@ def retrieval_error(weight: Tensor, keys: Tensor, values: Tensor) -> Tensor:
     return _squared_errors(weight, keys, values).sum(-1) / values.pow(2).sum((-1, -2))
 
 
+#: Key distributions of :func:`capacity_experiment`, chosen by name.
+CAPACITY_KEYS = ("unit", "softmax")
+
+
+def random_keys(
+    trials: int,
+    pairs: int,
+    dim: int,
+    key_features: str,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """Random keys ``(trials, pairs, dim)`` of the capacity experiment.
+
+    ```
+    "unit":     k = z / |z|          |k| = 1
+    "softmax":  k = softmax(z)       k_i > 0, sum_i k_i = 1, so |k| < 1 for dim > 1
+    ```
+    with ``z`` standard normal. Softmax keys are what the paper's models write with.
+
+    Args:
+        trials: independent draws.
+        pairs: keys per draw.
+        dim: key dimension ``d``.
+        key_features: ``"unit"`` or ``"softmax"``.
+        generator: source of the random numbers.
+        dtype: floating dtype of the keys.
+
+    Returns:
+        ``(trials, pairs, dim)``.
+    """
+    if key_features not in CAPACITY_KEYS:
+        raise ValueError(f"key_features must be one of {CAPACITY_KEYS}, got {key_features!r}")
+    logits = torch.randn(trials, pairs, dim, generator=generator, dtype=dtype)
+    if key_features == "unit":
+        return F.normalize(logits, dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
 @dataclass(frozen=True)
 class CapacityResult:
     """Retrieval errors of ``N = 1, ..., max_pairs`` pairs stored in a ``d x d`` memory.
 
     Attributes:
-        keys: the unit-norm random keys ``(trials, max_pairs, dim)``; trial ``j`` with
-            ``N`` pairs stores ``keys[j, :N]``.
+        keys: the random keys ``(trials, max_pairs, dim)`` (see :func:`random_keys`);
+            trial ``j`` with ``N`` pairs stores ``keys[j, :N]``.
         values: the standard normal values ``(trials, max_pairs, dim)``.
         num_pairs: ``N = 1, ..., max_pairs``, shape ``(max_pairs,)``.
-        hebb_error: :func:`retrieval_error` of one Hebbian pass (rate 1), mean over
+        hebb_error: :func:`retrieval_error` of one Hebbian pass at rate 1, mean over
             trials, ``(max_pairs,)``.
         delta_error: the same for the delta rule (``sweeps`` passes at ``delta_rate``).
         least_squares_error: the same for the best ``d x d`` memory,
             ``W = argmin sum_i |W k_i - v_i|^2`` (minimum norm).
         sweeps: passes of the delta rule over the pairs.
         delta_rate: the delta rule's rate ``beta``.
+        key_features: ``"unit"`` or ``"softmax"`` keys.
     """
 
     keys: Tensor
@@ -504,6 +554,7 @@ class CapacityResult:
     least_squares_error: Tensor
     sweeps: int
     delta_rate: float
+    key_features: str
 
     @property
     def dim(self) -> int:
@@ -515,23 +566,27 @@ def capacity_experiment(
     dim: int,
     max_pairs: int,
     trials: int = 4,
-    sweeps: int = 10,
-    delta_rate: float = 0.5,
+    sweeps: int = 1,
+    delta_rate: float = 1.0,
+    key_features: str = "unit",
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
 ) -> CapacityResult:
     """Store ``N = 1, ..., max_pairs`` random pairs in a ``dim x dim`` fast weight.
 
-    Keys are random unit vectors (independent, but not orthogonal), values standard normal.
-    For every ``N`` the first ``N`` pairs are written with
+    Keys come from :func:`random_keys` (``"unit"``: random unit vectors, independent but
+    not orthogonal; ``"softmax"``: softmax of standard normal logits, as the paper's
+    models use), values are standard normal. For every ``N`` the first ``N`` pairs are
+    written in order with
 
-    - Hebb: one pass, rate 1: ``W = sum_i v_i k_i^T``; the read-out ``W k_j = v_j +
-      sum_{i != j} v_i (k_i . k_j)`` carries crosstalk whose expected size grows as
-      ``(N - 1) / dim``: it passes the empty memory's error 1 once ``N > dim``.
-    - delta: ``sweeps`` passes at rate ``delta_rate``: the LMS/Kaczmarz iteration on the
-      stored pairs. For ``N < dim`` it converges to exact recall; for ``N > dim`` no
-      ``dim x dim`` memory recalls every pair, and a rate below 1 keeps it near the
-      least-squares optimum (about ``(N - dim) / N``) instead of cycling on the last writes.
+    - Hebb: one pass at rate 1, ``W = sum_i v_i k_i^T``. With unit keys the read-out
+      ``W k_j = v_j + sum_{i != j} v_i (k_i . k_j)`` carries crosstalk whose expected
+      squared size, relative to ``|v_j|^2``, is ``(N - 1) / dim``.
+    - delta: ``sweeps`` passes at rate ``delta_rate``. One pass is what a fast weight
+      programmer does with a sequence: each pair is written once. A write corrects the
+      read-out of its own key by the fraction ``delta_rate |k|^2`` (all of it for a unit
+      key at rate 1) and disturbs the pairs whose keys overlap it. More passes are the
+      LMS/Kaczmarz iteration on the stored pairs.
 
     All ``N`` run together: copy ``N`` of the memory gets rate 0 for pairs ``i >= N``.
 
@@ -539,23 +594,28 @@ def capacity_experiment(
         dim: key and value dimension ``d``.
         max_pairs: the largest ``N``.
         trials: independent draws of pairs to average over.
-        sweeps: passes of the delta rule over the pairs.
-        delta_rate: rate ``beta`` of the delta rule, in ``(0, 2)`` for stability.
+        sweeps: passes of the delta rule over the pairs (1: each pair written once).
+        delta_rate: rate ``beta`` of the delta rule, in ``(0, 2)`` (stable for keys with
+            ``|k| <= 1``).
+        key_features: ``"unit"`` or ``"softmax"`` keys.
         seed: seed of the random pairs.
         dtype: floating dtype of the computation.
 
     Returns:
         A :class:`CapacityResult`.
     """
-    for name, number in (("dim", dim), ("max_pairs", max_pairs), ("trials", trials)):
+    for name, number in (
+        ("dim", dim),
+        ("max_pairs", max_pairs),
+        ("trials", trials),
+        ("sweeps", sweeps),
+    ):
         if number < 1:
             raise ValueError(f"{name} must be >= 1, got {number}")
     if not 0.0 < delta_rate < 2.0:
         raise ValueError(f"delta_rate must be in (0, 2), got {delta_rate}")
     generator = torch.Generator().manual_seed(seed)
-    keys = F.normalize(
-        torch.randn(trials, max_pairs, dim, generator=generator, dtype=dtype), dim=-1
-    )
+    keys = random_keys(trials, max_pairs, dim, key_features, generator, dtype)
     values = torch.randn(trials, max_pairs, dim, generator=generator, dtype=dtype)
 
     # Copy n of the memory (n = 1..max_pairs) stores pairs 0..n-1: (trials * max_pairs, pairs).
@@ -585,4 +645,5 @@ def capacity_experiment(
         least_squares_error=mean_error(least_squares),
         sweeps=sweeps,
         delta_rate=delta_rate,
+        key_features=key_features,
     )

@@ -62,26 +62,48 @@ def test_draw_rejects_a_number_of_pairs_out_of_range(result):
         draw_capacity(result, 13)
 
 
-def test_explorer_recomputes_only_when_d_changes(monkeypatch):
+def test_delta_label_says_one_pass_or_the_number_of_sweeps(result):
+    one_pass = capacity_experiment(4, 8, trials=1, key_features="softmax")
+    labels = [line.get_label() for line in draw_capacity(one_pass, 2).axes[0].get_lines()]
+    assert "delta (1 pass, beta=1)" in labels
+    labels = [line.get_label() for line in draw_capacity(result, 2).axes[0].get_lines()]
+    assert "delta (4 sweeps, beta=1)" in labels
+    assert "softmax keys" in draw_capacity(one_pass, 2).axes[0].get_title()
+
+
+def _controls(explorer):
+    (dim_slider, pairs_slider), (rate_slider, sweeps_slider, keys_menu) = (
+        row.children for row in explorer.children[:2]
+    )
+    return dim_slider, pairs_slider, rate_slider, sweeps_slider, keys_menu
+
+
+def test_explorer_recomputes_only_when_a_setting_other_than_n_changes(monkeypatch):
     pytest.importorskip("ipywidgets")
     computed = []
 
     def counting_experiment(dim, max_pairs, **kwargs):
-        computed.append(dim)
+        computed.append((dim, kwargs["delta_rate"], kwargs["sweeps"], kwargs["key_features"]))
         return capacity_experiment(dim, max_pairs, **kwargs)
 
     monkeypatch.setattr(capacity_widget, "capacity_experiment", counting_experiment)
     explorer = capacity_explorer(dim=4, num_pairs=6, max_dim=8, trials=1, sweeps=2)
-    dim_slider, pairs_slider = explorer.children[0].children
-    assert computed == [4] and pairs_slider.max == 8
+    dim_slider, pairs_slider, rate_slider, sweeps_slider, keys_menu = _controls(explorer)
+    assert computed == [(4, 1.0, 2, "unit")] and pairs_slider.max == 8
     pairs_slider.value = 2
-    assert computed == [4]
+    assert len(computed) == 1
     dim_slider.value = 6
-    assert computed == [4, 6] and pairs_slider.max == 12
+    assert computed[-1] == (6, 1.0, 2, "unit") and pairs_slider.max == 12
     pairs_slider.value = 11
     dim_slider.value = 4
     # Back to a cached d; N is clamped to the new maximum 2 d.
-    assert computed == [4, 6] and pairs_slider.value == 8
+    assert len(computed) == 2 and pairs_slider.value == 8
+    rate_slider.value = 0.5
+    sweeps_slider.value = 5
+    keys_menu.value = "softmax"
+    assert computed[2:] == [(4, 0.5, 2, "unit"), (4, 0.5, 5, "unit"), (4, 0.5, 5, "softmax")]
+    keys_menu.value = "unit"
+    assert len(computed) == 5
 
 
 def test_explorer_rejects_bad_starting_values():
@@ -90,3 +112,9 @@ def test_explorer_rejects_bad_starting_values():
         capacity_explorer(dim=9, max_dim=8)
     with pytest.raises(ValueError, match=r"num_pairs must be between 1 and 2 \* dim = 8, got 9"):
         capacity_explorer(dim=4, num_pairs=9)
+    with pytest.raises(ValueError, match="sweeps must be between 1 and max_sweeps = 20, got 21"):
+        capacity_explorer(sweeps=21)
+    with pytest.raises(ValueError, match=r"delta_rate must be in \(0, 2\), got 2.5"):
+        capacity_explorer(delta_rate=2.5)
+    with pytest.raises(ValueError, match="key_features must be one of"):
+        capacity_explorer(key_features="gaussian")

@@ -10,9 +10,11 @@ from fwplab.discrete import (
     capacity_experiment,
     fast_weight_attention,
     fast_weight_recurrent,
+    random_keys,
     retrieval_error,
     store_pairs,
 )
+from fwplab.rules.fast_weight import delta_update
 
 RULES = ["hebb", "delta", "oja"]
 #: Recurrent and attention forms, relative to the largest output, per dtype.
@@ -166,21 +168,74 @@ def test_hebb_cannot_store_more_pairs_than_dimensions():
     assert error > 0.5
 
 
-def test_capacity_experiment_hebb_interferes_past_d_and_delta_stays_low():
+def test_one_pass_with_unit_keys_hebb_interferes_and_delta_corrects_the_newest_pair():
     dim = 16
     result = capacity_experiment(dim, 2 * dim, trials=4)
-    hebb, delta, floor = result.hebb_error, result.delta_error, result.least_squares_error
-    beyond = result.num_pairs >= 5 * dim // 4
-    assert (hebb[beyond] > 1.0).all(), "past N = d Hebb is worse than the empty memory"
-    assert hebb[-1] > 1.5
+    assert result.sweeps == 1 and result.delta_rate == 1.0 and result.key_features == "unit"
+    hebb, delta, n = result.hebb_error, result.delta_error, result.num_pairs
+    assert (hebb[n >= 5 * dim // 4] > 1.0).all(), "past N = d Hebb is worse than the empty memory"
+    assert ((hebb - (n - 1) / dim).abs() < 0.25).all()
+    assert (delta[1:] < hebb[1:]).all()
+    # Later writes with overlapping keys disturb earlier pairs: not exact even for N = d / 4.
+    assert delta[dim // 4 - 1] > 0.05
+    # At rate 1 a unit key's own read-out is exact right after its write.
+    keys, values = result.keys[:, :dim], result.values[:, :dim]
+    weight = store_pairs(keys, values, "delta")
+    newest = retrieval_error(weight, keys[:, -1:], values[:, -1:])
+    assert (newest < EXACT_RECALL_FLOAT64).all()
+
+
+def test_sweeps_below_rate_one_approach_least_squares():
+    dim = 16
+    result = capacity_experiment(dim, 2 * dim, trials=4, sweeps=10, delta_rate=0.5)
+    delta, floor, n = result.delta_error, result.least_squares_error, result.num_pairs
     assert (delta < 1.0).all()
     assert (delta[: dim // 2] < 0.05).all()
     assert (floor[:dim] < SAME_VALUE_FLOAT64).all()
     assert (delta[-1] - floor[-1]).abs() < 0.15
+    # The least-squares optimum leaves (N - d) / N of the values unexplained on average.
+    beyond = n > dim
+    assert ((floor[beyond] - (n[beyond] - dim) / n[beyond]).abs() < 0.1).all()
 
 
-def test_capacity_curves_equal_storing_each_n_on_its_own():
-    result = capacity_experiment(6, 10, trials=2, sweeps=3, delta_rate=0.7, seed=5)
+def test_softmax_keys_are_probability_vectors_shorter_than_one():
+    keys = random_keys(3, 5, 8, "softmax", torch.Generator().manual_seed(0))
+    assert (keys > 0).all()
+    torch.testing.assert_close(keys.sum(-1), torch.ones(3, 5, dtype=torch.float64))
+    assert (keys.norm(dim=-1) < 1.0).all()
+    unit = random_keys(3, 5, 8, "unit", torch.Generator().manual_seed(0))
+    torch.testing.assert_close(unit.norm(dim=-1), torch.ones(3, 5, dtype=torch.float64))
+
+
+def test_a_delta_write_corrects_the_fraction_rate_times_squared_key_norm():
+    generator = torch.Generator().manual_seed(2)
+    key = random_keys(1, 1, 6, "softmax", generator)[0]
+    value = torch.randn(1, 6, generator=generator, dtype=torch.float64)
+    weight = torch.randn(1, 6, 6, generator=generator, dtype=torch.float64)
+    rate = torch.tensor([[0.8]], dtype=torch.float64)
+    before = (weight @ key.unsqueeze(-1)).squeeze(-1)
+    after = ((weight + delta_update(weight, key, value, rate)) @ key.unsqueeze(-1)).squeeze(-1)
+    fraction = 0.8 * key.pow(2).sum()
+    torch.testing.assert_close(
+        after - before, fraction * (value - before), rtol=0.0, atol=SAME_VALUE_FLOAT64
+    )
+
+
+def test_softmax_keys_one_pass_leaves_an_error_that_more_sweeps_reduce():
+    dim = 8
+    one_pass = capacity_experiment(dim, 2 * dim, trials=3, key_features="softmax")
+    swept = capacity_experiment(dim, 2 * dim, trials=3, sweeps=20, key_features="softmax")
+    torch.testing.assert_close(swept.keys, one_pass.keys, rtol=0.0, atol=0.0)
+    assert (one_pass.delta_error > 0.5).all()
+    assert (swept.delta_error < one_pass.delta_error).all()
+    assert (one_pass.least_squares_error[:dim] < SAME_VALUE_FLOAT64).all()
+
+
+@pytest.mark.parametrize("key_features", ["unit", "softmax"])
+def test_capacity_curves_equal_storing_each_n_on_its_own(key_features):
+    result = capacity_experiment(
+        6, 10, trials=2, sweeps=3, delta_rate=0.7, key_features=key_features, seed=5
+    )
     for n in (1, 6, 10):
         keys, values = result.keys[:, :n], result.values[:, :n]
         hebb = store_pairs(keys, values, "hebb")
@@ -188,6 +243,39 @@ def test_capacity_curves_equal_storing_each_n_on_its_own():
         for weight, curve in ((hebb, result.hebb_error), (delta, result.delta_error)):
             error = retrieval_error(weight, keys, values).mean()
             torch.testing.assert_close(curve[n - 1], error, rtol=0.0, atol=SAME_VALUE_FLOAT64)
+
+
+def _product(factors):
+    result = torch.eye(factors[0].shape[-1], dtype=factors[0].dtype).expand_as(factors[0])
+    for factor in factors:
+        result = result @ factor
+    return result
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_initial_weight_is_carried_through_each_rules_linear_factors(rule):
+    # hebb:  W_T = W_0 + W_T(0)
+    # delta: W_T = W_0 P_1 ... P_T + W_T(0),   P_s = I - beta_s phi(k_s) phi(k_s)^T
+    # oja:   W_T = Q_T ... Q_1 W_0 + W_T(0),   Q_s = I - beta_s v_s v_s^T
+    keys, values, queries, rates, w0 = random_sequences(2, 6, 3, 4, 5, torch.float64)
+    _, with_w0 = fast_weight_recurrent(
+        keys, values, queries, rates, rule=rule, initial_weight=w0, return_final_weight=True
+    )
+    _, without = fast_weight_recurrent(
+        keys, values, queries, rates, rule=rule, return_final_weight=True
+    )
+    phi_k, beta = apply_feature_map(keys, "softmax"), rates.unsqueeze(-1).unsqueeze(-1)
+    if rule == "hebb":
+        carried = w0
+    elif rule == "delta":
+        outer = phi_k.unsqueeze(-1) * phi_k.unsqueeze(-2)
+        factors = torch.eye(4, dtype=torch.float64) - beta * outer
+        carried = w0 @ _product(factors.unbind(1))
+    else:
+        outer = values.unsqueeze(-1) * values.unsqueeze(-2)
+        factors = torch.eye(5, dtype=torch.float64) - beta * outer
+        carried = _product(factors.unbind(1)[::-1]) @ w0
+    torch.testing.assert_close(with_w0 - without, carried, rtol=0.0, atol=SAME_VALUE_FLOAT64)
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -240,6 +328,10 @@ def test_memory_and_layer_errors_are_clear():
         capacity_experiment(4, 8, delta_rate=2.0)
     with pytest.raises(ValueError, match="dim must be >= 1"):
         capacity_experiment(0, 8)
+    with pytest.raises(ValueError, match="sweeps must be >= 1, got 0"):
+        capacity_experiment(4, 8, sweeps=0)
+    with pytest.raises(ValueError, match=r"key_features must be one of \('unit', 'softmax'\)"):
+        capacity_experiment(4, 8, key_features="gaussian")
     layer = FastWeightLayer(5, num_heads=2, head_dim=3)
     with pytest.raises(ValueError, match=r"x must have shape \(batch, time, 5\)"):
         layer(torch.randn(2, 4, 4))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
-from ..discrete import CapacityResult, capacity_experiment, store_pairs
+from ..discrete import CAPACITY_KEYS, CapacityResult, capacity_experiment, store_pairs
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -54,11 +54,12 @@ def draw_capacity(result: CapacityResult, num_pairs: int, figure: Figure | None 
     n = result.num_pairs.numpy()
     index = num_pairs - 1
     curve_axes.plot(n, result.hebb_error.numpy(), color=HEBB_COLOR, label="Hebb (1 pass)")
+    passes = "1 pass" if result.sweeps == 1 else f"{result.sweeps} sweeps"
     curve_axes.plot(
         n,
         result.delta_error.numpy(),
         color=DELTA_COLOR,
-        label=f"delta ({result.sweeps} sweeps, beta={result.delta_rate:g})",
+        label=f"delta ({passes}, beta={result.delta_rate:g})",
     )
     curve_axes.plot(
         n, result.least_squares_error.numpy(), color=FLOOR_COLOR, ls=":", label="least squares"
@@ -70,10 +71,11 @@ def draw_capacity(result: CapacityResult, num_pairs: int, figure: Figure | None 
     )
     for errors, color in ((result.hebb_error, HEBB_COLOR), (result.delta_error, DELTA_COLOR)):
         curve_axes.plot(num_pairs, errors[index].item(), "o", color=color)
+    draws = result.keys.shape[0]
     curve_axes.set(
         xlabel="N (stored pairs)",
         ylabel="retrieval error",
-        title=f"d = {result.dim}: mean over {result.keys.shape[0]} draws",
+        title=f"d = {result.dim}, {result.key_features} keys: mean over {draws} draws",
     )
     curve_axes.legend(fontsize="small", loc="upper left")
 
@@ -103,26 +105,31 @@ def capacity_explorer(
     num_pairs: int = 24,
     max_dim: int = 48,
     trials: int = 4,
-    sweeps: int = 10,
-    delta_rate: float = 0.5,
+    sweeps: int = 1,
+    delta_rate: float = 1.0,
+    key_features: str = "unit",
+    max_sweeps: int = 20,
     seed: int = 0,
 ) -> ipywidgets.VBox:
-    """Sliders for ``N`` (pairs) and ``d`` (dimension) over :func:`draw_capacity`.
+    """Controls for ``N``, ``d``, ``beta``, sweeps and the keys over :func:`draw_capacity`.
 
-    The curves of each ``d`` are computed once (``2 d`` pairs, ``trials`` draws) and
-    cached; moving ``N`` only redraws.
+    The curves of each setting of ``(d, beta, sweeps, keys)`` are computed once (``2 d``
+    pairs, ``trials`` draws) and cached; moving ``N`` only redraws.
 
     Args:
         dim: initial ``d``.
         num_pairs: initial ``N``, at most ``2 * dim``.
         max_dim: largest ``d`` on the slider.
         trials: random draws averaged in the curves.
-        sweeps: passes of the delta rule over the pairs.
-        delta_rate: rate of the delta rule.
+        sweeps: initial passes of the delta rule over the pairs.
+        delta_rate: initial rate ``beta`` of the delta rule, in ``(0, 2)``.
+        key_features: initial keys, ``"unit"`` or ``"softmax"``.
+        max_sweeps: largest number of sweeps on the slider.
         seed: seed of the random pairs.
 
     Returns:
-        An ``ipywidgets.VBox`` holding the two sliders and the figure.
+        An ``ipywidgets.VBox``: a row of sliders for ``d`` and ``N``, a row for ``beta``,
+        sweeps and the keys, then the figure.
     """
     import ipywidgets as widgets
     from IPython.display import display
@@ -131,14 +138,13 @@ def capacity_explorer(
         raise ValueError(f"dim must be between 2 and max_dim = {max_dim}, got {dim}")
     if not 1 <= num_pairs <= 2 * dim:
         raise ValueError(f"num_pairs must be between 1 and 2 * dim = {2 * dim}, got {num_pairs}")
-    results: dict[int, CapacityResult] = {}
-
-    def result_for(d: int) -> CapacityResult:
-        if d not in results:
-            results[d] = capacity_experiment(
-                d, 2 * d, trials=trials, sweeps=sweeps, delta_rate=delta_rate, seed=seed
-            )
-        return results[d]
+    if not 1 <= sweeps <= max_sweeps:
+        raise ValueError(f"sweeps must be between 1 and max_sweeps = {max_sweeps}, got {sweeps}")
+    if not 0.0 < delta_rate < 2.0:
+        raise ValueError(f"delta_rate must be in (0, 2), got {delta_rate}")
+    if key_features not in CAPACITY_KEYS:
+        raise ValueError(f"key_features must be one of {CAPACITY_KEYS}, got {key_features!r}")
+    results: dict[tuple[int, float, int, str], CapacityResult] = {}
 
     dim_slider = widgets.IntSlider(
         value=dim, min=2, max=max_dim, description="d", continuous_update=False
@@ -146,12 +152,39 @@ def capacity_explorer(
     pairs_slider = widgets.IntSlider(
         value=num_pairs, min=1, max=2 * dim, description="N", continuous_update=False
     )
+    rate_slider = widgets.FloatSlider(
+        value=delta_rate,
+        min=0.05,
+        max=1.95,
+        step=0.05,
+        description="beta",
+        continuous_update=False,
+    )
+    sweeps_slider = widgets.IntSlider(
+        value=sweeps, min=1, max=max_sweeps, description="sweeps", continuous_update=False
+    )
+    keys_menu = widgets.Dropdown(options=CAPACITY_KEYS, value=key_features, description="keys")
     output = widgets.Output()
+
+    def current_result() -> CapacityResult:
+        setting = (dim_slider.value, rate_slider.value, sweeps_slider.value, keys_menu.value)
+        if setting not in results:
+            d, rate, passes, features = setting
+            results[setting] = capacity_experiment(
+                d,
+                2 * d,
+                trials=trials,
+                sweeps=passes,
+                delta_rate=rate,
+                key_features=features,
+                seed=seed,
+            )
+        return results[setting]
 
     def redraw(change: dict | None = None) -> None:
         with output:
             output.clear_output(wait=True)
-            display(draw_capacity(result_for(dim_slider.value), pairs_slider.value))
+            display(draw_capacity(current_result(), pairs_slider.value))
 
     def change_dim(change: dict) -> None:
         # A smaller maximum may clamp N, whose own observer then redraws.
@@ -161,6 +194,13 @@ def capacity_explorer(
             redraw()
 
     dim_slider.observe(change_dim, names="value")
-    pairs_slider.observe(redraw, names="value")
+    for control in (pairs_slider, rate_slider, sweeps_slider, keys_menu):
+        control.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([dim_slider, pairs_slider]), output])
+    return widgets.VBox(
+        [
+            widgets.HBox([dim_slider, pairs_slider]),
+            widgets.HBox([rate_slider, sweeps_slider, keys_menu]),
+            output,
+        ]
+    )
