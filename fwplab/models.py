@@ -7,19 +7,30 @@ Every model maps raw observations ``x`` of shape ``(batch, time, channels)``
 :func:`load_official_state_dict`.
 
 A continuous FWP (docs/maths.md, section 4) has ``heads`` fast weight matrices
-``W_h(t)`` of size ``d x d`` (``hidden = heads * d``) driven by the input path::
+``W_h(t)`` of size ``d x d`` (``hidden = heads * d``) driven by the input path
+``x(t)`` and its derivative ``dx/dt(t)``. ``W`` maps keys to values (rows index
+the value, columns the key)::
 
     ODE-driven (hebb_ode, oja_ode, delta_ode):
         u(t) = LN(A x(t) + a);  [k, v, b] = B u(t) + c         (per head: d, d, 1)
-    CDE-driven (hebb_cde, oja_cde, delta_cde):
+    CDE-driven, layout "keys_from_derivative" (delta_cde; docs/maths.md, section 4.2):
         u(t) = LN(A dx/dt(t) + a);  [k, b] = B u(t) + c;  v = V x(t) + e
+    CDE-driven, layout "keys_from_path" (hebb_cde, oja_cde as the official code
+    builds them; docs/maths.md, section 4.4):
+        u(t) = LN(A x(t) + a);  [k, b] = B u(t) + c;  v = D dx/dt(t) + f
+    (CDE option v_layernorm: v <- V2 LN(v) + e2)
+
     dW/dt = rule(W, k, v, b)                 (fwplab.rules.fast_weight)
     W(t0) = rule(None, k(t0), v(t0), b(t0))  (the W-free part of the update)
 
-and reads out at each series' own last observation time ``T``::
+The rule is ``hebb``, ``oja`` (the softmax Oja rule) or ``delta``; in the
+``keys_from_path`` layout Hebb is the official ``hebb_unsquashed`` rule
+``dW/dt = (b v) softmax(k)^T``. Each series is read out at its own last
+observation time ``T``, the query computed from the same input as the keys::
 
-    q = softmax(Q LN(A x(T) + a))            (dx/dt(T) for CDE models), per head
-    z = P concat_h(W_h(T) q_h);  z = z + FF(LN(z));  logits = L z
+    q = softmax(Q u(T)), per head
+    o = concat_h W_h(T) q_h      (keys_from_path: concat_h W_h(T)^T q_h)
+    z = P o;  z = z + FF(LN(z));  logits = L z
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ from .rules.fast_weight import get_rule
 __all__ = [
     "MODELS",
     "SOLVERS",
+    "LAYOUTS",
     "ContinuousFWP",
     "NeuralCDE",
     "build_model",
@@ -53,16 +65,22 @@ __all__ = [
 ]
 
 
+#: CDE layouts of :class:`ContinuousFWP` (see its ``layout`` argument).
+LAYOUTS = ("keys_from_derivative", "keys_from_path")
+
+
 class SlowNet(nn.Module):
     """The slow net: controls (key logits, value pre-activations, rate logits) from the path.
 
     Args:
-        driver: ``"ode"`` (everything from ``x``) or ``"cde"`` (keys and rates
-            from ``dx/dt``, values from ``x``).
+        driver: ``"ode"`` (everything from ``x``) or ``"cde"``.
         input_channels: ``C``.
         hidden_channels: ``H = heads * d``.
         num_heads: number of heads.
         v_layernorm: CDE only: ``v <- V2 LN(v) + e2``.
+        layout: CDE only, one of :data:`LAYOUTS`: ``"keys_from_derivative"`` (keys
+            and rates from ``dx/dt``, values ``V x + e``) or ``"keys_from_path"``
+            (keys and rates from ``x``, values ``D dx/dt + f``).
     """
 
     def __init__(
@@ -72,9 +90,11 @@ class SlowNet(nn.Module):
         hidden_channels: int,
         num_heads: int,
         v_layernorm: bool = False,
+        layout: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.driver = driver
+        self.layout = layout
         self.num_heads = num_heads
         self.head_dim = hidden_channels // num_heads
         self.input_proj = nn.Linear(input_channels, hidden_channels)
@@ -83,7 +103,10 @@ class SlowNet(nn.Module):
             self.kvb_proj = nn.Linear(hidden_channels, num_heads * (2 * self.head_dim + 1))
         else:
             self.kb_proj = nn.Linear(hidden_channels, num_heads * (self.head_dim + 1))
-            self.value_proj = nn.Linear(input_channels, hidden_channels)
+            if layout == "keys_from_path":
+                self.derivative_value_proj = nn.Linear(input_channels, hidden_channels)
+            else:
+                self.value_proj = nn.Linear(input_channels, hidden_channels)
             if v_layernorm:
                 self.value_norm = nn.LayerNorm(hidden_channels)
                 self.value_net = nn.Linear(hidden_channels, hidden_channels)
@@ -91,11 +114,26 @@ class SlowNet(nn.Module):
 
     @property
     def uses_derivative(self) -> bool:
+        """Whether the controls need ``dx/dt`` (every CDE layout)."""
         return self.driver == "cde"
 
+    @property
+    def keys_from_derivative(self) -> bool:
+        return self.driver == "cde" and self.layout != "keys_from_path"
+
     def features(self, x: Tensor, dx: Optional[Tensor]) -> Tensor:
-        """``u = LN(A x + a)`` (ODE) or ``LN(A dx/dt + a)`` (CDE): ``(..., C) -> (..., H)``."""
-        return self.input_norm(self.input_proj(dx if self.uses_derivative else x))
+        """``u = LN(A . + a)`` of the keys' input, ``dx/dt`` or ``x``: ``(..., C) -> (..., H)``."""
+        return self.input_norm(self.input_proj(dx if self.keys_from_derivative else x))
+
+    def values(self, x: Tensor, dx: Optional[Tensor]) -> Tensor:
+        """CDE value pre-activations ``V x + e`` or ``D dx/dt + f``: ``(..., C) -> (..., H)``."""
+        if self.keys_from_derivative:
+            value = self.value_proj(x)
+        else:
+            value = self.derivative_value_proj(dx)
+        if self.v_layernorm:
+            value = self.value_net(self.value_norm(value))
+        return value
 
     def forward(self, x: Tensor, dx: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Raw controls at points of the path.
@@ -115,9 +153,7 @@ class SlowNet(nn.Module):
             kvb = self.kvb_proj(u).reshape(*lead, self.num_heads, 2 * d + 1)
             return kvb[..., :d], kvb[..., d : 2 * d], kvb[..., 2 * d :]
         kb = self.kb_proj(u).reshape(*lead, self.num_heads, d + 1)
-        value = self.value_proj(x)
-        if self.v_layernorm:
-            value = self.value_net(self.value_norm(value))
+        value = self.values(x, dx)
         return kb[..., :d], value.reshape(*lead, self.num_heads, d), kb[..., d:]
 
 
@@ -136,7 +172,10 @@ class FeedForward(nn.Module):
 
 
 class _FastWeightField(nn.Module):
-    """``dW/dt`` at time ``t`` for torchdiffeq; holds every parameter it uses (adjoint)."""
+    """``dW/dt`` at time ``t`` for torchdiffeq; holds every parameter it uses (adjoint).
+
+    ``rule`` is a name of :data:`fwplab.rules.fast_weight.FAST_WEIGHT_RULES`.
+    """
 
     def __init__(self, slow_net: SlowNet, rule: str, post_tanh: bool, path) -> None:
         super().__init__()
@@ -175,11 +214,15 @@ def _split_projection(linear: nn.Linear, u: Tensor, heads: int, sizes: tuple[int
 SOLVERS = ("auto", "reference", *solvers.FIXED_GRID_BACKENDS)
 
 
+#: Learning rules of :class:`ContinuousFWP` (its ``rule`` argument).
+MODEL_RULES = ("hebb", "oja", "delta")
+
+
 class ContinuousFWP(nn.Module):
     """A continuous-time Fast Weight Programmer (docs/maths.md, section 4).
 
     Args:
-        rule: ``"hebb"``, ``"oja"`` or ``"delta"``.
+        rule: ``"hebb"``, ``"oja"`` (the softmax Oja rule) or ``"delta"``.
         driver: ``"ode"`` or ``"cde"``.
         input_channels: channels of ``x`` (the time channel included).
         output_channels: number of classes.
@@ -189,6 +232,15 @@ class ContinuousFWP(nn.Module):
         interpolation: ``"natural_cubic"`` (the paper's), ``"hermite_cubic"`` or ``"linear"``.
         post_tanh: delta rule only: squash after subtracting ``W k``.
         v_layernorm: CDE only: LayerNorm and a linear map on the values.
+        layout: CDE only (ODE models take ``None`` only), one of :data:`LAYOUTS`:
+            ``"keys_from_derivative"``: keys and rates from ``dx/dt``, values from
+            ``x``, read-out ``W q``, the Hebb rule ``hebb`` (``sigma(b) tanh(v)``);
+            ``"keys_from_path"``: the official ``FastWeightCDE`` (docs/maths.md,
+            section 4.4): keys and rates from ``x``, values from ``dx/dt``, read-out
+            ``W^T q`` with the query from ``x(T)``, Hebb is ``hebb_unsquashed``
+            (``b v``: rate logit, raw value). ``None`` picks the layout the official
+            code gives the rule: ``keys_from_derivative`` for delta,
+            ``keys_from_path`` for Hebb and Oja.
         dropout: dropout after the out projection and in the feed-forward block.
         adjoint: continuous adjoint gradients (``odeint_adjoint``), as the paper.
         method: any torchdiffeq method.
@@ -219,6 +271,7 @@ class ContinuousFWP(nn.Module):
         interpolation: str = "natural_cubic",
         post_tanh: bool = False,
         v_layernorm: bool = False,
+        layout: Optional[str] = None,
         dropout: float = 0.0,
         adjoint: bool = False,
         method: str = "rk4",
@@ -229,9 +282,16 @@ class ContinuousFWP(nn.Module):
         checkpoint_every: Optional[int] = None,
     ) -> None:
         super().__init__()
-        get_rule(rule)
+        if rule not in MODEL_RULES:
+            raise ValueError(f"rule: expected one of {MODEL_RULES}, got {rule!r}")
         if driver not in ("ode", "cde"):
             raise ValueError(f"driver: expected 'ode' or 'cde', got {driver!r}")
+        if layout is not None and layout not in LAYOUTS:
+            raise ValueError(f"layout: expected one of {LAYOUTS} or None, got {layout!r}")
+        if layout is not None and driver != "cde":
+            raise ValueError(f"layout applies to CDE-driven models only, not to {rule}_{driver}")
+        if driver == "cde" and layout is None:
+            layout = "keys_from_derivative" if rule == "delta" else "keys_from_path"
         for name, value in (("input_channels", input_channels), ("output_channels", output_channels),
                             ("hidden_channels", hidden_channels), ("num_heads", num_heads)):
             if not isinstance(value, int) or value < 1:
@@ -270,6 +330,7 @@ class ContinuousFWP(nn.Module):
             )
         self.rule = rule
         self.driver = driver
+        self.layout = layout
         self.input_channels = input_channels
         self.output_channels = output_channels
         self.hidden_channels = hidden_channels
@@ -285,7 +346,8 @@ class ContinuousFWP(nn.Module):
         self.solver = solver
         self.checkpoint_every = checkpoint_every
 
-        self.slow_net = SlowNet(driver, input_channels, hidden_channels, num_heads, v_layernorm)
+        self.slow_net = SlowNet(driver, input_channels, hidden_channels, num_heads, v_layernorm,
+                                layout)
         self.query_proj = nn.Linear(hidden_channels, hidden_channels)
         self.out_proj = nn.Linear(hidden_channels, hidden_channels)
         self.dropout = nn.Dropout(dropout)
@@ -297,7 +359,8 @@ class ContinuousFWP(nn.Module):
         return f"{self.rule}_{self.driver}"
 
     def extra_repr(self) -> str:
-        return (f"rule={self.rule!r}, driver={self.driver!r}, heads={self.num_heads}, "
+        layout = f", layout={self.layout!r}" if self.layout is not None else ""
+        return (f"rule={self.rule!r}, driver={self.driver!r}{layout}, heads={self.num_heads}, "
                 f"head_dim={self.head_dim}, method={self.method!r}, adjoint={self.adjoint}")
 
     # ----------------------------------------------------------------- solving
@@ -322,7 +385,7 @@ class ContinuousFWP(nn.Module):
             return self.solver
         if not self.uses_fast_path():
             return "reference"
-        if self.rule == "hebb":  # no time loop, nothing to compile
+        if not solvers.kernel_runs(self._rule_name()):  # Hebb (no time loop) or not compiled
             return "fast"
         parameter = next(self.parameters())
         device = torch.device(device) if device is not None else parameter.device
@@ -338,8 +401,15 @@ class ContinuousFWP(nn.Module):
             check_coeffs(coeffs, batch.x, self.interpolation)
         return control_path(coeffs, batch.times, self.interpolation)
 
+    def _continuous_rule(self) -> str:
+        """The name in :data:`fwplab.rules.fast_weight.FAST_WEIGHT_RULES` of the rule that runs."""
+        if self.rule == "hebb" and self.layout == "keys_from_path":
+            return "hebb_unsquashed"
+        return self.rule
+
     def _rule_name(self) -> str:
-        return "delta_post_tanh" if self.post_tanh else self.rule
+        """The rule's name for :func:`fwplab.solvers.solve_fixed_grid`."""
+        return "delta_post_tanh" if self.post_tanh else self._continuous_rule()
 
     def _stage_controls(self, path, points: Tensor) -> solvers.StageControls:
         """The slow net's raw controls at ``points (points,)`` in one batched pass, time first.
@@ -361,10 +431,7 @@ class ContinuousFWP(nn.Module):
             key, value, rate = _split_projection(net.kvb_proj, u, heads, (d, d, 1))
         else:
             key, rate = _split_projection(net.kb_proj, u, heads, (d, 1))
-            value = net.value_proj(x)
-            if net.v_layernorm:
-                value = net.value_net(net.value_norm(value))
-            value = value.unflatten(-1, (heads, d))
+            value = net.values(x, dx).unflatten(-1, (heads, d))
         return solvers.StageControls(key, value, rate)
 
     def _fast_weights(self, path, times: Tensor, at: Optional[Tensor] = None) -> Tensor:
@@ -378,18 +445,19 @@ class ContinuousFWP(nn.Module):
         Returns:
             ``W`` at every observation time, ``(time, batch, heads, d, d)``, or with
             ``at`` each series' ``W`` at its own time, ``(batch, heads, d, d)``
-            (the fast paths then compute and keep only those states).
+            (the fast paths then compute and keep only those states). ``W`` maps
+            keys to values in every layout.
         """
         t0 = times[0]
         dx0 = path.derivative(t0) if self.slow_net.uses_derivative else None
         key, value, rate = self.slow_net(path.evaluate(t0), dx0)
-        rule = get_rule(self.rule)
+        rule = get_rule(self._continuous_rule())
         W0 = rule(None, key, value, rate, post_tanh=self.post_tanh)
         series = torch.arange(W0.shape[0], device=W0.device)
         grid = integration_grid(times, self.step_size)
         solver = self.selected_solver(W0.device, W0.dtype)
         if solver == "reference":
-            field = _FastWeightField(self.slow_net, self.rule, self.post_tanh, path)
+            field = _FastWeightField(self.slow_net, self._continuous_rule(), self.post_tanh, path)
             W = solvers.solve_reference(
                 field, W0, times, grid, self.method, self.adjoint, self.rtol, self.atol
             )
@@ -406,15 +474,26 @@ class ContinuousFWP(nn.Module):
 
     # ---------------------------------------------------------------- read-out
     def _query(self, path, at: Tensor) -> Tensor:
-        """``softmax(Q u(t))`` per head at ``at (time,)``: ``(batch, time, heads, d)``."""
+        """``softmax(Q u(t))`` per head at ``at (time,)``: ``(batch, time, heads, d)``.
+
+        ``u`` is the keys' feature: ``LN(A x + a)`` (ODE, ``keys_from_path``) or
+        ``LN(A dx/dt + a)`` (``keys_from_derivative``).
+        """
         dx = path.derivative(at) if self.slow_net.uses_derivative else None
         u = self.slow_net.features(path.evaluate(at), dx)
         q = self.query_proj(u).reshape(*u.shape[:-1], self.num_heads, self.head_dim)
         return torch.softmax(q, -1)
 
     def _read_out(self, W: Tensor, q: Tensor) -> Tensor:
-        """``W (..., heads, d, d), q (..., heads, d) -> logits (..., classes)``."""
-        o = torch.matmul(W, q.unsqueeze(-1)).squeeze(-1).flatten(-2)
+        """``W (..., heads, d, d), q (..., heads, d) -> logits (..., classes)``.
+
+        ``o = concat_h W_h q_h``, or ``concat_h W_h^T q_h`` in the ``keys_from_path``
+        layout, then the out projection, the feed-forward block and the classifier.
+        """
+        if self.layout == "keys_from_path":
+            o = torch.matmul(q.unsqueeze(-2), W).squeeze(-2).flatten(-2)
+        else:
+            o = torch.matmul(W, q.unsqueeze(-1)).squeeze(-1).flatten(-2)
         z = self.feed_forward(self.dropout(self.out_proj(o)))
         return self.classifier(z)
 
@@ -430,8 +509,10 @@ class ContinuousFWP(nn.Module):
         Args: as :meth:`forward`.
 
         Returns:
-            ``W(t)`` of shape ``(batch, time, heads, d, d)``; values after a
-            series' end continue the solution on the shared grid.
+            ``W(t)`` of shape ``(batch, time, heads, d, d)``, as the model stores
+            it: ``W`` maps keys to values (the ``keys_from_path`` layout reads it
+            out transposed). Values after a series' end continue the solution on
+            the shared grid.
         """
         batch = check_observations(x, times, lengths, self.input_channels)
         path = self._path(batch, coeffs)
@@ -595,12 +676,15 @@ def build_model(name: str, input_channels: int, output_channels: int, **hparams)
         **hparams: keyword arguments of :class:`ContinuousFWP` (or
             :class:`NeuralCDE`): ``hidden_channels``, ``num_heads``,
             ``ff_channels``, ``interpolation``, ``post_tanh``, ``v_layernorm``,
-            ``adjoint``, ``method``, ``step_size``, ...
+            ``layout``, ``adjoint``, ``method``, ``step_size``, ...
 
     Returns:
         An ``nn.Module`` with ``forward(x, times=None, lengths=None) -> (batch, classes)``;
         its ``config`` attribute holds this call's arguments, so
-        ``build_model(**model.config)`` builds the same architecture again.
+        ``build_model(**model.config)`` builds the same architecture again. CDE-driven
+        FWPs record their layout there even when it was left to its default, so
+        that the config stays valid when the rule changes (``hebb_cde`` and
+        ``delta_cde`` have different default layouts).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {list(MODELS)}")
@@ -615,6 +699,8 @@ def build_model(name: str, input_channels: int, output_channels: int, **hparams)
             model = ContinuousFWP(spec[0], spec[1], input_channels, output_channels, **hparams)
     except TypeError as error:
         raise ValueError(f"{name}: {error}") from None
+    if getattr(model, "layout", None) is not None:
+        config["layout"] = model.layout
     model.config = config
     return model
 
@@ -626,6 +712,7 @@ OFFICIAL_NAMES: dict[str, str] = {
     "update_net.kvb_net.": "slow_net.kvb_proj.",
     "update_net.kb_net.": "slow_net.kb_proj.",
     "update_net.vs_proj.": "slow_net.value_proj.",
+    "update_net.dx_dt_proj.": "slow_net.derivative_value_proj.",
     "update_net.v_layer_norm.": "slow_net.value_norm.",
     "update_net.v_net.": "slow_net.value_net.",
     "query_net.": "query_proj.",
@@ -642,8 +729,11 @@ OFFICIAL_UNUSED = ("initial_network.",)
 def load_official_state_dict(model: ContinuousFWP, state_dict: dict[str, Tensor]) -> ContinuousFWP:
     """Load a state_dict saved by the official code into the matching fwplab model.
 
-    Supported: ``delta_cde``, ``hebb_ode``, ``oja_ode`` and ``delta_ode`` (docs/maths.md, section 4.4).
-    The official ``initial_network`` is unused by these models and skipped.
+    Supported: every model the official code trains (docs/maths.md, section 4.4):
+    ``delta_cde``, ``hebb_cde`` and ``oja_cde`` (class ``FastWeightCDE``, built here
+    with their default ``keys_from_path`` layout), ``hebb_ode``, ``oja_ode`` and
+    ``delta_ode``, with or without ``v_layernorm``. The official ``initial_network``
+    is unused by these models and skipped.
 
     Raises:
         ValueError: naming every missing, unexpected or mis-shaped parameter.

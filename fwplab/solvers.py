@@ -23,8 +23,10 @@ target ``c``::
     step:                M_{n+1} = M_n + h sum_i b_i r_i f_i^T
 
 so a step costs two batched matrix products (``M_n F`` and the update) and a
-few vector operations. Hebb does not depend on ``W`` at all: its solution is a
-sum of stage updates (a cumulative sum for whole trajectories), with no time loop.
+few vector operations. The Hebb rules (``hebb`` and the official ``hebb_cde``'s
+``hebb_unsquashed``) do not depend on ``W`` at all: their solution is a sum of
+stage updates (a cumulative sum for whole trajectories), with no time loop. Each
+rule's activations come from :data:`fwplab.rules.fast_weight.RULE_ACTIVATIONS`.
 
 Three implementations of the delta and Oja recurrence (``backend``):
 
@@ -47,6 +49,7 @@ import torchdiffeq
 from torch import Tensor, nn
 
 from . import kernels
+from .rules.fast_weight import RULE_ACTIVATIONS
 
 __all__ = [
     "TABLEAUS",
@@ -57,7 +60,10 @@ __all__ = [
     "StageControls",
     "RecurrenceSpec",
     "RULE_ACTIVATIONS",
+    "HEBB_RULES",
     "activate",
+    "has_time_loop",
+    "kernel_runs",
     "grid_constructor",
     "is_fixed_grid",
     "stage_layout",
@@ -161,24 +167,14 @@ class StageControls(NamedTuple):
 
     Each is ``(points, batch, heads, d)`` (``rate``: ``(points, batch, heads, 1)``)
     with the points of :func:`stage_points`: key logits, value pre-activations and
-    rate logits, before the rule's activations (:data:`RULE_ACTIVATIONS`), which
+    rate logits, before the rule's activations
+    (:data:`fwplab.rules.fast_weight.RULE_ACTIVATIONS`), which
     :func:`solve_fixed_grid` applies (the compiled kernel inside its loop).
     """
 
     key: Tensor
     value: Tensor
     rate: Tensor
-
-
-#: The activations each rule applies to the raw (key, value, rate) controls: keys
-#: get their softmax after the W-dependent subtraction in Oja, values are squashed
-#: after it in the post-tanh delta rule.
-RULE_ACTIVATIONS: dict[str, tuple[str, str, str]] = {
-    "hebb": ("softmax", "tanh", "sigmoid"),
-    "delta": ("softmax", "tanh", "sigmoid"),
-    "delta_post_tanh": ("softmax", "identity", "sigmoid"),
-    "oja": ("identity", "tanh", "sigmoid"),
-}
 
 
 def activate(name: str, x: Tensor) -> Tensor:
@@ -247,7 +243,34 @@ def grid_constructor(grid: Tensor):
 
 # --------------------------------------------------------------------------- fixed grid
 _NONLINEARITIES = {"delta": "linear", "delta_post_tanh": "tanh", "oja": "softmax"}
-_RULES = ("hebb", *_NONLINEARITIES)
+#: Rules that do not depend on ``W``: a sum of stage updates, no time loop.
+HEBB_RULES = ("hebb", "hebb_unsquashed")
+_RULES = (*HEBB_RULES, *_NONLINEARITIES)
+
+
+def has_time_loop(rule: str) -> bool:
+    """Whether ``rule`` (a name of :func:`solve_fixed_grid`) depends on ``W`` (delta, Oja)."""
+    return rule in _NONLINEARITIES
+
+
+def _loop_operands(rule: str) -> tuple[bool, tuple[str, str, str]]:
+    """Whether the loop runs on ``W^T`` (Oja), and the activations of (fixed, target, rate).
+
+    Oja in the delta form: ``M = W^T``, the fixed factor is the value, the target the key.
+    """
+    key_activation, value_activation, rate_activation = RULE_ACTIVATIONS[rule]
+    if rule == "oja":
+        return True, (value_activation, key_activation, rate_activation)
+    return False, (key_activation, value_activation, rate_activation)
+
+
+def kernel_runs(rule: str) -> bool:
+    """Whether the compiled kernel's tables cover ``rule`` (it may still fail to build).
+
+    Hebb rules have no time loop and never need the kernel: False.
+    """
+    return has_time_loop(rule) and kernels.supports_rule(_NONLINEARITIES[rule],
+                                                         _loop_operands(rule)[1])
 
 
 class RecurrenceSpec(NamedTuple):
@@ -279,7 +302,8 @@ def solve_fixed_grid(
     """Explicit Runge-Kutta on a fixed grid with precomputed stage controls.
 
     Args:
-        rule: ``"hebb"``, ``"delta"``, ``"delta_post_tanh"`` or ``"oja"``.
+        rule: ``"hebb"``, ``"hebb_unsquashed"``, ``"delta"``, ``"delta_post_tanh"`` or
+            ``"oja"`` (activations in :data:`RULE_ACTIVATIONS`).
         controls: raw controls at the stage points (:class:`StageControls`),
             each ``(points, batch, heads, d)``.
         W0: initial fast weights ``(batch, heads, d, d)``.
@@ -287,8 +311,8 @@ def solve_fixed_grid(
         method: a key of :data:`TABLEAUS`.
         keep: grid indices (0 = initial time) whose states to return, increasing;
             default all.
-        backend: one of :data:`FIXED_GRID_BACKENDS` (delta and Oja; Hebb has no
-            time loop and ignores it).
+        backend: one of :data:`FIXED_GRID_BACKENDS` (delta and Oja; the Hebb rules
+            have no time loop and ignore it).
         checkpoint_every: ``"fast"`` and ``"kernel"``: store ``W`` every this many
             steps and recompute the rest in the backward; ``None`` stores every
             step (``"fast"``) or every :data:`KERNEL_CHECKPOINT_EVERY` (``"kernel"``).
@@ -314,21 +338,14 @@ def solve_fixed_grid(
         keep = torch.arange(n_steps + 1)
     keep = tuple(int(i) for i in keep.tolist())
     steps = steps.to(W0.dtype)
-    activations = RULE_ACTIVATIONS[rule]
-    if rule == "hebb":
-        controls = StageControls(*(activate(a, c) for a, c in zip(activations, controls,
-                                                                   strict=True)))
+    if not has_time_loop(rule):
+        controls = StageControls(*(activate(a, c) for a, c in zip(RULE_ACTIVATIONS[rule],
+                                                                   controls, strict=True)))
         return _hebb_fixed_grid(controls, W0, steps, tableau, layout, keep)
 
     batch, heads = W0.shape[:2]
-    oja = rule == "oja"
-    # Oja in the delta form: M = W^T, the fixed factor is the value, the target the key.
-    key_activation, value_activation, rate_activation = activations
-    if oja:
-        fixed, target = controls.value, controls.key
-        activations = (value_activation, key_activation, rate_activation)
-    else:
-        fixed, target = controls.key, controls.value
+    oja, activations = _loop_operands(rule)
+    fixed, target = (controls.value, controls.key) if oja else (controls.key, controls.value)
     M0 = W0.transpose(-1, -2) if oja else W0
     flat = batch * heads
     fixed = fixed.reshape(points, flat, -1)
@@ -339,6 +356,8 @@ def solve_fixed_grid(
         if not kernels.supports(W0.device, W0.dtype):
             raise ValueError(f"backend: the compiled kernel runs CPU float32/float64 tensors, "
                              f"got {W0.dtype} on {W0.device}")
+        if not kernel_runs(rule):
+            raise ValueError(f"backend: the compiled kernel has no {rule!r} rule; use 'fast'")
         spec = RecurrenceSpec(_NONLINEARITIES[rule], tableau, layout, keep,
                               checkpoint_every or KERNEL_CHECKPOINT_EVERY)
         states = kernels.KernelRecurrence.apply(

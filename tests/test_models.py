@@ -7,10 +7,14 @@ import torch
 from torch.func import functional_call
 
 import fwplab
-from fwplab.models import MODELS, ContinuousFWP, _FastWeightField
+from fwplab.models import LAYOUTS, MODELS, ContinuousFWP, _FastWeightField
 from fwplab.paths import control_path, interpolation_coeffs
+from fwplab.rules.fast_weight import unsquashed_hebb_rule
+from fwplab.widgets.explorer import with_rule
 
 GOLDEN = Path(__file__).parent / "fixtures" / "official_fwp_logits.pt"
+#: The official FastWeightCDE (hebb_cde, oja_cde): state_dicts and logits on GOLDEN's x.
+GOLDEN_CDE = Path(__file__).parent / "fixtures" / "official_cde_variants.pt"
 OFFICIAL_ATOL = 1e-5  # float32 round-off (docs/maths.md, section 4.4)
 LOGITS_ATOL = 1e-5  # fast vs reference logits, max abs (performance issue)
 GRAD_RTOL = 1e-4  # fast vs reference parameter gradients, relative
@@ -31,6 +35,11 @@ def golden():
     return torch.load(GOLDEN, weights_only=True)
 
 
+@pytest.fixture(scope="module")
+def golden_cde():
+    return torch.load(GOLDEN_CDE, weights_only=True)
+
+
 @pytest.mark.parametrize("solver", ["reference", "fast"])
 @pytest.mark.parametrize("name", ["delta_cde", "hebb_ode", "oja_ode", "delta_ode"])
 def test_official_state_dicts_reproduce_official_logits(golden, name, solver):
@@ -39,6 +48,30 @@ def test_official_state_dicts_reproduce_official_logits(golden, name, solver):
     with torch.no_grad():
         logits = model(golden["x"], golden["times"])
     torch.testing.assert_close(logits, golden[name]["logits"], atol=OFFICIAL_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("solver", ["reference", "stepwise", "fast"])
+@pytest.mark.parametrize("name", ["hebb_cde", "oja_cde"])
+def test_official_fast_weight_cde_reproduces_official_logits(golden_cde, name, solver):
+    """The official hebb_cde and oja_cde: keys from the path, values from its derivative."""
+    model = fwplab.build_model(name, **golden_cde["config"], solver=solver).eval()
+    assert model.layout == "keys_from_path"
+    fwplab.load_official_state_dict(model, golden_cde[name]["state_dict"])
+    with torch.no_grad():
+        logits = model(golden_cde["x"], golden_cde["times"])
+    torch.testing.assert_close(logits, golden_cde[name]["logits"], atol=OFFICIAL_ATOL, rtol=0)
+
+
+def test_official_state_dicts_of_the_other_cde_layout_are_refused(golden, golden_cde):
+    config = golden["config"]
+    official_hebb = fwplab.build_model("hebb_cde", **config)
+    with pytest.raises(ValueError, match=r"missing \['update_net.dx_dt_proj.weight', "
+                                         r"'update_net.dx_dt_proj.bias'\]; unexpected "
+                                         r"\['update_net.vs_proj.weight'"):
+        fwplab.load_official_state_dict(official_hebb, golden["delta_cde"]["state_dict"])
+    own_layout = fwplab.build_model("oja_cde", **config, layout="keys_from_derivative")
+    with pytest.raises(ValueError, match=r"missing \['update_net.vs_proj.weight'"):
+        fwplab.load_official_state_dict(own_layout, golden_cde["oja_cde"]["state_dict"])
 
 
 def test_wrong_official_state_dict_names_every_problem(golden):
@@ -104,7 +137,7 @@ def test_vector_field_passes_float64_gradcheck(name):
     model = fwplab.build_model(name, 4, 3, hidden_channels=4, num_heads=2).double()
     x = _series(batch=2, length=5).double()
     path = control_path(interpolation_coeffs(x), torch.arange(5.0, dtype=torch.float64))
-    field = _FastWeightField(model.slow_net, model.rule, model.post_tanh, path)
+    field = _FastWeightField(model.slow_net, model._continuous_rule(), model.post_tanh, path)
     W = torch.randn(2, 2, 2, 2, dtype=torch.float64, requires_grad=True)
     A = model.slow_net.input_proj.weight.detach().clone().requires_grad_()
 
@@ -179,6 +212,78 @@ def test_adaptive_method_and_stream_output():
         torch.testing.assert_close(model(x), logits, atol=1e-4, rtol=0)
 
 
+def test_unsquashed_hebb_rule_scales_raw_values_by_the_rate_logit():
+    torch.manual_seed(6)
+    key, value = torch.randn(2, 3), 3.0 * torch.randn(2, 3)
+    rate = torch.tensor([[-0.5], [2.0]])
+    expected = torch.stack([rate[n] * torch.outer(value[n], torch.softmax(key[n], 0))
+                            for n in range(2)])
+    torch.testing.assert_close(unsquashed_hebb_rule(None, key, value, rate), expected)
+    assert unsquashed_hebb_rule(None, key, value, rate).abs().max() > 1  # no tanh, no sigmoid
+
+
+@pytest.mark.parametrize("name", ["hebb_cde", "oja_cde"])
+def test_keys_from_path_layout_from_first_principles(name):
+    """Keys and rates from LN(A x + a), values D dx/dt + f, W(t0) the W-free update,
+    read-out W^T q with q = softmax(Q LN(A x(T) + a))."""
+    x = _series(batch=2, length=6)
+    torch.manual_seed(7)
+    model = fwplab.build_model(name, 4, 3, **TINY, v_layernorm=True).eval()
+    net, heads, d = model.slow_net, model.num_heads, model.head_dim
+    times = torch.arange(6.0)
+    path = control_path(interpolation_coeffs(x), times)
+    x0, dx0 = path.evaluate(times[0]), path.derivative(times[0])
+    u = torch.nn.functional.layer_norm(x0 @ net.input_proj.weight.T + net.input_proj.bias, (8,),
+                                       net.input_norm.weight, net.input_norm.bias)
+    kb = (u @ net.kb_proj.weight.T + net.kb_proj.bias).reshape(2, heads, d + 1)
+    key, rate = kb[..., :d], kb[..., d:]
+    value = dx0 @ net.derivative_value_proj.weight.T + net.derivative_value_proj.bias
+    value = net.value_net(net.value_norm(value)).reshape(2, heads, d)
+    if name == "hebb_cde":
+        W0 = (rate * value).unsqueeze(-1) * torch.softmax(key, -1).unsqueeze(-2)
+    else:
+        W0 = (torch.tanh(value).unsqueeze(-1)
+              * (torch.sigmoid(rate) * torch.softmax(key, -1)).unsqueeze(-2))
+    with torch.no_grad():
+        W = model.fast_weight_trajectory(x)
+        torch.testing.assert_close(W[:, 0], W0)
+        q = torch.softmax(model.query_proj(net.features(path.evaluate(times[-1]), None))
+                          .reshape(2, heads, d), -1)
+        o = torch.einsum("bhvk,bhv->bhk", W[:, -1], q).flatten(-2)
+        z = model.out_proj(o)
+        expected = model.classifier(model.feed_forward(z))
+        torch.testing.assert_close(model(x), expected)
+        stream = model(x, stream=True)
+    torch.testing.assert_close(stream[:, -1], expected)
+
+
+def test_layouts_default_to_the_official_ones_and_are_recorded():
+    layouts = {name: fwplab.build_model(name, 4, 3, **TINY).config.get("layout")
+               for name in FWP_MODELS}
+    assert layouts == {"delta_cde": "keys_from_derivative", "hebb_cde": "keys_from_path",
+                       "oja_cde": "keys_from_path", "delta_ode": None, "hebb_ode": None,
+                       "oja_ode": None}
+    for layout in LAYOUTS:
+        model = fwplab.build_model("hebb_cde", 4, 3, **TINY, layout=layout)
+        rebuilt = fwplab.build_model(**model.config)
+        rebuilt.load_state_dict(model.state_dict())
+    assert fwplab.build_model("hebb_cde", 4, 3, layout="keys_from_derivative").slow_net \
+        .value_proj.in_features == 4
+
+
+def test_a_rule_swapped_onto_delta_cde_keeps_its_layout():
+    """The explorer's with_rule builds Hebb and Oja on a delta_cde's slow net."""
+    x = _series(batch=2)
+    delta = fwplab.build_model("delta_cde", 4, 3, **TINY)
+    for rule in ("hebb", "oja"):
+        swapped = with_rule(delta, rule)
+        assert swapped.layout == swapped.config["layout"] == "keys_from_derivative"
+        rebuilt = fwplab.build_model(**swapped.config).eval()
+        rebuilt.load_state_dict(swapped.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(rebuilt(x), swapped(x))
+
+
 def test_trajectory_shape_and_initial_state():
     x = _series(batch=1)
     model = fwplab.build_model("hebb_cde", 4, 3, **TINY)
@@ -223,6 +328,9 @@ def test_bad_input_raises_clear_errors(call, message):
         ("delta_cde", {"hidden_channels": 10, "num_heads": 4}, "divisible by num_heads"),
         ("hebb_cde", {"post_tanh": True}, "post_tanh applies to the delta rule only"),
         ("delta_ode", {"v_layernorm": True}, "v_layernorm applies to CDE"),
+        ("oja_ode", {"layout": "keys_from_path"},
+         "layout applies to CDE-driven models only, not to oja_ode"),
+        ("hebb_cde", {"layout": "keys_from_x"}, "layout: expected one of"),
         ("delta_cde", {"method": "rk5"}, "unknown torchdiffeq method 'rk5'"),
         ("delta_cde", {"step_size": -1.0}, "step_size: expected a positive number"),
         ("delta_cde", {"interpolation": "spline"}, "interpolation: expected one of"),

@@ -16,20 +16,25 @@ one folder per CPU model since the code uses the host's instruction set)
 and reused afterwards. Where no compiler or ``ninja`` is present, or the build
 fails, :func:`available` warns once and returns ``False``, and the models fall
 back to the pure-PyTorch fast path. ``FWPLAB_KERNEL=0`` keeps the ``"auto"``
-solver off the kernel.
+solver off the kernel. The build is quiet: PyTorch's build messages (such as its
+"No CUDA runtime is found" notice on machines without a GPU) are kept off stderr,
+and only a failure reaches the user, as that one-line warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import io
+import logging
 import os
 import platform
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -41,7 +46,9 @@ __all__ = [
     "cache_directory",
     "enabled",
     "load",
+    "quiet_build",
     "supports",
+    "supports_rule",
     "KernelRecurrence",
 ]
 
@@ -69,6 +76,52 @@ def enabled() -> bool:
 def supports(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the kernel runs tensors on ``device`` with ``dtype`` (CPU, float32/float64)."""
     return torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64)
+
+
+def supports_rule(nonlinearity: str, activations: tuple[str, str, str]) -> bool:
+    """Whether the kernel's tables hold a recurrence's nonlinearity and activations.
+
+    Args:
+        nonlinearity: ``g`` of :mod:`fwplab.solvers` (``"linear"``, ``"tanh"``, ``"softmax"``).
+        activations: of the fixed factor, the target and the rate.
+    """
+    return nonlinearity in _NONLINEARITY_CODES and all(a in _ACTIVATION_CODES
+                                                       for a in activations)
+
+
+#: The logger PyTorch's extension builder writes its notices to.
+BUILD_LOGGER = "torch.utils.cpp_extension"
+
+
+@contextlib.contextmanager
+def quiet_build() -> Iterator[list[str]]:
+    """Keep the build's chatter off stderr; yields the list that collects it.
+
+    PyTorch's extension builder logs notices (on a CUDA build of PyTorch without a
+    GPU: "No CUDA runtime is found, using CUDA_HOME=...") and may print or warn; all
+    of it goes into the yielded list instead of stderr.
+    """
+    collected: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            collected.append(record.getMessage())
+
+    logger = logging.getLogger(BUILD_LOGGER)
+    handler, propagate = _Collect(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    printed = io.StringIO()
+    try:
+        with warnings.catch_warnings(record=True) as caught, \
+                contextlib.redirect_stderr(printed), contextlib.redirect_stdout(printed):
+            warnings.simplefilter("always")
+            yield collected
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        collected.extend(str(w.message) for w in caught)
+        collected.extend(line for line in printed.getvalue().splitlines() if line.strip())
 
 
 def cache_directory() -> Path:
@@ -122,19 +175,20 @@ def load() -> ctypes.CDLL:
         return _Build.library
     if _Build.error is not None:
         raise RuntimeError(_Build.error)
-    from torch.utils import cpp_extension
-
     directory = cache_directory()
     failures = []
     started = time.perf_counter()
     for flags in _compiler_flags():
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            path = cpp_extension.load(
-                name="fwplab_recurrence", sources=[str(SOURCE)], extra_cflags=flags,
-                extra_ldflags=[] if sys.platform == "win32" else ["-pthread"],
-                build_directory=str(directory), is_python_module=False, verbose=False,
-            )
+            with quiet_build():
+                from torch.utils import cpp_extension  # its import logs the CUDA notice
+
+                directory.mkdir(parents=True, exist_ok=True)
+                path = cpp_extension.load(
+                    name="fwplab_recurrence", sources=[str(SOURCE)], extra_cflags=flags,
+                    extra_ldflags=[] if sys.platform == "win32" else ["-pthread"],
+                    build_directory=str(directory), is_python_module=False, verbose=False,
+                )
             library = ctypes.CDLL(str(path) if isinstance(path, str) else
                                   str(directory / "fwplab_recurrence.so"))
             _declare(library)

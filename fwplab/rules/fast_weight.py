@@ -1,5 +1,5 @@
 """Fast weight learning rules: the discrete updates (docs/maths.md, section 3) and the
-continuous rule table of the paper's models (docs/maths.md, sections 4.1-4.2).
+continuous rule table of the paper's models (docs/maths.md, sections 4.1, 4.2 and 4.4).
 
 Every fast weight ``W`` maps keys to values: ``W`` has shape ``(..., d_value, d_key)``
 and a read-out is ``W q``. The leading ``...`` dimensions are batch and heads.
@@ -13,14 +13,21 @@ The three outer-product updates, on keys and values that are already features::
 The continuous rules take the raw outputs of the slow net (key logits, value
 pre-activations, rate logits) and apply the paper's activations::
 
-    hebb:   dW/dt = (sigma(b) * tanh v) softmax(k)^T
-    oja:    dW/dt = (tanh v) (sigma(b) * softmax(k - W^T tanh v))^T
-    delta:  dW/dt = sigma(b) * (tanh v - W softmax k) softmax(k)^T
-            post_tanh: sigma(b) * tanh(v - W softmax k) softmax(k)^T
+    hebb:             dW/dt = (sigma(b) * tanh v) softmax(k)^T
+    hebb_unsquashed:  dW/dt = (b * v) softmax(k)^T
+    oja:              dW/dt = (tanh v) (sigma(b) * softmax(k - W^T tanh v))^T
+    delta:            dW/dt = sigma(b) * (tanh v - W softmax k) softmax(k)^T
+                      post_tanh: sigma(b) * tanh(v - W softmax k) softmax(k)^T
 
-The Oja rule applies the softmax *after* subtracting ``W^T v`` (as the official
-code does). Passing ``W=None`` leaves the W-dependent part out: that is the
-initial fast weight ``W(t0)`` of every continuous model (docs/maths.md, section 4.3).
+``oja`` is the softmax Oja rule: the softmax acts *after* subtracting ``W^T v``
+(as the official code does), so it has no linear-attention form and no link to
+PCA. ``hebb_unsquashed`` is the Hebb rule of the official ``hebb_cde``: the rate
+logit ``b`` scales the value directly (no sigmoid, so it may be negative) and the
+value is not squashed. Passing ``W=None`` leaves the W-dependent part out: that is
+the initial fast weight ``W(t0)`` of every continuous model (docs/maths.md, section 4.3).
+
+:data:`RULE_ACTIVATIONS` lists the activation each rule applies to the raw key,
+value and rate; the fixed-grid solvers (:mod:`fwplab.solvers`) read it from here.
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ __all__ = [
     "delta_update",
     "oja_update",
     "hebb_rule",
+    "unsquashed_hebb_rule",
     "oja_rule",
     "delta_rule",
     "FAST_WEIGHT_RULES",
+    "RULE_ACTIVATIONS",
     "get_rule",
 ]
 
@@ -106,10 +115,26 @@ def hebb_rule(
     return hebb_update(None, torch.softmax(key, -1), torch.tanh(value), torch.sigmoid(rate))
 
 
+def unsquashed_hebb_rule(
+    W: Optional[Tensor], key: Tensor, value: Tensor, rate: Tensor, post_tanh: bool = False
+) -> Tensor:
+    """The official ``hebb_cde``'s Hebb rule: the rate logit scales the raw value.
+
+    ::
+
+        dW/dt = (b * v) softmax(k)^T
+
+    Neither ``b`` nor ``v`` is squashed, so the rate may be negative (anti-Hebbian)
+    and the update is unbounded. Arguments as :func:`hebb_rule`.
+    """
+    _check_post_tanh("hebb_unsquashed", post_tanh)
+    return hebb_update(None, torch.softmax(key, -1), value, rate)
+
+
 def oja_rule(
     W: Optional[Tensor], key: Tensor, value: Tensor, rate: Tensor, post_tanh: bool = False
 ) -> Tensor:
-    """Continuous Oja rule ``dW/dt = (tanh v) (sigma(b) softmax(k - W^T tanh v))^T``.
+    """The softmax Oja rule ``dW/dt = (tanh v) (sigma(b) softmax(k - W^T tanh v))^T``.
 
     The softmax acts after the subtraction. Arguments as :func:`hebb_rule`.
     """
@@ -147,8 +172,21 @@ Rule = Callable[..., Tensor]
 #: The continuous learning rules of the paper's models, chosen by name.
 FAST_WEIGHT_RULES: dict[str, Rule] = {
     "hebb": hebb_rule,
+    "hebb_unsquashed": unsquashed_hebb_rule,
     "oja": oja_rule,
     "delta": delta_rule,
+}
+
+#: The activations (key, value, rate) each rule applies to the raw controls, by name
+#: (``"delta_post_tanh"``: the delta rule with ``post_tanh``). ``"identity"`` marks a
+#: control the rule uses raw or activates only after its W-dependent part: the Oja key
+#: gets its softmax after the subtraction, the post-tanh value its tanh.
+RULE_ACTIVATIONS: dict[str, tuple[str, str, str]] = {
+    "hebb": ("softmax", "tanh", "sigmoid"),
+    "hebb_unsquashed": ("softmax", "identity", "identity"),
+    "delta": ("softmax", "tanh", "sigmoid"),
+    "delta_post_tanh": ("softmax", "identity", "sigmoid"),
+    "oja": ("identity", "tanh", "sigmoid"),
 }
 
 
