@@ -33,6 +33,8 @@ __all__ = [
     "check_coeffs",
     "control_path",
     "integration_grid",
+    "CAUSAL_INTERPOLATIONS",
+    "future_dependence",
 ]
 
 
@@ -308,6 +310,16 @@ INTERPOLATIONS: dict[str, _Interpolation] = {
 }
 
 
+#: The interpolations whose path up to an observation time ``t_i`` is built from the
+#: observations at times ``<= t_i`` only (on ``[t_i, t_{i+1}]`` the linear path uses the
+#: two ends, the Hermite cubic also ``t_{i-1}`` for its backward difference), so a model
+#: on such a path computes at ``t_i`` what it computes on the series cut at ``t_i``.
+#: This holds when nothing is missing: a missing value is filled from the channel's
+#: next observation, which may come later. The natural cubic spline is not causal: its
+#: knot derivatives solve one linear system coupling every observation.
+CAUSAL_INTERPOLATIONS: tuple[str, ...] = ("hermite_cubic", "linear")
+
+
 class ObservedBatch(NamedTuple):
     """A validated batch: ``x (batch, time, channels)``, ``times (time,)``, ``lengths (batch,)``."""
 
@@ -514,3 +526,55 @@ def integration_grid(times: Tensor, step_size: Optional[float] = None) -> Tensor
     # Observation times exactly, free of the round-off of start + gap * fraction.
     grid[torch.cumsum(torch.cat([counts.new_zeros(1), counts]), 0)] = times
     return grid
+
+
+def future_dependence(
+    x: Tensor,
+    end: int,
+    times: Optional[Tensor] = None,
+    interpolation: str = "natural_cubic",
+    points_per_gap: int = 16,
+) -> Tensor:
+    """How much the path before observation ``end`` depends on the observations after it.
+
+    Builds the path of each whole series and the path of the same series cut after
+    its observation ``end`` (observations ``0 .. end``), and compares both, values and
+    derivatives, on ``[times[0], times[end]]``::
+
+        gap_b = max over t in [t_0, t_end] of max(|X_b(t) - X_b^cut(t)|,
+                                                  |dX_b/dt(t) - dX_b^cut/dt(t)|)
+
+    Zero means the path up to ``t_end`` is the path of the cut series (causal
+    there); see :data:`CAUSAL_INTERPOLATIONS`.
+
+    Args:
+        x: observations ``(batch, time, channels)``, NaN where missing.
+        end: index of the last observation kept in the cut series, in ``[1, time - 1]``.
+        times: observation times ``(time,)``; default ``0 .. time - 1``.
+        interpolation: one of ``INTERPOLATIONS``.
+        points_per_gap: evaluation points in each gap between observation times
+            (each gap's start included, the time ``times[end]`` added).
+
+    Returns:
+        The largest difference of each series, ``(batch,)``.
+
+    Raises:
+        ValueError: for a bad ``end`` or ``points_per_gap`` or bad observations.
+    """
+    batch = check_observations(x, times)
+    length = batch.x.shape[1]
+    if isinstance(end, bool) or not isinstance(end, int) or not 1 <= end < length:
+        raise ValueError(f"end: expected an integer in [1, {length - 1}], got {end!r}")
+    if isinstance(points_per_gap, bool) or not isinstance(points_per_gap, int) or points_per_gap < 1:
+        raise ValueError(f"points_per_gap: expected a positive integer, got {points_per_gap!r}")
+    whole = control_path(batch_coeffs(batch, interpolation), batch.times, interpolation)
+    cut_times = batch.times[: end + 1]
+    cut_coeffs = interpolation_coeffs(batch.x[:, : end + 1], cut_times, interpolation=interpolation)
+    cut = control_path(cut_coeffs, cut_times, interpolation)
+    fractions = torch.arange(points_per_gap, dtype=x.dtype, device=x.device) / points_per_gap
+    starts, gaps = cut_times[:-1].unsqueeze(-1), (cut_times[1:] - cut_times[:-1]).unsqueeze(-1)
+    # Strictly inside each gap or at its start: no point rounds past times[end].
+    points = torch.cat([(starts + gaps * fractions).flatten(), cut_times[-1:]])
+    values = (whole.evaluate(points) - cut.evaluate(points)).abs()
+    slopes = (whole.derivative(points) - cut.derivative(points)).abs()
+    return torch.maximum(values, slopes).flatten(1).amax(1)

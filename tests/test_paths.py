@@ -1,4 +1,5 @@
-"""Control paths: vectorised coefficients equal torchcde's, series lengths, integration grids."""
+"""Control paths: vectorised coefficients equal torchcde's, series lengths, integration grids,
+which interpolations are causal."""
 
 import math
 
@@ -6,7 +7,14 @@ import pytest
 import torch
 import torchcde
 
-from fwplab.paths import INTERPOLATIONS, control_path, integration_grid, interpolation_coeffs
+from fwplab.paths import (
+    CAUSAL_INTERPOLATIONS,
+    INTERPOLATIONS,
+    control_path,
+    future_dependence,
+    integration_grid,
+    interpolation_coeffs,
+)
 
 RTOL = {torch.float64: 1e-12, torch.float32: 1e-6}  # relative to the coefficients' scale
 GRID_ATOL = 1e-12  # round-off of the float64 grid points
@@ -141,3 +149,65 @@ def test_integration_grid_returns_a_regular_grid_unchanged():
 def test_integration_grid_rejects_a_bad_step_size(step_size):
     with pytest.raises(ValueError, match="step_size: expected a positive number"):
         integration_grid(torch.arange(4.0), step_size)
+
+
+def _path_before(x, times, end, interpolation, points=40):
+    """Values and derivatives of the path of ``x`` at ``points`` times in ``[t_0, t_end]``."""
+    path = control_path(interpolation_coeffs(x, times, interpolation=interpolation), times,
+                        interpolation)
+    inside = torch.linspace(float(times[0]), float(times[end]), points, dtype=x.dtype)
+    return torch.cat([path.evaluate(inside), path.derivative(inside)], -1)
+
+
+@pytest.mark.parametrize("interpolation", sorted(INTERPOLATIONS))
+def test_only_causal_paths_ignore_a_change_after_the_cut(interpolation):
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 10, 2, dtype=torch.float64, generator=generator)
+    times = _irregular_times(10, torch.float64, generator)
+    end = 5
+    later = x.clone()
+    later[:, end + 1:] += 1.0
+    moved = (_path_before(x, times, end, interpolation)
+             - _path_before(later, times, end, interpolation)).abs().max().item()
+    if interpolation in CAUSAL_INTERPOLATIONS:
+        assert moved == 0.0
+    else:
+        assert moved > 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("interpolation", sorted(INTERPOLATIONS))
+def test_future_dependence_is_zero_only_for_causal_interpolations(interpolation, dtype):
+    generator = torch.Generator().manual_seed(12)
+    x = torch.randn(4, 9, 3, dtype=dtype, generator=generator)
+    times = _irregular_times(9, dtype, generator)
+    for end in (1, 4, 7):
+        gap = future_dependence(x, end, times, interpolation)
+        assert gap.shape == (4,) and gap.dtype == dtype
+        if interpolation in CAUSAL_INTERPOLATIONS:
+            assert float(gap.max()) == 0.0, (end, gap)
+        else:
+            assert float(gap.min()) > 1e-3, (end, gap)
+    assert float(future_dependence(x, 8, times, interpolation).max()) == 0.0  # nothing cut
+    assert future_dependence(x[:1], 4, times, interpolation).shape == (1,)  # batch size one
+
+
+@pytest.mark.parametrize("interpolation", sorted(CAUSAL_INTERPOLATIONS))
+def test_a_missing_value_bridged_to_a_later_observation_breaks_causality(interpolation):
+    generator = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 9, 2, dtype=torch.float64, generator=generator)
+    times = _irregular_times(9, torch.float64, generator)
+    x[0, 4:6, 1] = math.nan  # series 0, channel 1: a gap over the cut at observation 4
+    gap = future_dependence(x, 4, times, interpolation)
+    assert float(gap[0]) > 1e-3 and float(gap[1]) == 0.0
+
+
+@pytest.mark.parametrize("end", [0, 9, -1, 2.0, True])
+def test_future_dependence_rejects_a_bad_end(end):
+    with pytest.raises(ValueError, match=r"end: expected an integer in \[1, 8\]"):
+        future_dependence(torch.randn(2, 9, 2), end)
+
+
+def test_future_dependence_rejects_bad_points_per_gap():
+    with pytest.raises(ValueError, match="points_per_gap: expected a positive integer"):
+        future_dependence(torch.randn(2, 9, 2), 3, points_per_gap=0)
