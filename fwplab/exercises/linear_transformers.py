@@ -1,0 +1,272 @@
+"""Exercises of notebook 2, fast weights are linear Transformers (keys ``"02.*"``).
+
+Each judge tests a property numerically: answers that are functions are run on random
+inputs and compared with the package (:mod:`fwplab.discrete`,
+:mod:`fwplab.rules.fast_weight`); answers that are numbers are checked by storing pairs.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ..discrete import fast_weight_recurrent, retrieval_error, store_pairs
+from ..rules.fast_weight import delta_update
+from . import exercise
+
+#: Float64 round-off allowed between an answer and the package's result.
+ATOL = 1e-10
+#: Dimension of the memory in the capacity question.
+MEMORY_DIM = 16
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _close(answer: Any, expected: Tensor) -> Optional[str]:
+    """``None`` when ``answer`` is a tensor equal to ``expected``, else what is off."""
+    if not isinstance(answer, Tensor):
+        return f"return a torch.Tensor, got {type(answer).__name__}"
+    if answer.shape != expected.shape:
+        return f"expected shape {tuple(expected.shape)}, got {tuple(answer.shape)}"
+    if not torch.allclose(answer.to(expected.dtype), expected, rtol=0.0, atol=ATOL):
+        return "wrong values"
+    return None
+
+
+# ---------------------------------------------------------------- 02.linear-attention
+
+
+def _attention_inputs(seed: int, time: int, d_k: int, d_v: int) -> tuple[Tensor, ...]:
+    """Non-negative key and query features ``(time, d_k)`` and values ``(time, d_v)``."""
+    generator = _generator(seed)
+    phi_k = torch.rand(time, d_k, generator=generator, dtype=torch.float64)
+    values = torch.randn(time, d_v, generator=generator, dtype=torch.float64)
+    phi_q = torch.rand(time, d_k, generator=generator, dtype=torch.float64)
+    return phi_k, values, phi_q
+
+
+def _hebbian_outputs(phi_k: Tensor, values: Tensor, phi_q: Tensor) -> Tensor:
+    """The package's Hebbian FWP on one sequence and one head, features given."""
+    outputs = fast_weight_recurrent(
+        phi_k[None, :, None],
+        values[None, :, None],
+        phi_q[None, :, None],
+        rule="hebb",
+        feature_map="identity",
+    )
+    return outputs[0, :, 0]
+
+
+def _linear_attention_solution() -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    def causal_linear_attention(phi_k: Tensor, values: Tensor, phi_q: Tensor) -> Tensor:
+        return torch.tril(phi_q @ phi_k.T) @ values
+
+    return causal_linear_attention
+
+
+def _linear_attention_wrong_answers() -> list:
+    return [
+        lambda phi_k, v, phi_q: (phi_q @ phi_k.T) @ v,
+        lambda phi_k, v, phi_q: torch.tril(phi_q @ phi_k.T, diagonal=-1) @ v,
+        lambda phi_k, v, phi_q: torch.tril(phi_k @ phi_q.T) @ v,
+        lambda phi_k, v, phi_q: (
+            (torch.tril(phi_q @ phi_k.T) / torch.tril(phi_q @ phi_k.T).sum(-1, keepdim=True)) @ v
+        ),
+        lambda phi_k, v, phi_q: torch.tril(phi_q @ phi_k.T),
+    ]
+
+
+@exercise(
+    "02.linear-attention",
+    "Write causal_linear_attention(phi_k, v, phi_q) for one head, with the feature maps "
+    "already applied (phi_k, phi_q of shape (time, d_k), v of shape (time, d_v)): return "
+    "the (time, d_v) outputs y_t = sum_{s<=t} v_s (phi_k[s] . phi_q[t]), without a loop "
+    "over time.",
+    solution=_linear_attention_solution,
+    wrong_answers=_linear_attention_wrong_answers,
+)
+def _judge_linear_attention(answer: Any) -> Optional[str]:
+    if not callable(answer):
+        return "pass a function causal_linear_attention(phi_k, v, phi_q)."
+    for seed, (time, d_k, d_v) in enumerate(((1, 3, 2), (7, 4, 5), (12, 6, 3))):
+        phi_k, values, phi_q = _attention_inputs(seed, time, d_k, d_v)
+        problem = _close(answer(phi_k, values, phi_q), _hebbian_outputs(phi_k, values, phi_q))
+        if problem is None:
+            continue
+        if problem.startswith("wrong values"):
+            first = answer(phi_k[:1], values[:1], phi_q[:1])
+            if _close(first, _hebbian_outputs(phi_k[:1], values[:1], phi_q[:1])) is not None:
+                return (
+                    "already the first output is off: y_1 = v_1 (phi_k[1] . phi_q[1]). Check "
+                    "which of the two features the rows of the score matrix belong to, and "
+                    "that nothing divides the scores."
+                )
+            return (
+                f"wrong values for a sequence of length {time}: output t may use the steps "
+                "s = 1..t and no later one (a causal mask), the diagonal s = t included."
+            )
+        return f"{problem} for a sequence of length {time} with d_k = {d_k}, d_v = {d_v}."
+    return None
+
+
+# ---------------------------------------------------------------- 02.delta-step
+
+
+def _delta_inputs(seed: int) -> tuple[Tensor, Tensor, Tensor, float]:
+    generator = _generator(seed)
+    weight = torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    key = torch.softmax(torch.randn(5, generator=generator, dtype=torch.float64), -1)
+    value = torch.randn(3, generator=generator, dtype=torch.float64)
+    return weight, key, value, 0.3 + 0.2 * seed
+
+
+def _delta_step_solution() -> Callable[[Tensor, Tensor, Tensor, float], Tensor]:
+    def delta_step(weight: Tensor, key: Tensor, value: Tensor, beta: float) -> Tensor:
+        return weight + beta * torch.outer(value - weight @ key, key)
+
+    return delta_step
+
+
+def _delta_step_wrong_answers() -> list:
+    return [
+        lambda W, k, v, beta: W + beta * torch.outer(v, k),
+        lambda W, k, v, beta: beta * torch.outer(v - W @ k, k),
+        lambda W, k, v, beta: W + beta * torch.outer(v, k) - torch.outer(W @ k, k),
+        lambda W, k, v, beta: W + beta * torch.outer(k, v - W @ k),
+    ]
+
+
+@exercise(
+    "02.delta-step",
+    "Write delta_step(W, k, v, beta) returning the fast weight after one delta-rule write "
+    "of the value v (shape (d_v,)) under the key k (shape (d_k,), features applied) into "
+    "W (shape (d_v, d_k)) at the rate beta (a float).",
+    solution=_delta_step_solution,
+    wrong_answers=_delta_step_wrong_answers,
+)
+def _judge_delta_step(answer: Any) -> Optional[str]:
+    if not callable(answer):
+        return "pass a function delta_step(W, k, v, beta)."
+    for seed in range(3):
+        weight, key, value, beta = _delta_inputs(seed)
+        rate = torch.tensor([beta], dtype=torch.float64)
+        expected = weight + delta_update(weight, key, value, rate)
+        problem = _close(answer(weight.clone(), key, value, beta), expected)
+        if problem is None:
+            continue
+        if problem.startswith("expected shape"):
+            return f"{problem}: the write is an outer product (value) x (key), like W itself."
+        hebb = weight + beta * torch.outer(value, key)
+        if _close(answer(weight.clone(), key, value, beta), hebb) is None:
+            return (
+                "that is the Hebbian write; the delta rule first reads what W already "
+                "returns for k and writes only the difference."
+            )
+        if _close(answer(weight.clone(), key, value, beta), expected - weight) is None:
+            return "that is the change of W; return the new fast weight."
+        return (
+            f"wrong values at beta = {beta:g}: the rate multiplies the whole difference "
+            "between the value and what W retrieves."
+        )
+    return None
+
+
+# ---------------------------------------------------------------- 02.orthonormal-capacity
+
+
+def _orthonormal_pairs(num_pairs: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    generator = _generator(seed)
+    basis, _ = torch.linalg.qr(
+        torch.randn(MEMORY_DIM, MEMORY_DIM, generator=generator, dtype=torch.float64)
+    )
+    values = torch.randn(1, num_pairs, MEMORY_DIM, generator=generator, dtype=torch.float64)
+    return basis.T[:num_pairs].unsqueeze(0), values
+
+
+def _exact_recall(num_pairs: int) -> bool:
+    keys, values = _orthonormal_pairs(num_pairs)
+    weight = store_pairs(keys, values, "delta", rate=1.0)
+    return retrieval_error(weight, keys, values).item() < 1e-20
+
+
+@exercise(
+    "02.orthonormal-capacity",
+    f"A {MEMORY_DIM} x {MEMORY_DIM} delta-rule fast weight writes pairs with orthonormal "
+    "keys (and arbitrary values) once each at beta = 1. What is the largest number of "
+    "pairs it can recall exactly? Answer with an integer.",
+    solution=lambda: MEMORY_DIM,
+    wrong_answers=lambda: [8, 15, 17, MEMORY_DIM**2, 2.5],
+)
+def _judge_orthonormal_capacity(answer: Any) -> Optional[str]:
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Real):
+        return f"answer with a number, got {type(answer).__name__}."
+    if answer != int(answer) or answer < 1:
+        return "a number of pairs is a positive integer."
+    count = int(answer)
+    if count > MEMORY_DIM:
+        return (
+            f"how many vectors of length {MEMORY_DIM} can be orthonormal at once? "
+            "(torch.linalg.qr of a square matrix gives a full set)"
+        )
+    if count < MEMORY_DIM and _exact_recall(count + 1):
+        return (
+            f"store {count + 1} orthonormal pairs with fwplab.discrete.store_pairs(..., "
+            "'delta') and measure retrieval_error: more fit."
+        )
+    return None
+
+
+# ---------------------------------------------------------------- 02.softmax-correction
+
+
+def _measured_fraction(key: Tensor, seed: int) -> Tensor:
+    """How much of ``v - W k`` one delta write at rate 1 removes from the read-out ``W k``."""
+    generator = _generator(seed)
+    weight = torch.randn(4, key.shape[-1], generator=generator, dtype=torch.float64)
+    value = torch.randn(4, generator=generator, dtype=torch.float64)
+    missing = value - weight @ key
+    written = weight + delta_update(weight, key, value, torch.ones(1, dtype=torch.float64))
+    return ((written @ key - weight @ key) @ missing) / (missing @ missing)
+
+
+def _softmax_correction_wrong_answers() -> list:
+    return [
+        lambda phi: phi.sum(),
+        lambda phi: phi.norm(),
+        lambda phi: torch.ones((), dtype=phi.dtype),
+        lambda phi: phi.max(),
+    ]
+
+
+@exercise(
+    "02.softmax-correction",
+    "A delta write at beta = 1 with a softmax key phi moves the read-out W phi towards the "
+    "value v, but only by a fraction of the missing part v - W phi. Write "
+    "corrected_fraction(phi) returning that fraction (a number) for a key phi of shape (d,).",
+    solution=lambda: lambda phi: phi.pow(2).sum(),
+    wrong_answers=_softmax_correction_wrong_answers,
+)
+def _judge_softmax_correction(answer: Any) -> Optional[str]:
+    if not callable(answer):
+        return "pass a function corrected_fraction(phi)."
+    for seed, (dim, scale) in enumerate(((4, 1.0), (16, 3.0), (32, 0.5))):
+        logits = scale * torch.randn(dim, generator=_generator(100 + seed), dtype=torch.float64)
+        key = torch.softmax(logits, -1)
+        given = torch.as_tensor(answer(key), dtype=torch.float64)
+        if given.numel() != 1:
+            return f"return one number, got a tensor of shape {tuple(given.shape)}."
+        expected = _measured_fraction(key, seed)
+        if abs(given.item() - expected.item()) > ATOL:
+            return (
+                f"for a softmax key of length {dim} the write moved W phi by "
+                f"{expected.item():.4f} of the missing part, you said {given.item():.4f}. "
+                "Apply W' = W + (v - W phi) phi^T to phi and read off the factor in front "
+                "of v - W phi."
+            )
+    return None
