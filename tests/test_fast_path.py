@@ -15,6 +15,9 @@ STAGE_TIME_ATOL = 1e-12
 FWP_MODELS = [name for name, spec in MODELS.items() if spec is not None]
 TINY = dict(hidden_channels=8, num_heads=2, ff_channels=16)
 FAST_FORMS = [("stepwise", None), ("fast", None), ("fast", 2), ("fast", 3)]
+#: Each CDE model in the layout it does not default to (docs/maths.md, section 4.4).
+OTHER_LAYOUT = {"delta_cde": "keys_from_path", "hebb_cde": "keys_from_derivative",
+                "oja_cde": "keys_from_derivative"}
 NONLINEARITIES = ("linear", "tanh", "softmax")
 
 
@@ -52,14 +55,17 @@ def assert_fast_forms_equal_reference(name, x, lengths=None, times=None, forms=F
             assert (grads[key] - grad).abs().max() / scale < GRAD_RTOL, (solver, key)
 
 
-@pytest.mark.parametrize("options", [{}, {"post_tanh": True}, {"v_layernorm": True}],
-                         ids=["plain", "post_tanh", "v_layernorm"])
+@pytest.mark.parametrize("options", [{}, {"post_tanh": True}, {"v_layernorm": True},
+                                     {"layout": "other"}],
+                         ids=["plain", "post_tanh", "v_layernorm", "other_layout"])
 @pytest.mark.parametrize("name", FWP_MODELS)
 def test_fast_forms_equal_torchdiffeq(name, options):
     if options.get("post_tanh") and not name.startswith("delta"):
         pytest.skip("post_tanh is a delta-rule option")
-    if options.get("v_layernorm") and name.endswith("ode"):
-        pytest.skip("v_layernorm is a CDE option")
+    if (options.get("v_layernorm") or options.get("layout")) and name.endswith("ode"):
+        pytest.skip("v_layernorm and layout are CDE options")
+    if options.get("layout"):
+        options = {"layout": OTHER_LAYOUT[name]}
     assert_fast_forms_equal_reference(name, _series(), lengths=torch.tensor([9, 4, 6]),
                                       **options)
 
@@ -68,12 +74,12 @@ def test_fast_forms_equal_torchdiffeq(name, options):
 def test_fast_forms_equal_torchdiffeq_for_every_method_on_irregular_times(method):
     times = torch.tensor([0.0, 0.5, 1.0, 2.0, 2.2, 3.0, 4.5, 5.0, 6.0])
     for name, options in (("delta_cde", {}), ("oja_ode", {}), ("delta_ode", {"post_tanh": True}),
-                          ("hebb_cde", {})):
+                          ("hebb_cde", {}), ("oja_cde", {})):
         assert_fast_forms_equal_reference(name, _series(), lengths=torch.tensor([9, 6, 8]),
                                           times=times, method=method, **options)
 
 
-@pytest.mark.parametrize("name", ["delta_cde", "oja_cde", "hebb_ode"])
+@pytest.mark.parametrize("name", ["delta_cde", "oja_cde", "hebb_cde", "hebb_ode"])
 def test_fast_forms_handle_batch_size_one(name):
     assert_fast_forms_equal_reference(name, _series(batch=1, length=6))
 
@@ -87,7 +93,7 @@ def _pair(name, solver, checkpoint_every=None):
     return model, reference
 
 
-@pytest.mark.parametrize("name", ["delta_cde", "oja_ode", "hebb_cde"])
+@pytest.mark.parametrize("name", ["delta_cde", "oja_ode", "hebb_cde", "oja_cde"])
 def test_trajectory_of_fast_path_equals_reference(name):
     model, reference = _pair(name, "fast", 2)
     x = _series(length=6)

@@ -1,6 +1,9 @@
 """The compiled CPU recurrence kernel: built here, checked against torchdiffeq and autograd."""
 
+import logging
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +17,9 @@ GRAD_RTOL = 1e-4  # parameter gradients, relative to the largest entry
 FLOAT64_ATOL = 1e-10  # kernel vs torchdiffeq in float64
 STATES_ATOL = 1e-6  # kernel vs the pure-PyTorch fast path, float32 states
 TINY = dict(hidden_channels=8, num_heads=2, ff_channels=16)
+OFFICIAL_ATOL = 1e-5  # float32 round-off (docs/maths.md, section 4.4)
+GOLDEN_CDE = Path(__file__).parent / "fixtures" / "official_cde_variants.pt"
+OTHER_LAYOUT = {"delta_cde": "keys_from_path", "oja_cde": "keys_from_derivative"}
 LOOP_MODELS = [name for name, spec in MODELS.items() if spec is not None and spec[0] != "hebb"]
 KERNEL_ACTIVATIONS = [("softmax", "tanh", "sigmoid"), ("softmax", "identity", "sigmoid"),
                       ("tanh", "identity", "sigmoid"), ("identity", "identity", "identity")]
@@ -68,14 +74,17 @@ def _compare(name, x, lengths=None, times=None, atol=LOGITS_ATOL, dtype=torch.fl
             assert (grads[key] - grad).abs().max() / scale < GRAD_RTOL, (checkpoint_every, key)
 
 
-@pytest.mark.parametrize("options", [{}, {"post_tanh": True}, {"v_layernorm": True}],
-                         ids=["plain", "post_tanh", "v_layernorm"])
+@pytest.mark.parametrize("options", [{}, {"post_tanh": True}, {"v_layernorm": True},
+                                     {"layout": "other"}],
+                         ids=["plain", "post_tanh", "v_layernorm", "other_layout"])
 @pytest.mark.parametrize("name", LOOP_MODELS)
 def test_kernel_equals_torchdiffeq(name, options):
     if options.get("post_tanh") and not name.startswith("delta"):
         pytest.skip("post_tanh is a delta-rule option")
-    if options.get("v_layernorm") and name.endswith("ode"):
-        pytest.skip("v_layernorm is a CDE option")
+    if (options.get("v_layernorm") or options.get("layout")) and name.endswith("ode"):
+        pytest.skip("v_layernorm and layout are CDE options")
+    if options.get("layout"):
+        options = {"layout": OTHER_LAYOUT[name]}
     _compare(name, _series(), lengths=torch.tensor([9, 4, 6]), checkpoints=(None, 1, 3),
              **options)
 
@@ -83,7 +92,8 @@ def test_kernel_equals_torchdiffeq(name, options):
 @pytest.mark.parametrize("method", list(solvers.TABLEAUS))
 def test_kernel_equals_torchdiffeq_for_every_method_on_irregular_times(method):
     times = torch.tensor([0.0, 0.5, 1.0, 2.0, 2.2, 3.0, 4.5, 5.0, 6.0])
-    for name, options in (("delta_cde", {}), ("oja_ode", {}), ("delta_ode", {"post_tanh": True})):
+    for name, options in (("delta_cde", {}), ("oja_ode", {}), ("delta_ode", {"post_tanh": True}),
+                          ("oja_cde", {})):
         _compare(name, _series(), lengths=torch.tensor([9, 6, 8]), times=times, method=method,
                  **options)
 
@@ -152,11 +162,50 @@ def test_kernel_states_equal_the_fast_path_for_any_number_of_recurrences(flat):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("name", ["hebb_cde", "oja_cde"])
+def test_kernel_reproduces_the_official_fast_weight_cde(name):
+    golden = torch.load(GOLDEN_CDE, weights_only=True)
+    model = fwplab.build_model(name, **golden["config"], solver="kernel").eval()
+    fwplab.load_official_state_dict(model, golden[name]["state_dict"])
+    with torch.no_grad():
+        logits = model(golden["x"], golden["times"])
+    torch.testing.assert_close(logits, golden[name]["logits"], atol=OFFICIAL_ATOL, rtol=0)
+
+
+def test_auto_falls_back_to_the_fast_path_for_a_rule_the_kernel_lacks(monkeypatch):
+    codes = {k: v for k, v in kernels._NONLINEARITY_CODES.items() if k != "softmax"}
+    monkeypatch.setattr(kernels, "_NONLINEARITY_CODES", codes)
+    model = fwplab.build_model("oja_cde", 4, 3, **TINY)
+    assert model.selected_solver() == "fast"
+    assert fwplab.build_model("delta_cde", 4, 3, **TINY).selected_solver() == "kernel"
+    reference = fwplab.build_model("oja_cde", 4, 3, **TINY, solver="reference")
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(_series()), reference(_series()), atol=LOGITS_ATOL,
+                                   rtol=0)
+    with pytest.raises(ValueError, match="the compiled kernel has no 'oja' rule; use 'fast'"):
+        fwplab.build_model("oja_cde", 4, 3, **TINY, solver="kernel")(_series())
+
+
+def test_build_chatter_stays_off_stderr(capsys):
+    """PyTorch's build notices (e.g. its CUDA notice on GPU-less machines) are collected."""
+    notice = "No CUDA runtime is found, using CUDA_HOME='/usr/local/cuda'"
+    with kernels.quiet_build() as chatter:
+        logging.getLogger(kernels.BUILD_LOGGER).warning(notice)
+        print("Emitting ninja build file", file=sys.stderr)
+    captured = capsys.readouterr()
+    assert captured.err == captured.out == ""
+    assert chatter == [notice, "Emitting ninja build file"]
+    assert not logging.getLogger(kernels.BUILD_LOGGER).handlers
+
+
 def test_auto_uses_the_kernel_on_cpu_unless_turned_off(monkeypatch):
     model = fwplab.build_model("delta_cde", 4, 3, **TINY)
     assert model.selected_solver() == "kernel"
     assert model.selected_solver(dtype=torch.float16) == "fast"
-    assert fwplab.build_model("hebb_cde", 4, 3, **TINY).selected_solver() == "fast"
+    for layout in ("keys_from_path", "keys_from_derivative"):  # Hebb has no time loop
+        assert fwplab.build_model("hebb_cde", 4, 3, **TINY, layout=layout).selected_solver() \
+            == "fast"
     assert fwplab.build_model("delta_cde", 4, 3, **TINY, adjoint=True).selected_solver() == \
         "reference"
     monkeypatch.setenv("FWPLAB_KERNEL", "0")
