@@ -8,12 +8,12 @@ TOKEN ?= $(shell $(PYTHON) -c "import secrets; print(secrets.token_hex(16))")
 # JupyterLab refuses to run as root (containers, cloud notebooks, CI) without this flag.
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: lab test tour lint clean
+.PHONY: lab test book lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[notebooks,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[notebooks,book,dev]'
 	touch $(STAMP)
 
 lab: $(STAMP)
@@ -25,10 +25,11 @@ lab: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -rfEs
 
-tour: $(STAMP)
-	mkdir -p build
-	$(BIN)/jupyter nbconvert --to html --execute --output-dir build \
-		--ExecutePreprocessor.timeout=600 notebooks/*.ipynb
+# A static site of the executed notebooks, maths reference, glossary and API reference;
+# MathJax ships inside it, so it reads offline. Open build/book/index.html.
+book: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -q -b html -c book . build/book
+	@echo "The book: build/book/index.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check fwplab tests benchmarks

@@ -1,0 +1,40 @@
+"""Widgets carry a still image for static pages (the book), beside their live view."""
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from fwplab.widgets.still import STILL_NOTE, add_still, still_box  # noqa: E402
+
+ipywidgets = pytest.importorskip("ipywidgets")
+
+
+def _png() -> bytes:
+    figure, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def test_still_box_keeps_the_live_view_and_adds_the_still():
+    png = _png()
+    box = still_box([ipywidgets.IntSlider()], lambda: png)
+    assert isinstance(box, ipywidgets.VBox) and len(box.children) == 1
+    bundle = box._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    html = bundle["text/html"]
+    assert STILL_NOTE in html
+    encoded = html.split("base64,")[1].split('"')[0]
+    assert base64.b64decode(encoded) == png
+
+
+def test_add_still_refuses_what_is_not_a_png():
+    with pytest.raises(ValueError, match="PNG"):
+        add_still({}, b"GIF89a")
