@@ -30,6 +30,7 @@ from .discrete import (
     store_pairs,
 )
 from .models import (
+    LAYOUTS,
     MODELS,
     ContinuousFWP,
     NeuralCDE,
@@ -70,6 +71,7 @@ from .rules.fast_weight import (
     hebb_update,
     oja_rule,
     oja_update,
+    unsquashed_hebb_rule,
 )
 from .train import (
     EpochRecord,
@@ -143,6 +145,7 @@ __all__ = [
     "retrieval_error",
     "store_pairs",
     "INTERPOLATIONS",
+    "LAYOUTS",
     "MODELS",
     "ContinuousFWP",
     "NeuralCDE",
@@ -159,4 +162,5 @@ __all__ = [
     "hebb_update",
     "oja_rule",
     "oja_update",
+    "unsquashed_hebb_rule",
 ]
