@@ -1,4 +1,5 @@
-"""Classic learning rules as ODEs (docs/maths.md, section 2): fields, Euler steps, fixed points, orders."""
+"""Classic learning rules as ODEs (docs/maths.md, section 2): fields, Euler steps, fixed points,
+orders, and the online (stochastic) rules with their step-size bounds."""
 
 import math
 
@@ -22,11 +23,17 @@ from fwplab.rules.classic import (
     hebb_mean_solution,
     integrate_rule,
     integration_errors,
+    learning_times,
     least_squares_weights,
+    lms_mean_square_bound,
+    lms_sample_bound,
     oja_field,
     oja_mean_field,
     oja_mean_solution,
+    online_trajectory,
     principal_components,
+    step_schedule,
+    steps_to_reach,
 )
 
 RTOL_AVERAGE = 1e-12  # mean of one-sample fields vs the averaged field (round-off only)
@@ -356,3 +363,159 @@ def test_solver_options_are_checked():
         convergence_order([0.1, 0.05], [1.0, 0.0])
     with pytest.raises(ValueError, match="same length >= 2"):
         convergence_order([0.1], [1.0])
+
+
+# ----------------------------------------------------------------------------- online rules
+
+
+def gaussian_inputs(samples, generator):
+    """2-D correlated Gaussian inputs with eigenvalues near 2 and 0.5."""
+    mixing = torch.tensor([[1.2, 0.5], [0.5, 0.8]], dtype=DOUBLE)
+    return torch.randn(samples, 2, generator=generator, dtype=DOUBLE) @ mixing.mT
+
+
+def test_step_schedule_constant_and_decaying():
+    torch.testing.assert_close(step_schedule(0.1, 3), torch.full((3,), 0.1, dtype=DOUBLE))
+    decaying = step_schedule(0.2, 5, decay_steps=2)
+    torch.testing.assert_close(decaying, 0.2 / (1 + torch.arange(5, dtype=DOUBLE) / 2))
+    torch.testing.assert_close(learning_times(decaying)[-1], decaying.sum())
+    torch.testing.assert_close(learning_times(0.5, 4), 0.5 * torch.arange(5, dtype=DOUBLE))
+
+
+@pytest.mark.parametrize("rule", ["hebb", "oja", "delta"])
+def test_online_trajectory_steps_once_per_sample(rule, data):
+    generator = torch.Generator().manual_seed(9)
+    w0 = weights_for(rule, 2, generator)
+    samples = (data["x"][:4], data["y"][:4]) if rule == "delta" else (data["x"][:4],)
+    steps = step_schedule(0.05, 4, decay_steps=1)
+    iterates = online_trajectory(rule, w0, *samples, lr=steps)
+    assert iterates.shape == (5, *w0.shape)
+    expected = w0
+    for k in range(4):
+        expected = discrete_update(rule, expected, *(s[k] for s in samples), lr=float(steps[k]))
+        torch.testing.assert_close(iterates[k + 1], expected, rtol=1e-14, atol=1e-14)
+
+
+def test_online_oja_with_decaying_step_finds_the_top_eigenvector():
+    generator = torch.Generator().manual_seed(10)
+    x = gaussian_inputs(8000, generator)
+    top = principal_components(covariance(x)).vectors[:, 0]
+    w0 = torch.tensor([[0.3, 0.1], [-0.2, 0.4]], dtype=DOUBLE)
+    decaying = online_trajectory("oja", w0, x, lr=step_schedule(0.05, 8000, decay_steps=500))[-1]
+    constant = online_trajectory("oja", w0, x, lr=0.05)[-1]
+    decaying_gap = 1 - (decaying @ top).abs() / decaying.norm(dim=-1)
+    constant_gap = 1 - (constant @ top).abs() / constant.norm(dim=-1)
+    assert bool((decaying_gap < 1e-3).all()), decaying_gap
+    assert bool(((decaying.norm(dim=-1) - 1).abs() < 0.01).all())
+    assert bool((decaying_gap < 0.2 * constant_gap).all()), (decaying_gap, constant_gap)
+
+
+def test_online_lms_with_decaying_step_finds_least_squares(data):
+    generator = torch.Generator().manual_seed(11)
+    order = torch.randint(0, 400, (6000,), generator=generator)
+    W0 = torch.zeros(1, 2, 3, dtype=DOUBLE)
+    steps = step_schedule(0.05, 6000, decay_steps=1000)
+    final = online_trajectory("delta", W0, data["x"][order], data["y"][order], lr=steps)[-1]
+    lstsq = torch.linalg.lstsq(data["x"], data["y"]).solution.mT
+    assert float((final - lstsq).norm() / lstsq.norm()) < 0.01
+
+
+def test_online_oja_follows_the_averaged_ode_closer_for_smaller_steps():
+    C = torch.tensor([[2.0, 0.6], [0.6, 0.8]], dtype=DOUBLE)
+    factor = torch.linalg.cholesky(C)
+    w0 = torch.tensor([[0.4, 0.1], [-0.1, 0.4]], dtype=DOUBLE)
+    mean_deviation = []
+    for lr in (0.04, 0.0025):
+        deviations = []
+        for seed in range(4):
+            generator = torch.Generator().manual_seed(seed)
+            steps = int(3 / lr)
+            x = torch.randn(steps, 2, generator=generator, dtype=DOUBLE) @ factor.mT
+            online = online_trajectory("oja", w0, x, lr=lr)
+            ode = oja_mean_solution(w0, C, learning_times(lr, steps))
+            deviations.append(float((online - ode).norm(dim=-1).max()))
+        mean_deviation.append(sum(deviations) / len(deviations))
+    # the deviation shrinks like sqrt(lr): 16x smaller steps, about 4x closer
+    assert mean_deviation[1] < 0.15 and mean_deviation[0] / mean_deviation[1] > 2.5, mean_deviation
+
+
+def test_one_lms_step_scales_the_sample_error_by_one_minus_eta_norm_squared():
+    x = torch.tensor([1.0, 2.0, -1.0], dtype=DOUBLE)
+    y = torch.tensor([0.5], dtype=DOUBLE)
+    W = torch.tensor([[[0.2, -0.3, 0.4]]], dtype=DOUBLE)
+    bound = float(lms_sample_bound(x.unsqueeze(0))[0])
+    assert math.isclose(bound, 2 / 6)
+    before = y - W[0] @ x
+    for factor, expected in [(1.0, -1.0), (1.5, -2.0), (0.5, 0.0)]:
+        after = y - discrete_update("delta", W, x, y, lr=factor * bound)[0] @ x
+        torch.testing.assert_close(after, expected * before)
+
+
+def test_mean_square_bound_is_two_over_trace_for_inputs_of_constant_norm():
+    angles = torch.tensor([0.1, 0.5, 1.2, 2.0, 2.9], dtype=DOUBLE)
+    x = 1.7 * torch.stack([angles.cos(), angles.sin()], dim=1)
+    assert math.isclose(lms_mean_square_bound(x), 2 / float(covariance(x).trace()), rel_tol=1e-9)
+
+
+def test_mean_square_bound_for_gaussian_inputs():
+    generator = torch.Generator().manual_seed(12)
+    one_dimensional = torch.randn(200000, 1, generator=generator, dtype=DOUBLE)
+    assert math.isclose(lms_mean_square_bound(one_dimensional), 2 / 3, rel_tol=0.02)
+    many = torch.randn(20000, 40, generator=generator, dtype=DOUBLE)
+    trace = float(covariance(many).trace())
+    # about 2 / tr C in many dimensions (2 / (tr C + 2) for N(0, I))
+    assert math.isclose(lms_mean_square_bound(many), 2 / (trace + 2), rel_tol=0.03)
+    x = gaussian_inputs(2000, generator)
+    assert lms_mean_square_bound(x) < 2 / float(covariance(x).trace())
+    assert lms_mean_square_bound(x) < delta_stability_bound(covariance(x))
+
+
+@pytest.mark.parametrize(("factor", "decays"), [(0.95, True), (1.05, False)])
+def test_mean_square_bound_separates_decay_from_growth(factor, decays):
+    generator = torch.Generator().manual_seed(13)
+    x = gaussian_inputs(500, generator)
+    lr = factor * lms_mean_square_bound(x)
+    contraction = torch.eye(2, dtype=DOUBLE) - lr * x.unsqueeze(-1) * x.unsqueeze(-2)
+    second_moment = torch.eye(2, dtype=DOUBLE)  # E[e^T e] over draws of the samples
+    for _ in range(400):
+        second_moment = (contraction @ second_moment @ contraction).mean(0)
+    size = float(second_moment.trace())
+    assert (size < 1e-3) if decays else (size > 1e3), size
+
+
+def test_online_lms_between_the_bounds_diverges_while_the_batch_rule_converges():
+    generator = torch.Generator().manual_seed(14)
+    x = gaussian_inputs(1000, generator)
+    y = x @ torch.tensor([[1.0], [-0.5]], dtype=DOUBLE)
+    C_xx, C_yx = covariance(x), covariance(x, y)
+    lr = 0.5 * (2 / float(C_xx.trace()) + delta_stability_bound(C_xx))
+    W0 = torch.zeros(1, 1, 2, dtype=DOUBLE)
+    fixed_point = least_squares_weights(C_xx, C_yx)
+    batch = discrete_trajectory("delta_mean", W0, 400, C_xx, C_yx, lr=lr)[-1]
+    online = online_trajectory("delta", W0, x[:400], y[:400], lr=lr)[-1]
+    assert float((batch - fixed_point).norm()) < 1e-6
+    assert float((online - fixed_point).norm()) > 1e3
+
+
+def test_steps_to_reach():
+    trajectory = torch.tensor([[4.0], [2.0], [1.0], [0.5]], dtype=DOUBLE).unsqueeze(-1)
+    assert steps_to_reach(trajectory, torch.zeros(1, 1, dtype=DOUBLE), 0.3) == 2
+    assert steps_to_reach(trajectory, torch.zeros(1, 1, dtype=DOUBLE), 0.1) is None
+
+
+def test_online_arguments_are_checked(data):
+    w = torch.zeros(2, 3, dtype=DOUBLE)
+    with pytest.raises(ValueError, match=r"lr must hold one step per sample \(4\), got 3 steps"):
+        online_trajectory("oja", w, data["x"][:4], lr=torch.full((3,), 0.1, dtype=DOUBLE))
+    with pytest.raises(ValueError, match="lr must hold positive finite steps"):
+        online_trajectory("oja", w, data["x"][:2], lr=torch.tensor([0.1, -0.1], dtype=DOUBLE))
+    with pytest.raises(ValueError, match="same number of steps"):
+        online_trajectory("delta", w.unsqueeze(1), data["x"][:4], data["y"][:3], lr=0.1)
+    with pytest.raises(ValueError, match="needs the samples"):
+        online_trajectory("oja", w, lr=0.1)
+    with pytest.raises(ValueError, match="decay_steps must be a positive finite number"):
+        step_schedule(0.1, 3, decay_steps=0)
+    with pytest.raises(ValueError, match="num_steps must be a non-negative int for a constant lr"):
+        learning_times(0.1)
+    with pytest.raises(ValueError, match="invertible second moment"):
+        lms_mean_square_bound(torch.ones(5, 2, dtype=DOUBLE))

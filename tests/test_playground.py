@@ -12,9 +12,12 @@ from fwplab.widgets import playground
 from fwplab.widgets.playground import (
     RULE_HORIZONS,
     draw_convergence,
+    draw_errors_over_time,
     draw_rule_trajectories,
+    online_rule_trajectories,
     rule_playground,
     rule_trajectories,
+    sample_key_value_stream,
     sample_problem,
 )
 
@@ -133,3 +136,49 @@ def test_bad_arguments_are_refused(problem):
         rule_trajectories(problem, "oja", lr=0.1, step_size=-0.1)
     with pytest.raises(ValueError, match="num_points must be an int >= 2"):
         rule_trajectories(problem, "oja", lr=0.1, step_size=0.1, num_points=1)
+
+
+@pytest.mark.parametrize("rule", sorted(RULE_HORIZONS))
+def test_online_trajectories_start_together_on_summed_times(rule, problem):
+    trajectories = online_rule_trajectories(problem, rule, lr=0.05, num_steps=40, decay_steps=10)
+    assert trajectories.discrete.shape == trajectories.ode.shape == (41, 5, 2)
+    steps = 0.05 / (1 + torch.arange(40, dtype=torch.float64) / 10)
+    torch.testing.assert_close(trajectories.ode_times[-1], steps.sum())
+    torch.testing.assert_close(trajectories.discrete[0], problem.starts, rtol=0, atol=0)
+    again = online_rule_trajectories(problem, rule, lr=0.05, num_steps=40, decay_steps=10)
+    assert torch.equal(again.discrete, trajectories.discrete)
+    other = online_rule_trajectories(problem, rule, lr=0.05, num_steps=40, decay_steps=10, seed=1)
+    assert not torch.equal(other.discrete, trajectories.discrete)
+
+
+def test_online_oja_stays_near_its_ode_and_is_drawn(problem):
+    trajectories = online_rule_trajectories(problem, "oja", lr=0.005, num_steps=400)
+    assert float((trajectories.discrete - trajectories.ode).norm(dim=-1).max()) < 0.2
+    figure = draw_rule_trajectories(trajectories, online=True)
+    plane, distance = figure.axes
+    assert len(distance.lines) == 2 * 5
+    assert "online" in [text.get_text() for text in plane.get_legend().get_texts()]
+    figure.savefig(io.BytesIO(), format="png")
+
+
+@pytest.mark.parametrize("keys", ["softmax", "unit"])
+def test_key_value_stream(keys):
+    stream = sample_key_value_stream(500, key_size=6, value_size=3, keys=keys, seed=2)
+    assert stream.keys.shape == (500, 6) and stream.values.shape == (500, 3)
+    assert stream.rates.shape == (500,) and bool(((stream.rates > 0) & (stream.rates < 1)).all())
+    norms = stream.keys.norm(dim=-1)
+    if keys == "softmax":
+        torch.testing.assert_close(stream.keys.sum(-1), torch.ones(500, dtype=torch.float64))
+        assert bool((norms <= 1).all())
+    else:
+        torch.testing.assert_close(norms, torch.ones(500, dtype=torch.float64))
+    assert torch.equal(sample_key_value_stream(500, 6, 3, keys, seed=2).keys, stream.keys)
+    with pytest.raises(ValueError, match="keys must be 'softmax' or 'unit'"):
+        sample_key_value_stream(5, keys="relu")
+
+
+def test_draw_errors_over_time():
+    times = torch.linspace(0, 1, 5)
+    figure = draw_errors_over_time({"a": (times, times.exp()), "b": (times, 1 + times)}, "error")
+    assert len(figure.axes[0].lines) == 2 and figure.axes[0].get_yscale() == "log"
+    figure.savefig(io.BytesIO(), format="png")

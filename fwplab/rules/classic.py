@@ -20,7 +20,18 @@ accepts a name from that table or any callable with the same calling
 convention. The module also gives the discrete updates, integration with
 torchdiffeq, the closed-form solutions of the averaged ODEs and the analytic
 facts the rules are measured against (principal components, least squares,
-the delta rule's stability bound).
+the stability bounds of the delta rule).
+
+Two kinds of discrete rule appear. The *averaged* (full-batch) rule steps with
+the data-averaged field, ``w <- w + eta F_mean(w)`` (:func:`discrete_trajectory`);
+it is exactly Euler's method for the averaged ODE. The *online* (stochastic)
+rule steps with one sample at a time, ``w <- w + eta_k F(w, x_k)``
+(:func:`online_trajectory`); by stochastic approximation it follows the
+averaged ODE at time ``t_k = eta_0 + ... + eta_{k-1}`` when the steps are
+small. The delta rule's three step-size bounds differ accordingly:
+:func:`delta_stability_bound` (averaged rule, ``2 / lambda_max``),
+:func:`lms_sample_bound` (one online step, ``2 / |x|^2``) and
+:func:`lms_mean_square_bound` (online rule in mean square, about ``2 / tr C``).
 """
 
 from __future__ import annotations
@@ -51,11 +62,17 @@ __all__ = [
     "hebb_mean_solution",
     "integrate_rule",
     "integration_errors",
+    "learning_times",
     "least_squares_weights",
+    "lms_mean_square_bound",
+    "lms_sample_bound",
     "oja_field",
     "oja_mean_field",
     "oja_mean_solution",
+    "online_trajectory",
     "principal_components",
+    "step_schedule",
+    "steps_to_reach",
 ]
 
 VectorField = Callable[..., Tensor]
@@ -342,6 +359,157 @@ def discrete_trajectory(
     return torch.stack(iterates)
 
 
+def step_schedule(
+    initial: float,
+    num_steps: int,
+    decay_steps: float | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """Step sizes of the online rule: constant, or decaying like ``1 / n``.
+
+    ```
+    eta_n = initial                          (decay_steps is None)
+    eta_n = initial / (1 + n / decay_steps)  (otherwise),  n = 0 .. num_steps - 1
+    ```
+
+    The decaying schedule satisfies the stochastic-approximation conditions
+    ``sum eta_n = infinity`` and ``sum eta_n^2 < infinity``: the online rule
+    keeps moving, while its noise dies out.
+
+    Args:
+        initial: first step ``eta_0 > 0``.
+        num_steps: number of steps (``>= 0``).
+        decay_steps: ``n0 > 0``, the step index at which the step has halved; ``None``
+            keeps the step constant.
+        dtype: floating point dtype of the result.
+
+    Returns:
+        The steps ``(num_steps,)``.
+    """
+    initial = _check_positive("initial", initial)
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    steps = torch.full((num_steps,), initial, dtype=dtype)
+    if decay_steps is None:
+        return steps
+    decay_steps = _check_positive("decay_steps", decay_steps)
+    return steps / (1 + torch.arange(num_steps, dtype=dtype) / decay_steps)
+
+
+def _online_steps(lr: object, num_samples: int, reference: Tensor) -> Tensor:
+    """``lr`` as a tensor of ``num_samples`` positive steps on ``reference``'s device."""
+    if isinstance(lr, Tensor) and lr.dim() == 1:
+        if lr.numel() != num_samples:
+            raise ValueError(
+                f"lr must hold one step per sample ({num_samples}), got {lr.numel()} steps"
+            )
+        if not bool(torch.isfinite(lr).all() and (lr > 0).all()):
+            raise ValueError("lr must hold positive finite steps")
+        return lr.to(device=reference.device, dtype=reference.dtype)
+    return torch.full(
+        (num_samples,), _check_positive("lr", lr), dtype=reference.dtype, device=reference.device
+    )
+
+
+def online_trajectory(
+    rule: str | VectorField, w0: Tensor, *samples: Tensor, lr: float | Tensor
+) -> Tensor:
+    """Run the online (stochastic) rule: one step per sample, in order.
+
+    ```
+    w_{k+1} = w_k + eta_k * F(w_k, x_k)          (Hebb, Oja)
+    W_{k+1} = W_k + eta_k * F(W_k, x_k, y_k)      (delta: the LMS algorithm)
+    ```
+
+    Iterate ``k`` approximates the averaged ODE at time ``t_k`` of
+    :func:`learning_times` when the steps are small.
+
+    Args:
+        rule: a one-sample field (``"hebb"``, ``"oja"``, ``"delta"``) or any callable
+            ``F(w, *sample)``.
+        w0: initial weights ``(batch, n)`` or ``(batch, m, n)``.
+        *samples: the data, one row per step: ``x`` of shape ``(steps, n)`` (shared by
+            the batch) or ``(steps, batch, n)``, and for the delta rule ``y`` of shape
+            ``(steps, m)`` or ``(steps, batch, m)``.
+        lr: one step size for all samples, or one per sample ``(steps,)``
+            (e.g. from :func:`step_schedule`).
+
+    Returns:
+        The iterates ``(steps + 1, *w0.shape)``, starting with ``w0``.
+    """
+    field = get_classic_rule(rule)
+    if not samples:
+        raise ValueError("online_trajectory needs the samples x (and y for the delta rule)")
+    samples = tuple(
+        _check_tensor(name, sample, (2, 3), "(steps, size) or (steps, batch, size)")
+        for name, sample in zip("xy", samples, strict=False)
+    )
+    num_samples = samples[0].shape[0]
+    if any(sample.shape[0] != num_samples for sample in samples):
+        raise ValueError(
+            f"every sample tensor must have the same number of steps, "
+            f"got {[sample.shape[0] for sample in samples]}"
+        )
+    steps = _online_steps(lr, num_samples, w0)
+    iterates = [w0]
+    for k in range(num_samples):
+        iterates.append(iterates[-1] + steps[k] * field(iterates[-1], *(s[k] for s in samples)))
+    return torch.stack(iterates)
+
+
+def learning_times(lr: float | Tensor, num_steps: int | None = None) -> Tensor:
+    """ODE times of the iterates of a discrete or online rule: the summed steps.
+
+    ```
+    t_0 = 0,   t_k = eta_0 + ... + eta_{k-1}
+    ```
+
+    Args:
+        lr: the steps ``(steps,)``, or one constant step (then ``num_steps`` is needed).
+        num_steps: number of steps of a constant ``lr``.
+
+    Returns:
+        The times ``(steps + 1,)``.
+    """
+    if isinstance(lr, Tensor) and lr.dim() == 1:
+        if num_steps is not None and num_steps != lr.numel():
+            raise ValueError(
+                f"num_steps must equal the number of steps {lr.numel()}, got {num_steps}"
+            )
+        steps = lr
+    else:
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+            raise ValueError(
+                f"num_steps must be a non-negative int for a constant lr, got {num_steps!r}"
+            )
+        steps = torch.full((num_steps,), _check_positive("lr", lr), dtype=torch.float64)
+    return torch.cat([steps.new_zeros(1), steps.cumsum(0)])
+
+
+def steps_to_reach(trajectory: Tensor, target: Tensor, tolerance: float) -> int | None:
+    """First iterate whose relative distance to ``target`` is below ``tolerance``.
+
+    ```
+    k* = min { k : |w_k - target| < tolerance * |w_0 - target| }
+    ```
+
+    The norm is taken over each whole batch of weights at once.
+
+    Args:
+        trajectory: iterates ``(steps + 1, *weights)``, e.g. from :func:`online_trajectory`.
+        target: the point approached, broadcastable to one iterate ``weights``.
+        tolerance: relative distance in ``(0, 1)``.
+
+    Returns:
+        ``k*``, or ``None`` if no iterate gets that close.
+    """
+    trajectory = _check_tensor("trajectory", trajectory, range(2, 8), "(steps + 1, *weights)")
+    tolerance = _check_positive("tolerance", tolerance)
+    distances = (trajectory - target).flatten(1).norm(dim=-1)
+    close = (distances < tolerance * distances[0]).nonzero()
+    return int(close[0, 0]) if close.numel() else None
+
+
 # ----------------------------------------------------------------------------- ODE integration
 
 
@@ -571,7 +739,7 @@ def least_squares_weights(C_xx: Tensor, C_yx: Tensor) -> Tensor:
 
 
 def delta_stability_bound(C_xx: Tensor) -> float:
-    """Largest stable learning rate of the discrete averaged delta rule.
+    """Largest stable learning rate of the *averaged* (full-batch) discrete delta rule.
 
     The error ``E_k = W_k - W*`` of ``W <- W + eta (C_yx - W C_xx)`` evolves as
     ``E_{k+1} = E_k (I - eta C_xx)``; it shrinks iff every ``|1 - eta lambda_i| < 1``:
@@ -579,6 +747,10 @@ def delta_stability_bound(C_xx: Tensor) -> float:
     ```
     eta < 2 / lambda_max(C_xx)
     ```
+
+    This is the bound of batch gradient descent. The online rule, one sample per
+    step, needs smaller steps: see :func:`lms_sample_bound` and
+    :func:`lms_mean_square_bound`.
 
     Args:
         C_xx: input second moment ``(n, n)``, positive definite.
@@ -590,6 +762,75 @@ def delta_stability_bound(C_xx: Tensor) -> float:
     if largest <= 0:
         raise ValueError(f"C_xx must be positive definite, got largest eigenvalue {largest}")
     return 2.0 / largest
+
+
+def lms_sample_bound(x: Tensor) -> Tensor:
+    """Per-sample step bound of the online delta rule (LMS): ``2 / |x|^2``.
+
+    One LMS step on the sample ``(x, y)`` multiplies that sample's error by
+    ``1 - eta |x|^2``:
+
+    ```
+    y - W' x = (y - W x) (1 - eta |x|^2),    W' = W + eta (y - W x) x^T
+    ```
+
+    so at ``eta |x|^2 = 2`` the error flips sign with the same size, and past it
+    the error grows.
+
+    Args:
+        x: inputs ``(samples, n)``.
+
+    Returns:
+        ``2 / |x_i|^2`` for every sample ``(samples,)``.
+    """
+    x = _check_tensor("x", x, (2,), "(samples, n)")
+    _check_finite("x", x)
+    return 2.0 / x.pow(2).sum(-1)
+
+
+def lms_mean_square_bound(x: Tensor) -> float:
+    """Largest constant step for which online LMS is stable in mean square.
+
+    The samples are drawn independently, with replacement, from the rows of
+    ``x``. Without target noise the error ``e_{k+1} = e_k (I - eta x_k x_k^T)``
+    of each output has a second moment ``K = E[e^T e]`` that evolves linearly:
+
+    ```
+    K' = K - eta (C K + K C) + eta^2 E[x x^T K x x^T]
+       = (I - eta A + eta^2 B) K,   A = C (+) C,  B = E[(x x^T) (x) (x x^T)]
+    ```
+
+    It decays iff ``eta < 1 / mu_max`` with ``mu_max`` the largest generalised
+    eigenvalue of ``B v = mu A v``. It depends on the fourth moments of ``x``:
+    it equals ``2 / tr C`` when every ``|x|^2`` equals ``tr C`` and is close to it
+    when ``|x|^2`` varies little around its mean ``tr C`` (e.g. in many
+    dimensions); for Gaussian inputs in few dimensions it is lower (``2 / (3 C)``
+    in one dimension). It is never above :func:`delta_stability_bound`.
+
+    Args:
+        x: inputs ``(samples, n)`` whose second moment ``C = E[x x^T]`` is invertible.
+
+    Returns:
+        The mean-square stability bound ``1 / mu_max``.
+    """
+    x = _check_tensor("x", x, (2,), "(samples, n)")
+    _check_finite("x", x)
+    samples, n = x.shape
+    C = covariance(x)
+    identity = torch.eye(n, dtype=x.dtype, device=x.device)
+    A = torch.kron(C, identity) + torch.kron(identity, C)
+    outer = (x.unsqueeze(-1) * x.unsqueeze(-2)).reshape(samples, n * n)
+    B = outer.mT @ outer / samples
+    eigenvalues = torch.linalg.eigvalsh(C)
+    if float(eigenvalues[0]) <= 1e-12 * float(eigenvalues[-1].abs()):
+        raise ValueError(
+            f"x must have an invertible second moment E[x x^T], got eigenvalues {eigenvalues.tolist()}"
+        )
+    factor = torch.linalg.cholesky(A)
+    half = torch.linalg.solve_triangular(factor, B, upper=False)
+    whitened = torch.linalg.solve_triangular(factor, half.mT, upper=False)
+    largest = float(torch.linalg.eigvalsh((whitened + whitened.mT) / 2)[-1])
+    return 1.0 / largest
 
 
 # ----------------------------------------------------------------------------- solver accuracy

@@ -13,6 +13,11 @@ ODE:       dw/dt = F(w)                     solved by torchdiffeq with step step
 ```
 
 The delta rule learns a ``1 x 2`` weight matrix, so all three rules live in the plane.
+
+:func:`online_rule_trajectories` runs the *online* rule instead, one random sample
+per step, next to the averaged ODE at the summed step sizes, and
+:func:`sample_key_value_stream` draws the keys, values and rates that drive a
+delta-rule fast weight programmer.
 """
 
 from __future__ import annotations
@@ -31,18 +36,25 @@ from ..rules.classic import (
     covariance,
     discrete_trajectory,
     integrate_rule,
+    learning_times,
     least_squares_weights,
+    online_trajectory,
     principal_components,
+    step_schedule,
 )
 
 __all__ = [
     "RULE_HORIZONS",
+    "KeyValueStream",
     "PlaygroundProblem",
     "RuleTrajectories",
     "draw_convergence",
+    "draw_errors_over_time",
     "draw_rule_trajectories",
+    "online_rule_trajectories",
     "rule_playground",
     "rule_trajectories",
+    "sample_key_value_stream",
     "sample_problem",
 ]
 
@@ -220,8 +232,146 @@ def rule_trajectories(
     )
 
 
-def _draw_weight_plane(ax: Axes, trajectories: RuleTrajectories) -> None:
-    """Trajectories in the weight plane with the eigenvectors of ``C_xx`` through the center."""
+def online_rule_trajectories(
+    problem: PlaygroundProblem,
+    rule: str,
+    lr: float,
+    num_steps: int,
+    decay_steps: float | None = None,
+    starts: Tensor | None = None,
+    seed: int = 0,
+) -> RuleTrajectories:
+    """Run the online rule on random samples next to the averaged ODE.
+
+    Every step draws one sample of ``problem`` at random (with replacement) and
+    applies the one-sample rule with step ``eta_k`` from
+    :func:`~fwplab.rules.classic.step_schedule`; the averaged ODE is solved
+    (torchdiffeq ``dopri5``) at the same times ``t_k = eta_0 + ... + eta_{k-1}``::
+
+        online:  w_{k+1} = w_k + eta_k F(w_k, x_{i_k})
+        ODE:     dw/dt = E[F(w, x)]
+
+    Args:
+        problem: the data, from :func:`sample_problem`.
+        rule: ``"hebb"``, ``"oja"`` or ``"delta"``.
+        lr: first step ``eta_0 > 0``.
+        num_steps: number of online steps, ``>= 1``.
+        decay_steps: ``n0`` of the decaying schedule ``eta_0 / (1 + k / n0)``;
+            ``None`` keeps the step constant.
+        starts: initial weights ``(starts, 2)``; default ``problem.starts``.
+        seed: seed of the sample order.
+
+    Returns:
+        :class:`RuleTrajectories` whose ``discrete`` holds the online iterates,
+        ``discrete_times`` and ``ode_times`` the times ``t_k`` ``(num_steps + 1,)``,
+        and ``lr`` the first step.
+    """
+    if rule not in RULE_HORIZONS:
+        raise ValueError(f"rule must be one of {sorted(RULE_HORIZONS)}, got {rule!r}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    starts = problem.starts if starts is None else starts
+    steps = step_schedule(lr, num_steps, decay_steps, dtype=starts.dtype).to(starts.device)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randint(0, problem.x.shape[0], (num_steps,), generator=generator)
+    order = order.to(problem.x.device)
+    times = learning_times(steps)
+    if rule == "delta":
+        w0, center = starts.unsqueeze(1), least_squares_weights(problem.C_xx, problem.C_yx)[0]
+        online = online_trajectory("delta", w0, problem.x[order], problem.y[order], lr=steps)
+        ode = integrate_rule("delta_mean", w0, times, problem.C_xx, problem.C_yx)
+    else:
+        w0, center = starts, torch.zeros_like(starts[0])
+        online = online_trajectory(rule, w0, problem.x[order], lr=steps)
+        ode = integrate_rule(f"{rule}_mean", w0, times, problem.C_xx)
+    components = principal_components(problem.C_xx)
+    return RuleTrajectories(
+        rule=rule,
+        lr=float(lr),
+        step_size=math.nan,
+        discrete_times=times,
+        discrete=online.flatten(2),
+        ode_times=times,
+        ode=ode.flatten(2),
+        center=center,
+        eigenvalues=components.values,
+        eigenvectors=components.vectors,
+    )
+
+
+class KeyValueStream(NamedTuple):
+    """Keys, values and learning rates that drive a delta-rule fast weight programmer.
+
+    Attributes:
+        keys: ``(samples, key_size)``.
+        values: ``(samples, value_size)``.
+        rates: ``(samples,)``, in ``(0, 1)``.
+        key_logits: the logits the keys and rates are computed from ``(samples, key_size)``.
+    """
+
+    keys: Tensor
+    values: Tensor
+    rates: Tensor
+    key_logits: Tensor
+
+
+def sample_key_value_stream(
+    num_samples: int,
+    key_size: int = 4,
+    value_size: int = 2,
+    keys: str = "softmax",
+    logit_scale: float = 1.0,
+    rate_scale: float = 3.0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> KeyValueStream:
+    """Draw a seeded stream of keys, values and rates from one fixed distribution.
+
+    ```
+    z ~ N(0, logit_scale^2 I)
+    k = softmax(z)               (keys="softmax": |k|_2 <= 1, about 1/sqrt(d) for small z)
+    k = z / |z|                  (keys="unit")
+    v = tanh(2 A z),             A ~ N(0, 1) of shape (value_size, key_size), fixed per seed
+    beta = sigmoid(rate_scale * z_1)
+    ```
+
+    Values are a nonlinear function of the logits, so no linear map of the keys
+    gives them exactly; the rates depend on the key, so weighting by them changes
+    the best linear fit.
+
+    Args:
+        num_samples: number of samples.
+        key_size: ``d``, the size of a key.
+        value_size: the size of a value.
+        keys: ``"softmax"`` or ``"unit"`` (unit-norm keys, the same logits normalised).
+        logit_scale: standard deviation of the logits.
+        rate_scale: how strongly the rate depends on the first logit.
+        seed: seed of the random generator.
+        dtype: floating point dtype of every tensor.
+
+    Returns:
+        :class:`KeyValueStream`.
+    """
+    if keys not in ("softmax", "unit"):
+        raise ValueError(f"keys must be 'softmax' or 'unit', got {keys!r}")
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(value_size, key_size, generator=generator, dtype=dtype)
+    logits = logit_scale * torch.randn(num_samples, key_size, generator=generator, dtype=dtype)
+    if keys == "softmax":
+        key_vectors = torch.softmax(logits, -1)
+    else:
+        key_vectors = logits / logits.norm(dim=-1, keepdim=True)
+    values = torch.tanh(2 * logits @ mixing.mT)
+    rates = torch.sigmoid(rate_scale * logits[:, 0])
+    return KeyValueStream(key_vectors, values, rates, logits)
+
+
+def _draw_weight_plane(ax: Axes, trajectories: RuleTrajectories, label: str = "discrete") -> None:
+    """Trajectories in the weight plane with the eigenvectors of ``C_xx`` through the center.
+
+    ``label`` names the iterates in :attr:`RuleTrajectories.discrete`; online
+    iterates (many, noisy) are drawn as a thin line without markers.
+    """
     ode = trajectories.ode.detach().cpu()
     discrete = trajectories.discrete.detach().cpu()
     center = trajectories.center.detach().cpu()
@@ -250,11 +400,12 @@ def _draw_weight_plane(ax: Axes, trajectories: RuleTrajectories) -> None:
         ax.plot(
             discrete[:, start, 0],
             discrete[:, start, 1],
-            "o:",
+            "-" if label == "online" else "o:",
             color=line.get_color(),
             ms=3,
-            lw=1,
-            label="discrete" if start == 0 else None,
+            lw=0.6 if label == "online" else 1,
+            alpha=0.7 if label == "online" else 1,
+            label=label if start == 0 else None,
         )
     ax.plot(
         *center.tolist(),
@@ -270,38 +421,52 @@ def _draw_weight_plane(ax: Axes, trajectories: RuleTrajectories) -> None:
     ax.legend(loc="lower right", fontsize=8)
 
 
-def draw_rule_trajectories(trajectories: RuleTrajectories) -> Figure:
+def draw_rule_trajectories(trajectories: RuleTrajectories, online: bool = False) -> Figure:
     """Draw the weight plane and the distance to the center over time.
 
     Left: every trajectory in the weight plane, ODE as lines and the discrete
-    iterates as dots, with the eigenvectors of ``C_xx`` (and the unit circle for
-    Oja). Right: ``|w|`` (Hebb, Oja) or ``|W - W*|`` (delta) against time on a
-    log scale: a straight line is exponential growth or decay.
+    iterates as dots (online iterates as thin lines), with the eigenvectors of
+    ``C_xx`` (and the unit circle for Oja). Right: ``|w|`` (Hebb, Oja) or
+    ``|W - W*|`` (delta) against time on a log scale: a straight line is
+    exponential growth or decay.
 
     Args:
-        trajectories: from :func:`rule_trajectories`.
+        trajectories: from :func:`rule_trajectories` or :func:`online_rule_trajectories`.
+        online: the iterates are online ones (from :func:`online_rule_trajectories`).
 
     Returns:
         A new matplotlib figure with two axes.
     """
     figure = Figure(figsize=(10, 4.5), layout="constrained")
     plane, distance = figure.subplots(1, 2)
-    _draw_weight_plane(plane, trajectories)
+    _draw_weight_plane(plane, trajectories, label="online" if online else "discrete")
     discrete_distance, ode_distance = (d.detach().cpu() for d in trajectories.distances())
     ode_times = trajectories.ode_times.detach().cpu()
     discrete_times = trajectories.discrete_times.detach().cpu()
     for start in range(ode_distance.shape[1]):
         (line,) = distance.plot(ode_times, ode_distance[:, start], lw=2)
         distance.plot(
-            discrete_times, discrete_distance[:, start], "o:", color=line.get_color(), ms=3, lw=1
+            discrete_times,
+            discrete_distance[:, start],
+            "-" if online else "o:",
+            color=line.get_color(),
+            ms=3,
+            lw=0.6 if online else 1,
         )
     distance.set_yscale("log")
-    distance.set_xlabel("time $t$ (discrete step $k$ at $t = k\\,\\eta$)")
+    if online:
+        distance.set_xlabel("time $t_k = \\eta_0 + \\dots + \\eta_{k-1}$ (online step $k$)")
+        title = (
+            f"{trajectories.rule}: online rule, first step {trajectories.lr:.3g}, vs averaged ODE"
+        )
+    else:
+        distance.set_xlabel("time $t$ (discrete step $k$ at $t = k\\,\\eta$)")
+        title = (
+            f"{trajectories.rule}: discrete rule with learning rate {trajectories.lr:.3g} "
+            f"vs ODE (step {trajectories.step_size:.3g})"
+        )
     distance.set_ylabel("$|W - W^*|$" if trajectories.rule == "delta" else "$|w|$")
-    figure.suptitle(
-        f"{trajectories.rule}: discrete rule with learning rate {trajectories.lr:.3g} "
-        f"vs ODE (step {trajectories.step_size:.3g})"
-    )
+    figure.suptitle(title)
     return figure
 
 
@@ -328,6 +493,27 @@ def draw_convergence(step_sizes: Sequence[float], errors: Mapping[str, Tensor]) 
     ax.set_xlabel("step size $h$")
     ax.set_ylabel("error at the final time")
     ax.legend()
+    return figure
+
+
+def draw_errors_over_time(curves: Mapping[str, tuple[Tensor, Tensor]], ylabel: str) -> Figure:
+    """Plot errors against time on a log scale, one line per named curve.
+
+    Args:
+        curves: name -> ``(times (points,), errors (points,))``.
+        ylabel: label of the error axis.
+
+    Returns:
+        A new matplotlib figure.
+    """
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = figure.subplots()
+    for name, (times, errors) in curves.items():
+        ax.plot(times.detach().cpu(), errors.detach().cpu(), lw=1.2, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("time $t$")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
     return figure
 
 
