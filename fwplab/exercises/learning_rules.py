@@ -1,0 +1,168 @@
+"""Exercises of notebook 1, learning rules as ODEs (keys ``"01.*"``).
+
+Each judge checks a numerical property: a student's function is compared with
+the package on random inputs, a number with a tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..rules.classic import delta_stability_bound, discrete_update, least_squares_weights
+from . import exercise
+
+#: The small data set of the LMS exercises: four inputs ``(4, 2)`` and their targets ``(4, 1)``.
+EXERCISE_INPUTS = torch.tensor(
+    [[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]], dtype=torch.float64
+)
+EXERCISE_TARGETS = torch.tensor([[1.0], [0.0], [2.0], [1.0]], dtype=torch.float64)
+
+
+def _moments() -> tuple[torch.Tensor, torch.Tensor]:
+    count = EXERCISE_INPUTS.shape[0]
+    C_xx = EXERCISE_INPUTS.mT @ EXERCISE_INPUTS / count
+    C_yx = EXERCISE_TARGETS.mT @ EXERCISE_INPUTS / count
+    return C_xx, C_yx
+
+
+def _as_number(answer: object) -> float:
+    if isinstance(answer, torch.Tensor):
+        if answer.numel() != 1:
+            raise ValueError(f"expected one number, got a tensor of shape {tuple(answer.shape)}")
+        return float(answer)
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+        raise TypeError(f"expected a number, got {type(answer).__name__}")
+    return float(answer)
+
+
+# ----------------------------------------------------------------------------- 01.oja-euler-step
+
+
+def _oja_step_solution():
+    def oja_step(w, x, eta):
+        y = (w * x).sum(-1, keepdim=True)
+        return w + eta * y * (x - y * w)
+
+    return oja_step
+
+
+def _oja_step_wrong_answers():
+    def hebb_step(w, x, eta):
+        return w + eta * (w * x).sum(-1, keepdim=True) * x
+
+    def plus_sign(w, x, eta):
+        y = (w * x).sum(-1, keepdim=True)
+        return w + eta * y * (x + y * w)
+
+    def update_only(w, x, eta):
+        y = (w * x).sum(-1, keepdim=True)
+        return eta * y * (x - y * w)
+
+    return [hebb_step, plus_sign, update_only]
+
+
+@exercise(
+    "01.oja-euler-step",
+    "Write oja_step(w, x, eta): one Euler step of Oja's rule dw/dt = y (x - y w), y = w.x, "
+    "for weights w (batch, n), inputs x (batch, n) and a step eta; return the new weights.",
+    solution=_oja_step_solution,
+    wrong_answers=_oja_step_wrong_answers,
+)
+def _judge_oja_step(answer):
+    if not callable(answer):
+        return "pass a function oja_step(w, x, eta)."
+    generator = torch.Generator().manual_seed(101)
+    for eta in (0.1, 0.37):
+        w = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+        x = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+        result = answer(w.clone(), x.clone(), eta)
+        if not isinstance(result, torch.Tensor) or result.shape != w.shape:
+            return f"return a tensor shaped like w {tuple(w.shape)}, one row per weight vector."
+        if not torch.allclose(result, discrete_update("oja", w, x, lr=eta), rtol=1e-9, atol=1e-9):
+            return (
+                "the result differs from w + eta * F(w, x): check the sign of the decay term "
+                "-y^2 w and that you return the new weights, not only the change."
+            )
+    return None
+
+
+# ----------------------------------------------------------------------------- 01.batch-lms-bound
+
+
+@exercise(
+    "01.batch-lms-bound",
+    "The averaged (full-batch) delta rule W <- W + eta (C_yx - W C_xx) learns from the four inputs "
+    "x = (2, 0), (0, 1), (1, 1), (1, -1), with C_xx = E[x x^T] their mean outer product. What is "
+    "the largest constant step eta for which it converges (a number)?",
+    solution=lambda: delta_stability_bound(_moments()[0]),
+    wrong_answers=lambda: [
+        2 / float(_moments()[0].trace()),
+        1 / float(torch.linalg.eigvalsh(_moments()[0])[-1]),
+        2 / float(torch.linalg.eigvalsh(EXERCISE_INPUTS.mT @ EXERCISE_INPUTS)[-1]),
+    ],
+)
+def _judge_batch_bound(answer):
+    value = _as_number(answer)
+    C_xx = _moments()[0]
+    if math.isclose(value, delta_stability_bound(C_xx), rel_tol=1e-3):
+        return None
+    if math.isclose(value, 2 / float(C_xx.trace()), rel_tol=1e-3):
+        return (
+            "2 / tr C is the online rule's mean-square rule of thumb; the batch rule needs lambda."
+        )
+    if math.isclose(
+        value, 2 / float(torch.linalg.eigvalsh(EXERCISE_INPUTS.mT @ EXERCISE_INPUTS)[-1])
+    ):
+        return "C_xx is the mean of x x^T over the samples, not their sum."
+    return (
+        "the error shrinks like (I - eta C_xx)^k: when does every |1 - eta lambda_i| stay below 1?"
+    )
+
+
+# ----------------------------------------------------------------------------- 01.oja-norm
+
+
+@exercise(
+    "01.oja-norm",
+    "A variant of Oja's rule decays four times as strongly: dw/dt = C w - 4 (w^T C w) w. "
+    "Starting from a generic w, what norm |w| does it converge to (a number)?",
+    solution=lambda: 0.5,
+    wrong_answers=lambda: [1.0, 4.0, 2.0, 0.25],
+)
+def _judge_oja_norm(answer):
+    value = _as_number(answer)
+    if math.isclose(value, 0.5, rel_tol=1e-3):
+        return None
+    return (
+        "at a fixed point w = r u with C u = lambda u the field is lambda r u - 4 lambda r^3 u; "
+        "solve for the r > 0 where it vanishes."
+    )
+
+
+# ----------------------------------------------------------------------------- 01.lms-fixed-point
+
+
+@exercise(
+    "01.lms-fixed-point",
+    "LMS learns a 1 x 2 matrix W from the inputs x = (2, 0), (0, 1), (1, 1), (1, -1) with targets "
+    "y = 1, 0, 2, 1. Give the fixed point W* of its averaged ODE dW/dt = C_yx - W C_xx "
+    "(a tensor of shape (1, 2)).",
+    solution=lambda: least_squares_weights(*_moments()),
+    wrong_answers=lambda: [
+        _moments()[1],
+        EXERCISE_TARGETS.mT @ EXERCISE_INPUTS,
+        torch.tensor([[1.0, -0.5]], dtype=torch.float64),
+    ],
+)
+def _judge_lms_fixed_point(answer):
+    answer = torch.as_tensor(answer, dtype=torch.float64)
+    if answer.numel() != 2:
+        return f"give two numbers, the 1 x 2 matrix W*, not {answer.numel()}."
+    expected = least_squares_weights(*_moments())
+    if torch.allclose(answer.reshape(1, 2), expected, rtol=1e-4, atol=1e-6):
+        return None
+    if torch.allclose(answer.reshape(1, 2), _moments()[1], rtol=1e-4, atol=1e-6):
+        return "that is C_yx; at the fixed point C_yx = W C_xx, so W still has to be solved for."
+    return "set dW/dt = 0: C_yx = W* C_xx, with both moments means over the four samples."
