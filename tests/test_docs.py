@@ -3,8 +3,9 @@
 Checks that docs/maths.md names every model, every continuous rule and every official
 parameter prefix (with the fwplab prefix the loader maps it to), that every
 "docs/maths.md, section N" reference in the repository points at a section that exists,
-that every relative Markdown link in README.md, docs/ and the notebooks resolves, and
-that nothing cites a document outside the repository.
+that every relative Markdown link in README.md, docs/ and the notebooks resolves, that
+the speed section's numbers are the package's, and that nothing cites a document
+outside the repository.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 import pytest
 
 import fwplab
+from fwplab.benchmarking import SPEECH_COMMANDS, fast_path_flops
 from fwplab.models import OFFICIAL_NAMES, OFFICIAL_UNUSED
 from fwplab.rules.fast_weight import FAST_WEIGHT_RULES
+from fwplab.solvers import stage_layout
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -171,3 +174,16 @@ def test_nothing_cites_documents_outside_the_repository():
               for path, text in _repository_texts() if path.resolve() != this_file
               for needle in ("SPEC", "/shared/") if needle in text]
     assert not citing, citing
+
+
+def test_speed_section_numbers_match_the_package():
+    shape = SPEECH_COMMANDS
+    text = " ".join(_section(_maths(), "7").split())
+    assert (f"{shape['length']} observation times" in text
+            and f"$C = {shape['channels']}$" in text and f"$H = {shape['hidden_channels']}$" in text
+            and f"{shape['num_heads']} heads" in text and f"$F = {shape['ff_channels']}$" in text)
+    steps, per_step = shape["length"] - 1, stage_layout("rk4").per_step
+    assert f"{steps} \\cdot {per_step} + 1 = {steps * per_step + 1}$ stage points" in text
+    flops = fast_path_flops("delta_cde", shape["channels"], shape["hidden_channels"],
+                            shape["num_heads"], shape["length"], batch=128)
+    assert f"at batch 128 the count is about {flops / 1e9:.1f} GFLOP" in text
