@@ -119,6 +119,7 @@ class SlowNet(nn.Module):
 
     @property
     def keys_from_derivative(self) -> bool:
+        """Whether keys, rates and queries come from ``dx/dt`` (values then from ``x``)."""
         return self.driver == "cde" and self.layout != "keys_from_path"
 
     def features(self, x: Tensor, dx: Optional[Tensor]) -> Tensor:
@@ -240,7 +241,9 @@ class ContinuousFWP(nn.Module):
             ``W^T q`` with the query from ``x(T)``, Hebb is ``hebb_unsquashed``
             (``b v``: rate logit, raw value). ``None`` picks the layout the official
             code gives the rule: ``keys_from_derivative`` for delta,
-            ``keys_from_path`` for Hebb and Oja.
+            ``keys_from_path`` for Hebb and Oja. Every rule runs in either layout;
+            delta in ``keys_from_path`` (which the official code does not have)
+            learns ``W k ~ v``, values of the derivative from keys of the path.
         dropout: dropout after the out projection and in the feed-forward block.
         adjoint: continuous adjoint gradients (``odeint_adjoint``), as the paper.
         method: any torchdiffeq method.
