@@ -1,23 +1,42 @@
 """Fast-weight explorer: watch a continuous FWP program its fast weights, one series at a time.
 
-For a continuous FWP (trained or not) and one observed series, :func:`fast_weight_trace`
-computes once, at every observation time ``t_i`` and for every head ``h``::
+For a continuous FWP (trained or not) and one observed series with time points
+``t_0 < ... < t_{n-1}`` (the rows of ``x``), :func:`fast_weight_trace` computes once,
+on a dense time grid that splits every step of the solver's grid (which runs through
+every ``t_i``) into equal parts, and for every head ``h``::
 
-    W_h(t_i)                      the fast weight (d x d)
-    k_h(t_i), v_h(t_i), b_h(t_i)  what the slow net writes: softmax(k), tanh(v), sigma(b)
-    W_h(t_i) q_h(T)               the read-out of the final query q(T) (the model's own
-                                  read-out at the last time T)
-    ||W_h(t_i)||_F, s_1..s_d      the norm and the singular values of W_h(t_i)
-    p(class | series up to t_i)   the model's prediction if the series ended at t_i
+    W_h(t)                        the fast weight (d x d)
+    k_h(t), v_h(t), b_h(t)        what the slow net writes at t: softmax(k), tanh(v), sigma(b)
+    dW_h/dt                       the rule's write at t
+    W_h(t) q_h(T)                 the read-out of the final query q(T)
+    ||W_h(t)||_F, s_1..s_d        the norm and the singular values of W_h(t)
 
-(for ``oja`` the key shown is the softmax of the slow net's key, before the rule
-subtracts ``W^T v``). :class:`FastWeightFigure` draws one head at one time and only
-updates its artists when the time moves; :class:`FastWeightExplorer` puts a time
-slider and selectors for the series, the head and the learning rule on top, with a
-cache so that each (series, rule) is computed once and a slider move only redraws.
+and at every time point ``t_i`` of the series::
+
+    p(class | x_0 .. x_i)         the model run on the series cut after t_i
+
+At the solver's grid points (the time points among them), ``W`` is the model's own
+solution. Between them it is the solver's cubic dense output: the cubic that matches
+``W`` and ``dW/dt`` at both ends of the step. Keys, values and rates are the slow
+net's own at every ``t``, read from the path.
+
+The prediction is that of the *cut* series, computed by running the model on the
+batch of every prefix ``x_0 .. x_i`` (one forward with ``lengths``). It is not the
+streamed read-out ``model(x, stream=True)`` of the whole series: a natural cubic
+spline through all observations lets the path before ``t_i`` depend on later
+observations, so the streamed read-out at ``t_i`` can see the future.
+
+(for ``oja``, the softmax Oja rule, the key shown is the softmax of the slow net's
+key, before the rule subtracts ``W^T v``). :class:`FastWeightFigure` draws one head
+at one time and only updates its artists when the time moves;
+:class:`FastWeightExplorer` puts a time slider and selectors for the series, the
+head, the learning rule and the fraction of observations dropped on top, with a
+cache so that each (series, rule, fraction) is computed once and a slider move
+only redraws.
 
 Switching the rule keeps the slow net: the same keys, values and rates drive Hebb,
-Oja or the delta rule, so the three memories can be compared on the same input.
+the softmax Oja rule or the delta rule, so the three memories can be compared on the
+same input.
 """
 
 from __future__ import annotations
@@ -34,13 +53,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ..data import drop_observations
 from ..discrete import retrieval_error
 from ..models import ContinuousFWP
-from ..paths import check_observations, control_path, interpolation_coeffs
-from ..rules.fast_weight import FAST_WEIGHT_RULES, get_rule
+from ..paths import check_observations, control_path, integration_grid, interpolation_coeffs
+from ..rules.fast_weight import get_rule
 from .plots import (
     draw_norm_curve,
     draw_singular_value_curves,
+    mark_time_points,
     symmetric_limit,
     weight_heatmap,
 )
@@ -54,6 +75,11 @@ __all__ = [
     "FastWeightExplorer",
     "with_rule",
     "fast_weight_trace",
+    "cut_predictions",
+    "dense_grid",
+    "hermite_dense_output",
+    "observed_points",
+    "drop_data_points",
     "time_index",
     "stored_pair_error",
     "recall_error_rate",
@@ -67,11 +93,15 @@ FIGURE_DPI = 80
 PNG_COMPRESS_LEVEL = 1
 #: Relative tolerance of :func:`time_index` for slider values that carry float round-off.
 TIME_TOLERANCE = 1e-6
+#: Dense-grid points per step of the solver's grid.
+POINTS_PER_STEP = 4
+#: The missing-rate selector's fractions of observations dropped.
+MISSING_RATES = (0.0, 0.3, 0.5, 0.7)
 
 #: The rule selector's entries: each rule with its update (b is the rate).
 RULE_LABELS = {
     "hebb": "Hebb: dW = b v k^T",
-    "oja": "Oja: dW = v (b softmax(k - W^T v))^T",
+    "oja": "softmax Oja: dW = v (b softmax(k - W^T v))^T",
     "delta": "delta: dW = b (v - W k) k^T",
 }
 
@@ -83,27 +113,37 @@ MARKER_COLOR = "tab:red"
 
 
 class FastWeightTrace(NamedTuple):
-    """Everything the explorer shows for one series and one rule, at every observation time.
+    """Everything the explorer shows for one series and one rule.
+
+    ``points`` is the number of dense-grid times, ``n`` the number of time points of
+    the series (its rows in ``x``, observed or dropped).
 
     Attributes:
         rule: the learning rule that produced :attr:`weights`.
         series: index of the series in the data it came from.
-        times: the series' observation times ``(time,)``.
-        weights: ``W(t)`` of shape ``(time, heads, d, d)``.
-        keys: ``softmax(k(t))`` of shape ``(time, heads, d)``.
-        values: ``tanh(v(t))`` of shape ``(time, heads, d)``.
-        rates: ``sigma(b(t))`` of shape ``(time, heads)``.
-        updates: what the rule writes, ``dW/dt`` at ``t``, of shape ``(time, heads, d, d)``.
+        times: the dense grid ``(points,)``, through every point of the solver's grid.
+        series_times: the series' time points ``t_i`` ``(n,)``.
+        series_index: position of each ``t_i`` in :attr:`times` ``(n,)``.
+        observed: whether ``t_i`` carries data (not dropped) ``(n,)``.
+        weights: ``W(t)`` of shape ``(points, heads, d, d)``.
+        keys: ``softmax(k(t))`` of shape ``(points, heads, d)``.
+        values: ``tanh(v(t))`` of shape ``(points, heads, d)``.
+        rates: ``sigma(b(t))`` of shape ``(points, heads)``.
+        updates: what the rule writes, ``dW/dt`` at ``t``, of shape ``(points, heads, d, d)``.
         query: the final query ``q(T)`` of shape ``(heads, d)``.
-        readouts: ``W(t) q(T)`` of shape ``(time, heads, d)``.
-        norms: ``||W(t)||_F`` of shape ``(time, heads)``.
-        singular_values: of ``W(t)``, decreasing, ``(time, heads, d)``.
-        probabilities: class probabilities of the read-out at ``t`` ``(time, classes)``.
+        readouts: ``W(t) q(T)`` of shape ``(points, heads, d)``.
+        norms: ``||W(t)||_F`` of shape ``(points, heads)``.
+        singular_values: of ``W(t)``, decreasing, ``(points, heads, d)``.
+        probabilities: class probabilities of the series cut after ``t_i``,
+            ``(n, classes)``; the first row is NaN (a path needs two time points).
     """
 
     rule: str
     series: int
     times: Tensor
+    series_times: Tensor
+    series_index: Tensor
+    observed: Tensor
     weights: Tensor
     keys: Tensor
     values: Tensor
@@ -114,6 +154,13 @@ class FastWeightTrace(NamedTuple):
     norms: Tensor
     singular_values: Tensor
     probabilities: Tensor
+
+    def to(self, device: torch.device | str) -> FastWeightTrace:
+        """The same trace with every tensor on ``device`` (itself when they already are)."""
+        if self.times.device == torch.device(device):
+            return self
+        return FastWeightTrace(*(item.to(device) if isinstance(item, Tensor) else item
+                                 for item in self))
 
 
 def with_rule(model: ContinuousFWP, rule: str) -> ContinuousFWP:
@@ -133,8 +180,8 @@ def with_rule(model: ContinuousFWP, rule: str) -> ContinuousFWP:
     """
     if not isinstance(model, ContinuousFWP):
         raise TypeError(f"model: expected a ContinuousFWP, got {type(model).__name__}")
-    if rule not in FAST_WEIGHT_RULES:
-        raise ValueError(f"rule: expected one of {sorted(FAST_WEIGHT_RULES)}, got {rule!r}")
+    if rule not in RULE_LABELS:
+        raise ValueError(f"rule: expected one of {sorted(RULE_LABELS)}, got {rule!r}")
     copied = copy.deepcopy(model).eval()
     copied.rule = rule
     copied.post_tanh = model.post_tanh and rule == "delta"
@@ -145,6 +192,164 @@ def with_rule(model: ContinuousFWP, rule: str) -> ContinuousFWP:
     return copied
 
 
+def dense_grid(times: Tensor, points_per_step: int = POINTS_PER_STEP) -> tuple[Tensor, Tensor]:
+    """Split every gap between consecutive ``times`` into ``points_per_step`` equal parts.
+
+    Args:
+        times: strictly increasing ``(n,)``, ``n >= 2``.
+        points_per_step: parts per gap, ``>= 1`` (1 gives ``times`` itself).
+
+    Returns:
+        The grid ``(points_per_step * (n - 1) + 1,)``, holding every ``times[i]``
+        exactly, and the position of each ``times[i]`` in it ``(n,)``.
+    """
+    if isinstance(points_per_step, bool) or not isinstance(points_per_step, int) or (
+            points_per_step < 1):
+        raise ValueError(f"points_per_step: expected a positive integer, got {points_per_step!r}")
+    fractions = torch.arange(points_per_step, dtype=times.dtype, device=times.device)
+    fractions = fractions / points_per_step
+    steps = times[:-1, None] + (times[1:] - times[:-1])[:, None] * fractions
+    grid = torch.cat([steps.flatten(), times[-1:]])
+    index = torch.arange(times.shape[0], device=times.device) * points_per_step
+    grid[index] = times  # exactly, free of round-off
+    return grid, index
+
+
+def hermite_dense_output(times: Tensor, values: Tensor, derivatives: Tensor,
+                         at: Tensor) -> Tensor:
+    """The cubic through values and derivatives at ``times``, evaluated at ``at``.
+
+    On each gap ``[t_i, t_{i+1}]`` of length ``h``, with ``s = (t - t_i) / h``::
+
+        y(t) = (2s^3 - 3s^2 + 1) y_i + (s^3 - 2s^2 + s) h y'_i
+             + (3s^2 - 2s^3) y_{i+1} + (s^3 - s^2) h y'_{i+1}
+
+    It equals the values at ``times`` exactly; with the solution of an ODE and its
+    right-hand side as ``values`` and ``derivatives`` it is a solver's dense output.
+
+    Args:
+        times: strictly increasing ``(n,)``, ``n >= 2``.
+        values: ``(n, ...)``.
+        derivatives: ``(n, ...)``, the time derivative of ``values``.
+        at: times in ``[times[0], times[-1]]`` ``(points,)``.
+
+    Returns:
+        ``(points, ...)``.
+    """
+    if values.shape[0] != times.shape[0] or derivatives.shape != values.shape:
+        raise ValueError(f"values and derivatives: expected shape ({times.shape[0]}, ...) each, "
+                         f"got {tuple(values.shape)} and {tuple(derivatives.shape)}")
+    gap = torch.searchsorted(times, at, right=True).sub(1).clamp(0, times.shape[0] - 2)
+    start, width = times[gap], times[gap + 1] - times[gap]
+    s = ((at - start) / width).reshape(-1, *([1] * (values.dim() - 1)))
+    width = width.reshape(s.shape)
+    s2, s3 = s * s, s * s * s
+    return ((2 * s3 - 3 * s2 + 1) * values[gap] + (s3 - 2 * s2 + s) * width * derivatives[gap]
+            + (3 * s2 - 2 * s3) * values[gap + 1] + (s3 - s2) * width * derivatives[gap + 1])
+
+
+def observed_points(x: Tensor, time_channel: bool = True) -> Tensor:
+    """Which time points carry data: ``(batch, time, channels) -> (batch, time)`` booleans.
+
+    A time point is observed when at least one data channel holds a value there.
+
+    Args:
+        x: observations, NaN where missing.
+        time_channel: channel 0 is the observation time (as :func:`fwplab.load_dataset`
+            puts it): it is present at every time point and does not count.
+    """
+    data = x[..., 1:] if time_channel else x
+    if data.shape[-1] == 0:
+        raise ValueError("x: expected at least one data channel besides the time channel, "
+                         f"got shape {tuple(x.shape)}")
+    return ~torch.isnan(data).all(-1)
+
+
+def drop_data_points(x: Tensor, lengths: Tensor, missing_rate: float, seed: int = 0,
+                     time_channel: bool = True) -> Tensor:
+    """A copy of ``x`` with a seeded random fraction of each series' observations dropped.
+
+    The data channels of the dropped time points become NaN
+    (:func:`fwplab.data.drop_observations`, at least two observations are kept);
+    the time channel stays, so the model still steps through those times.
+
+    Args:
+        x: observations ``(batch, time, channels)``, NaN where missing.
+        lengths: time points of each series ``(batch,)``.
+        missing_rate: fraction in ``[0, 1)`` of each series' observations to drop.
+        seed: seeds the draw.
+        time_channel: channel 0 is the observation time and is never dropped.
+
+    Returns:
+        ``(batch, time, channels)`` on ``x``'s device.
+    """
+    observed_points(x, time_channel)  # checks that there is a data channel
+    first = 1 if time_channel else 0
+    generator = torch.Generator().manual_seed(seed)
+    dropped = drop_observations(x[..., first:], lengths, missing_rate, generator)
+    return torch.cat([x[..., :first], dropped], -1)
+
+
+def _check_series(series: int, batch: int) -> None:
+    if isinstance(series, bool) or not isinstance(series, int) or not 0 <= series < batch:
+        raise ValueError(f"series: expected an index in [0, {batch - 1}], got {series!r}")
+
+
+def _check_model(model: ContinuousFWP) -> None:
+    if not isinstance(model, ContinuousFWP):
+        raise TypeError(f"model: expected a ContinuousFWP, got {type(model).__name__}")
+    if model.layout == "keys_from_path":
+        raise ValueError("model: expected an ODE model or a CDE model with keys from dX/dt "
+                         "(layout 'keys_from_derivative', as delta_cde), got layout "
+                         "'keys_from_path'")
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def cut_predictions(
+    model: ContinuousFWP,
+    x: Tensor,
+    times: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
+    series: int = 0,
+) -> Tensor:
+    """Class probabilities of one series cut after each of its time points (no gradients).
+
+    Row ``i`` is what ``model`` predicts for the series ``x_0 .. x_i`` alone, the
+    same as ``model(x[series:series + 1, :i + 1], times[:i + 1])``; all cuts run as
+    one batch with ``lengths = 2 .. n``. A cut series is interpolated on its own
+    observations, so no cut sees the observations after it.
+
+    Args:
+        model: a continuous FWP (dropout is off in the computation).
+        x: observations ``(batch, time, channels)`` as for ``model.forward``.
+        times: shared time points ``(time,)``; default ``0 .. time - 1``.
+        lengths: time points per series ``(batch,)``; default all ``time``.
+        series: which series of the batch.
+
+    Returns:
+        ``(n, classes)`` on the model's device, ``n = lengths[series]``; row 0 is NaN
+        (a path needs two time points).
+    """
+    batch = check_observations(x, times, lengths, model.input_channels)
+    _check_series(series, batch.x.shape[0])
+    length = int(batch.lengths[series])
+    device = _model_device(model)
+    prefixes = batch.x[series, :length].to(device).expand(length - 1, -1, -1)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(prefixes, batch.times[:length].to(device),
+                           torch.arange(2, length + 1, device=device))
+    finally:
+        model.train(was_training)
+    probabilities = torch.softmax(logits, -1)
+    return torch.cat([torch.full_like(probabilities[:1], float("nan")), probabilities])
+
+
 def fast_weight_trace(
     model: ContinuousFWP,
     x: Tensor,
@@ -152,75 +357,96 @@ def fast_weight_trace(
     lengths: Optional[Tensor] = None,
     series: int = 0,
     rule: Optional[str] = None,
+    points_per_step: int = POINTS_PER_STEP,
+    time_channel: bool = True,
 ) -> FastWeightTrace:
     """Compute what the explorer shows for one series of a batch (no gradients).
 
-    The series is cut at its own end (``lengths[series]`` observations) and solved
-    alone, exactly as ``model`` would solve it.
+    The series is cut at its own end (``lengths[series]`` time points) and solved
+    alone, exactly as ``model`` would solve it, on the solver's own grid
+    (:func:`fwplab.paths.integration_grid`); ``W`` between the grid points is the
+    solver's cubic dense output (:func:`hermite_dense_output`).
+
+    The explorer shows ODE models and CDE models whose keys and rates come from
+    ``dX/dt`` (``delta_cde``'s layout; :func:`with_rule` keeps it when it swaps the
+    rule); the official ``hebb_cde``/``oja_cde`` layout (keys from the path, values
+    from ``dX/dt``, read-out ``W^T q``) is refused with a clear error.
 
     Args:
         model: a continuous FWP (not modified; dropout is off in the computation).
-        x: observations ``(batch, time, channels)`` as for ``model.forward``.
-        times: shared observation times ``(time,)``; default ``0 .. time - 1``.
-        lengths: observations per series ``(batch,)``; default all ``time``.
+        x: observations ``(batch, time, channels)`` as for ``model.forward``; moved
+            to the model's device.
+        times: shared time points ``(time,)``; default ``0 .. time - 1``.
+        lengths: time points per series ``(batch,)``; default all ``time``.
         series: which series of the batch, ``0 <= series < batch``.
         rule: learning rule to run instead of the model's own (see :func:`with_rule`);
             ``None`` keeps the model's.
+        points_per_step: dense-grid points per solver step (:func:`dense_grid`).
+        time_channel: channel 0 of ``x`` is the time (see :func:`observed_points`).
 
     Returns:
-        :class:`FastWeightTrace` on ``x``'s device.
+        :class:`FastWeightTrace` on the model's device.
     """
-    if not isinstance(model, ContinuousFWP):
-        raise TypeError(f"model: expected a ContinuousFWP, got {type(model).__name__}")
+    _check_model(model)
     rule = model.rule if rule is None else rule
     model = with_rule(model, rule)
     batch = check_observations(x, times, lengths, model.input_channels)
-    if isinstance(series, bool) or not isinstance(series, int) or not (
-        0 <= series < batch.x.shape[0]
-    ):
-        raise ValueError(
-            f"series: expected an index in [0, {batch.x.shape[0] - 1}], got {series!r}"
-        )
+    _check_series(series, batch.x.shape[0])
+    device = _model_device(model)
     length = int(batch.lengths[series])
-    observations = batch.x[series : series + 1, :length]
-    own_times = batch.times[:length]
+    observations = batch.x[series : series + 1, :length].to(device)
+    own_times = batch.times[:length].to(device)
+    observed = observed_points(observations[0], time_channel)
+    rule_function = get_rule(rule)
+    # The solver's own grid; a fixed step makes the solve on it the model's own solve.
+    model.step_size = model.step_size or float((own_times[1:] - own_times[:-1]).min())
+    solver_grid = integration_grid(own_times, model.step_size)
+    grid, _ = dense_grid(solver_grid, points_per_step)
+    series_index = torch.searchsorted(grid, own_times)
+
+    def controls(at: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        derivative = path.derivative(at) if model.driver == "cde" else None
+        key, value, rate = model.slow_net(path.evaluate(at), derivative)
+        return key[0], value[0], rate[0]
+
     with torch.no_grad():
         coeffs = interpolation_coeffs(observations, own_times, interpolation=model.interpolation)
         path = control_path(coeffs, own_times, model.interpolation)
-        weights = model.fast_weight_trajectory(observations, own_times, coeffs=coeffs)
-        derivative = path.derivative(own_times) if model.driver == "cde" else None
-        key, value, rate = model.slow_net(path.evaluate(own_times), derivative)
-        updates = get_rule(rule)(weights[0], key[0], value[0], rate[0], post_tanh=model.post_tanh)
-        queries = model._query(path, own_times)  # (1, time, heads, d)
-        probabilities = torch.softmax(model._read_out(weights, queries), -1)
-        weights = weights[0]
-        query = queries[0, -1]
+        at_steps = model._fast_weights(path, solver_grid)[:, 0]
+        slopes = rule_function(at_steps, *controls(solver_grid), post_tanh=model.post_tanh)
+        weights = hermite_dense_output(solver_grid, at_steps, slopes, grid)
+        key, value, rate = controls(grid)
+        updates = rule_function(weights, key, value, rate, post_tanh=model.post_tanh)
+        query = model._query(path, own_times[-1:])[0, 0]  # (heads, d)
         readouts = torch.matmul(weights, query.unsqueeze(-1)).squeeze(-1)
         return FastWeightTrace(
             rule=rule,
             series=series,
-            times=own_times,
+            times=grid,
+            series_times=own_times,
+            series_index=series_index,
+            observed=observed,
             weights=weights,
-            keys=torch.softmax(key[0], -1),
-            values=torch.tanh(value[0]),
-            rates=torch.sigmoid(rate[0, ..., 0]),
+            keys=torch.softmax(key, -1),
+            values=torch.tanh(value),
+            rates=torch.sigmoid(rate[..., 0]),
             updates=updates,
             query=query,
             readouts=readouts,
             norms=torch.linalg.matrix_norm(weights),
             singular_values=torch.linalg.svdvals(weights),
-            probabilities=probabilities[0],
+            probabilities=cut_predictions(model, observations, own_times),
         )
 
 
 def time_index(times: Tensor, t: float) -> int:
-    """Index of the last observation at or before time ``t`` (what a slider at ``t`` shows).
+    """Index of the last time at or before ``t`` (what a slider at ``t`` shows).
 
-    Times before the first observation give 0, times after the last give the last
-    index; a ``t`` that misses an observation time by float round-off still selects it.
+    Times before the first give 0, times after the last give the last index; a
+    ``t`` that misses a time of ``times`` by float round-off still selects it.
 
     Args:
-        times: strictly increasing observation times ``(time,)``.
+        times: strictly increasing times ``(time,)``.
         t: the slider's time.
 
     Returns:
@@ -233,13 +459,14 @@ def time_index(times: Tensor, t: float) -> int:
 
 
 def stored_pair_error(trace: FastWeightTrace) -> Tensor:
-    """How well the final fast weight recalls every pair written along the series, per head.
+    """How well the final fast weight recalls the pair written at every time point, per head.
 
     ```
     error_h = sum_i |W_h(T) k_h(t_i) - v_h(t_i)|^2 / sum_i |v_h(t_i)|^2
     ```
 
-    (:func:`fwplab.discrete.retrieval_error`): 0 is perfect recall, 1 is the empty memory.
+    over the series' time points ``t_i`` (:func:`fwplab.discrete.retrieval_error`):
+    0 is perfect recall, 1 is the empty memory.
 
     Args:
         trace: from :func:`fast_weight_trace`.
@@ -247,9 +474,9 @@ def stored_pair_error(trace: FastWeightTrace) -> Tensor:
     Returns:
         ``(heads,)``.
     """
-    return retrieval_error(
-        trace.weights[-1], trace.keys.transpose(0, 1), trace.values.transpose(0, 1)
-    )
+    at = trace.series_index
+    return retrieval_error(trace.weights[-1], trace.keys[at].transpose(0, 1),
+                           trace.values[at].transpose(0, 1))
 
 
 def recall_error_rate(trace: FastWeightTrace) -> Tensor:
@@ -271,7 +498,7 @@ def recall_error_rate(trace: FastWeightTrace) -> Tensor:
         trace: from :func:`fast_weight_trace`.
 
     Returns:
-        ``(time, heads)``.
+        ``(points, heads)``, at every time of the dense grid.
     """
     error = trace.values - torch.matmul(trace.weights, trace.keys.unsqueeze(-1)).squeeze(-1)
     written = torch.matmul(trace.updates, trace.keys.unsqueeze(-1)).squeeze(-1)
@@ -289,10 +516,13 @@ class FastWeightFigure:
 
     Top row at the shown time ``t``: the heatmap of ``W(t)``, the key, the value and the
     rate written at ``t``, and the read-out ``W(t) q(T)``. Bottom row over the whole
-    series: ``||W(t)||_F`` and the singular values, with a marker at ``t``.
-    :meth:`select` (new trace or head) rebuilds the artists; :meth:`show` (new time)
-    only changes their data. Colour and axis ranges are fixed per selection, so
-    frames at different times compare directly.
+    series: ``||W(t)||_F`` and the singular values on the dense grid, the series'
+    observed time points marked (filled dots; hollow where the data was dropped),
+    with a marker at ``t``. The title line names the prediction of the series cut
+    at the last time point at or before ``t``. :meth:`select` (new trace or head)
+    rebuilds the artists; :meth:`show` (new time) only changes their data. Colour
+    and axis ranges are fixed per selection, so frames at different times compare
+    directly. Tensors may be on any device; they are copied to the CPU to draw.
 
     Args:
         trace: from :func:`fast_weight_trace`.
@@ -330,7 +560,8 @@ class FastWeightFigure:
     def select(self, trace: FastWeightTrace, head: int) -> None:
         """Show ``head`` of ``trace`` (at the last shown time, clamped to the series)."""
         _check_head(trace, head)
-        self.trace, self.head = trace, head
+        self.trace, self.head = trace.to("cpu"), head
+        trace = self.trace
         for ax in (self.weight_axes, self.key_axes, self.value_axes, self.rate_axes,
                    self.readout_axes, self.norm_axes, self.singular_axes):
             ax.clear()  # also removes the colour bar, an inset of the heatmap's axes
@@ -359,13 +590,18 @@ class FastWeightFigure:
 
         times = trace.times
         draw_norm_curve(self.norm_axes, times, trace.norms[:, head], label="$\\|W(t)\\|_F$")
+        mark_time_points(self.norm_axes, trace.series_times,
+                         trace.norms[trace.series_index, head], trace.observed)
         draw_singular_value_curves(self.singular_axes, times, trace.singular_values[:, head])
+        mark_time_points(self.singular_axes, trace.series_times,
+                         trace.singular_values[trace.series_index, head, 0], trace.observed)
         self.markers = []
         for ax, curve in ((self.norm_axes, trace.norms[:, head]),
                           (self.singular_axes, trace.singular_values[:, head, 0])):
             line = ax.axvline(float(times[0]), color=MARKER_COLOR, lw=1)
             (dot,) = ax.plot([float(times[0])], [float(curve[0])], "o", color=MARKER_COLOR)
             self.markers.append((line, dot, curve))
+        self.norm_axes.legend(fontsize="small", loc="upper left")
         self.singular_axes.set_title("singular values (largest darkest)", fontsize="medium")
         self.norm_axes.set_title(f"{trace.rule} rule, head {head}: size of the memory",
                                  fontsize="medium")
@@ -395,16 +631,30 @@ class FastWeightFigure:
         for artist in moving:
             artist.set_visible(True)
 
+    def caption(self, index: int) -> str:
+        """The line above the plots at dense-grid time ``index``: time and prediction."""
+        trace = self.trace
+        point = int(torch.searchsorted(trace.series_index, torch.tensor(index), right=True)) - 1
+        t, t_point = float(trace.times[index]), float(trace.series_times[point])
+        state = "observed" if bool(trace.observed[point]) else "dropped"
+        text = (f"t = {t:.2f}; last time point t{point} = {t_point:.2f} ({state}), "
+                f"{point + 1} of {trace.series_times.shape[0]}; ")
+        if point == 0:
+            return text + "a series cut there is too short to predict"
+        probabilities = trace.probabilities[point]
+        best = int(probabilities.argmax())
+        return text + (f"model on the series cut there: {self._class_name(best)} "
+                       f"({float(probabilities[best]):.0%})")
+
     def show(self, index: int) -> Figure:
-        """Move to observation ``index`` (negative counts from the end) and return the figure."""
-        length = self.trace.times.shape[0]
-        if isinstance(index, bool) or not isinstance(index, int) or not -length <= index < length:
-            raise ValueError(f"index: expected an observation index in [0, {length - 1}], "
-                             f"got {index!r}")
-        index %= length
+        """Move to dense-grid time ``index`` (negative counts from the end); return the figure."""
+        points = self.trace.times.shape[0]
+        if isinstance(index, bool) or not isinstance(index, int) or not -points <= index < points:
+            raise ValueError(f"index: expected a time index in [0, {points - 1}], got {index!r}")
+        index %= points
         self.index = index
         trace, head = self.trace, self.head
-        self.image.set_data(trace.weights[index, head].detach().cpu().double().numpy())
+        self.image.set_data(trace.weights[index, head].double().numpy())
         for bars, heights in ((self.key_bars, trace.keys[index, head]),
                               (self.rate_bars, trace.rates[index, head : head + 1])):
             for bar, height in zip(bars, heights.tolist(), strict=True):
@@ -417,12 +667,7 @@ class FastWeightFigure:
         for line, dot, curve in self.markers:
             line.set_xdata([t, t])
             dot.set_data([t], [float(curve[index])])
-        probabilities = trace.probabilities[index]
-        best = int(probabilities.argmax())
-        self.time_text.set_text(
-            f"t = {t:.2f} (observation {index + 1} of {length}); prediction if the series "
-            f"ended here: {self._class_name(best)} ({float(probabilities[best]):.0%})"
-        )
+        self.time_text.set_text(self.caption(index))
         return self.figure
 
     def png(self) -> bytes:
@@ -450,12 +695,12 @@ def draw_fast_weights(
     index: int = -1,
     class_names: Optional[Sequence[str]] = None,
 ) -> Figure:
-    """Draw ``head`` of ``trace`` at observation ``index``: the explorer's figure, once.
+    """Draw ``head`` of ``trace`` at dense-grid time ``index``: the explorer's figure, once.
 
     Args:
         trace: from :func:`fast_weight_trace`.
         head: which head.
-        index: observation index; negative counts from the end.
+        index: index into ``trace.times``; negative counts from the end.
         class_names: names of the classes; default the class indices.
 
     Returns:
@@ -465,25 +710,31 @@ def draw_fast_weights(
 
 
 class FastWeightExplorer:
-    """Time slider and selectors for series, head and rule over :class:`FastWeightFigure`.
+    """Time slider and selectors for series, head, rule and dropped data over the figure.
 
-    Each (series, rule) trace is computed once by :func:`fast_weight_trace` and kept in
-    :attr:`traces`; moving the time slider only updates the figure's artists and sends
-    a new image. The slider is in the series' own time units, one step per smallest
-    gap between observations, and shows ``W`` at the last observation at or before
-    its value (:func:`time_index`). Display the explorer in a notebook as it is, or
-    its :attr:`widget`.
+    Each (series, rule, missing rate) trace is computed once by
+    :func:`fast_weight_trace` (on the model's device) and kept on the CPU in
+    :attr:`traces`; moving the time slider only updates the figure's artists and
+    sends a new image. The slider runs over the dense grid in the series' own time
+    units and shows the last grid time at or before its value (:func:`time_index`).
+    The missing-rate selector drops a seeded random fraction of every series'
+    observations (:func:`drop_data_points`) and shows the model on what is left.
+    Display the explorer in a notebook as it is, or its :attr:`widget`.
 
     Args:
-        model: a continuous FWP (not modified).
+        model: a continuous FWP (not modified), on any device.
         x: observations ``(batch, time, channels)`` as for ``model.forward``.
-        times: shared observation times ``(time,)``; default ``0 .. time - 1``.
-        lengths: observations per series ``(batch,)``; default all ``time``.
+        times: shared time points ``(time,)``; default ``0 .. time - 1``.
+        lengths: time points per series ``(batch,)``; default all ``time``.
         labels: class of each series ``(batch,)``, shown in the series selector.
         class_names: names of the classes; default the class indices.
         series: the series shown first.
         head: the head shown first.
         max_series: how many series (the first ones of ``x``) the selector offers.
+        missing_rates: the fractions of observations the missing-rate selector offers.
+        seed: seeds the dropping.
+        time_channel: channel 0 of ``x`` is the time: never dropped.
+        points_per_step: dense-grid points per solver step.
     """
 
     def __init__(
@@ -497,24 +748,34 @@ class FastWeightExplorer:
         series: int = 0,
         head: int = 0,
         max_series: int = 30,
+        missing_rates: Sequence[float] = MISSING_RATES,
+        seed: int = 0,
+        time_channel: bool = True,
+        points_per_step: int = POINTS_PER_STEP,
     ) -> None:
         import ipywidgets as widgets
 
-        if not isinstance(model, ContinuousFWP):
-            raise TypeError(f"model: expected a ContinuousFWP, got {type(model).__name__}")
+        _check_model(model)
         batch = check_observations(x, times, lengths, model.input_channels)
         count = min(batch.x.shape[0], max_series)
         if labels is not None and tuple(labels.shape) != (batch.x.shape[0],):
             raise ValueError(f"labels: expected shape ({batch.x.shape[0]},), "
                              f"got {tuple(labels.shape)}")
-        if not 0 <= series < count:
-            raise ValueError(f"series: expected an index in [0, {count - 1}], got {series!r}")
-        self.model, self.batch, self.class_names = model, batch, class_names
-        self.traces: dict[tuple[int, str], FastWeightTrace] = {}
+        _check_series(series, count)
+        rates = [float(rate) for rate in missing_rates]
+        if not rates or not all(0.0 <= rate < 1.0 for rate in rates):
+            raise ValueError(f"missing_rates: expected fractions in [0, 1), got {list(rates)}")
+        observed_points(batch.x, time_channel)  # checks the channels
+        self.model, self.class_names = model, class_names
+        self.times, self.lengths = batch.times, batch.lengths[:count]
+        self.x = batch.x[:count]
+        self.seed, self.time_channel, self.points_per_step = seed, time_channel, points_per_step
+        self.inputs: dict[float, Tensor] = {}
+        self.traces: dict[tuple[int, str, float], FastWeightTrace] = {}
         self._selecting = False
 
         def series_label(i: int) -> str:
-            text = f"#{i}: {int(batch.lengths[i])} observations"
+            text = f"#{i}: {int(batch.lengths[i])} time points"
             if labels is not None:
                 label = int(labels[i])
                 text += f", class {class_names[label] if class_names is not None else label}"
@@ -530,34 +791,47 @@ class FastWeightExplorer:
         )
         self.rule_selector = widgets.Dropdown(
             options=[(label, rule) for rule, label in RULE_LABELS.items()], value=model.rule,
-            description="rule", layout=widgets.Layout(width="340px"),
+            description="rule", layout=widgets.Layout(width="400px"),
+        )
+        self.missing_selector = widgets.Dropdown(
+            options=[(f"{rate:.0%} dropped", rate) for rate in rates], value=rates[0],
+            description="data", layout=widgets.Layout(width="200px"),
         )
         self.time_slider = widgets.FloatSlider(
             description="time t", continuous_update=False, readout_format=".2f",
             layout=widgets.Layout(width="600px"),
         )
         self.image = widgets.Image(format="png")
-        self.figure = FastWeightFigure(self.trace_for(series, model.rule), head, class_names)
+        self.figure = FastWeightFigure(self.trace_for(series, model.rule, rates[0]), head,
+                                       class_names)
         self._set_time_range()
         self.image.value = self.figure.png()
 
-        self.series_selector.observe(self._change_selection, names="value")
-        self.rule_selector.observe(self._change_selection, names="value")
-        self.head_selector.observe(self._change_selection, names="value")
+        for selector in (self.series_selector, self.rule_selector, self.head_selector,
+                         self.missing_selector):
+            selector.observe(self._change_selection, names="value")
         self.time_slider.observe(self._change_time, names="value")
         self.widget: ipywidgets.VBox = widgets.VBox([
             widgets.HBox([self.series_selector, self.head_selector, self.rule_selector]),
-            self.time_slider,
+            widgets.HBox([self.time_slider, self.missing_selector]),
             self.image,
         ])
 
-    def trace_for(self, series: int, rule: str) -> FastWeightTrace:
-        """The trace of ``series`` under ``rule``, computed on first use and cached."""
-        key = (series, rule)
+    def inputs_for(self, missing_rate: float) -> Tensor:
+        """The offered series with ``missing_rate`` of their observations dropped (cached)."""
+        if missing_rate not in self.inputs:
+            self.inputs[missing_rate] = drop_data_points(
+                self.x, self.lengths, missing_rate, self.seed, self.time_channel)
+        return self.inputs[missing_rate]
+
+    def trace_for(self, series: int, rule: str, missing_rate: float = 0.0) -> FastWeightTrace:
+        """The trace of ``series`` under ``rule`` and ``missing_rate``, computed once (CPU)."""
+        key = (series, rule, missing_rate)
         if key not in self.traces:
             self.traces[key] = fast_weight_trace(
-                self.model, self.batch.x, self.batch.times, self.batch.lengths, series, rule
-            )
+                self.model, self.inputs_for(missing_rate), self.times, self.lengths, series,
+                rule, self.points_per_step, self.time_channel,
+            ).to("cpu")
         return self.traces[key]
 
     @property
@@ -566,7 +840,7 @@ class FastWeightExplorer:
         return self.figure.trace
 
     def _set_time_range(self) -> None:
-        """Fit the slider to the shown series, keeping the shown observation where it exists."""
+        """Fit the slider to the shown series, keeping the shown time where it exists."""
         times = self.trace.times
         step = float((times[1:] - times[:-1]).min())
         with self.time_slider.hold_trait_notifications():
@@ -576,7 +850,8 @@ class FastWeightExplorer:
             self.time_slider.value = float(times[self.figure.index])
 
     def _change_selection(self, change: dict) -> None:
-        trace = self.trace_for(self.series_selector.value, self.rule_selector.value)
+        trace = self.trace_for(self.series_selector.value, self.rule_selector.value,
+                               self.missing_selector.value)
         self.figure.select(trace, self.head_selector.value)
         self._selecting = True
         try:

@@ -28,6 +28,7 @@ __all__ = [
     "draw_weight_snapshots",
     "draw_norm_curve",
     "draw_singular_value_curves",
+    "mark_time_points",
     "draw_control_path",
     "draw_parameter_scaling",
     "draw_learning_curves",
@@ -159,6 +160,32 @@ def draw_singular_value_curves(
         lines.append(line)
     ax.set_xlabel("time t")
     ax.set_ylabel("singular values of W(t)")
+    return lines
+
+
+def mark_time_points(ax: Axes, times: Tensor, heights: Tensor, observed: Tensor) -> list[Line2D]:
+    """Mark a series' time points on a curve: filled where observed, hollow where dropped.
+
+    Args:
+        ax: the axes holding the curve.
+        times: the time points ``(n,)``.
+        heights: the curve's value at each time point ``(n,)``.
+        observed: ``(n,)`` booleans, True where the time point carries data.
+
+    Returns:
+        The markers: one line of observed points, then one of dropped points if any
+        (labelled "observed" and "dropped" for a legend).
+    """
+    if not times.shape == heights.shape == observed.shape or times.dim() != 1:
+        raise ValueError(f"times, heights, observed: expected three equal shapes (n,), got "
+                         f"{tuple(times.shape)}, {tuple(heights.shape)}, {tuple(observed.shape)}")
+    x, y, kept = _numpy(times), _numpy(heights), observed.detach().cpu().numpy().astype(bool)
+    (marks,) = ax.plot(x[kept], y[kept], "o", color="k", ms=3.5, label="observed")
+    lines = [marks]
+    if not kept.all():
+        (dropped,) = ax.plot(x[~kept], y[~kept], "o", mfc="none", mec="0.45", ms=4.5,
+                             label="dropped")
+        lines.append(dropped)
     return lines
 
 
