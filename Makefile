@@ -8,7 +8,7 @@ TOKEN ?= $(shell $(PYTHON) -c "import secrets; print(secrets.token_hex(16))")
 # JupyterLab refuses to run as root (containers, cloud notebooks, CI) without this flag.
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: lab test book lint clean
+.PHONY: lab test book gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(STAMP)
 book: $(STAMP)
 	$(BIN)/sphinx-build -W --keep-going -q -b html -c book . build/book
 	@echo "The book: build/book/index.html"
+
+# On a machine with a CUDA GPU: CUDA tests, CPU/GPU parity, batch-1024 timings and one
+# training epoch, in one JSON report (build/gpu_check.json). CI runs its CPU dry run.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check fwplab tests benchmarks
