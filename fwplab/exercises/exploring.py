@@ -1,0 +1,167 @@
+"""Exercises of notebook 5, "Exploring fast weights"."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..models import ContinuousFWP, build_model
+from ..widgets.explorer import cut_predictions, fast_weight_trace
+from . import exercise
+
+#: Tolerance of the probability comparisons (float32 models).
+PROBABILITY_TOLERANCE = 1e-5
+#: Relative tolerance of the float64 comparisons.
+TOLERANCE = 1e-9
+#: Cut points checked by the judge of "05.cut-prediction".
+CUT_POINTS = (1, 3, 6)
+#: Singular values below this fraction of the largest count as zero.
+RANK_TOLERANCE = 1e-5
+#: Channels, classes, hidden size and heads of the judges' small random delta_cde.
+CHANNELS, CLASSES, HIDDEN, HEADS = 3, 4, 16, 2
+
+
+def _small_model(seed: int = 0) -> ContinuousFWP:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model("delta_cde", CHANNELS, CLASSES, hidden_channels=HIDDEN,
+                            num_heads=HEADS)
+    return model.eval()
+
+
+def _series(seed: int = 0) -> Tensor:
+    """One series ``(1, 8, CHANNELS)``: a time channel and two random channels."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 8, CHANNELS, generator=generator)
+    x[..., 0] = torch.arange(8.0)
+    return x
+
+
+# ------------------------------------------------------------------ 05.cut-prediction
+def _cut_solution(model: ContinuousFWP, x: Tensor, i: int) -> Tensor:
+    with torch.no_grad():
+        return torch.softmax(model(x[:, : i + 1]), -1)[0]
+
+
+def _wrong_cuts() -> list[Callable]:
+    def streamed(model, x, i):
+        with torch.no_grad():
+            return torch.softmax(model(x, stream=True), -1)[0, i]
+
+    def one_too_short(model, x, i):
+        return _cut_solution(model, x, i - 1) if i > 1 else _cut_solution(model, x, i)
+
+    def whole_series(model, x, i):
+        with torch.no_grad():
+            return torch.softmax(model(x), -1)[0]
+
+    return [streamed, one_too_short, whole_series]
+
+
+@exercise(
+    "05.cut-prediction",
+    "Write cut(model, x, i) returning the class probabilities (shape (classes,)) that model "
+    "gives for the single series x (shape (1, time, channels)) cut after its time point i, "
+    "as if the observations after t_i had never arrived (1 <= i < time).",
+    solution=lambda: _cut_solution,
+    wrong_answers=_wrong_cuts,
+)
+def _judge_cut(answer: Any) -> Optional[str]:
+    if not callable(answer):
+        return f"expected a function cut(model, x, i), got {type(answer).__name__}"
+    model, x = _small_model(), _series()
+    expected = cut_predictions(model, x)
+    with torch.no_grad():
+        streamed = torch.softmax(model(x, stream=True), -1)[0]
+    for i in CUT_POINTS:
+        probabilities = torch.as_tensor(answer(model, x, i), dtype=expected.dtype).detach()
+        if probabilities.shape != expected[i].shape:
+            return (f"expected probabilities of shape {tuple(expected[i].shape)}, "
+                    f"got {tuple(probabilities.shape)}")
+        if (probabilities - expected[i]).abs().max() <= PROBABILITY_TOLERANCE:
+            continue
+        if (probabilities - streamed[i]).abs().max() <= PROBABILITY_TOLERANCE:
+            return ("this is the streamed read-out of the whole series at t_i; its natural "
+                    "cubic path before t_i already depends on later observations: run the "
+                    "model on the cut series itself")
+        if (probabilities - expected[i - 1]).abs().max() <= PROBABILITY_TOLERANCE:
+            return "the cut series should keep time point i too: i + 1 time points in all"
+        return f"at i = {i} the probabilities differ from the model's on the cut series"
+    return None
+
+
+# -------------------------------------------------------------- 05.delta-recall-rate
+def _recall_rate_solution(W: Tensor, k: Tensor, v: Tensor, beta: float) -> Tensor:
+    error = v - W @ k
+    return -2 * beta * (k @ k) * (error @ error)
+
+
+def _wrong_recall_rates() -> list[Callable]:
+    def hebb(W, k, v, beta):
+        return -2 * beta * (k @ k) * ((v - W @ k) @ v)
+
+    def no_two(W, k, v, beta):
+        return _recall_rate_solution(W, k, v, beta) / 2
+
+    def no_key_norm(W, k, v, beta):
+        return _recall_rate_solution(W, k, v, beta) / (k @ k)
+
+    def growing(W, k, v, beta):
+        return -_recall_rate_solution(W, k, v, beta)
+
+    return [hebb, no_two, no_key_norm, growing]
+
+
+@exercise(
+    "05.delta-recall-rate",
+    "Write rate(W, k, v, beta) returning d/dt |v - W k|^2 while W follows the delta rule "
+    "dW/dt = beta (v - W k) k^T, with the key k, the value v (shape (d,)) and the rate beta "
+    "(a number) held fixed; W has shape (d, d).",
+    solution=lambda: _recall_rate_solution,
+    wrong_answers=_wrong_recall_rates,
+)
+def _judge_recall_rate(answer: Any) -> Optional[str]:
+    if not callable(answer):
+        return f"expected a function rate(W, k, v, beta), got {type(answer).__name__}"
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(4):
+        W = torch.randn(6, 6, dtype=torch.float64, generator=generator)
+        k = torch.softmax(torch.randn(6, dtype=torch.float64, generator=generator), -1)
+        v = torch.tanh(torch.randn(6, dtype=torch.float64, generator=generator))
+        beta = float(torch.rand((), dtype=torch.float64, generator=generator))
+        expected = _recall_rate_solution(W, k, v, beta)
+        value = torch.as_tensor(answer(W, k, v, beta), dtype=torch.float64)
+        if value.numel() != 1:
+            return f"expected one number, got shape {tuple(value.shape)}"
+        if abs(float(value) - float(expected)) > TOLERANCE * (1 + abs(float(expected))):
+            if float(value) * float(expected) < 0:
+                return "the sign is off: the delta rule's write never makes this error grow"
+            return ("differentiate |e|^2 with e = v - W k: d/dt |e|^2 = 2 e . de/dt and "
+                    "de/dt = -(dW/dt) k; then put in the rule")
+    return None
+
+
+# ---------------------------------------------------------------- 05.first-write-rank
+def _first_write_rank() -> int:
+    """The rank of W(t0), measured on a random delta_cde."""
+    trace = fast_weight_trace(_small_model(1), _series(1))
+    singular = trace.singular_values[0]  # (heads, d)
+    return int((singular > RANK_TOLERANCE * singular[:, :1]).sum(-1).max())
+
+
+@exercise(
+    "05.first-write-rank",
+    "How many nonzero singular values does one head's first fast weight W(t0) have, in the "
+    "notebook's delta_cde with 8 x 8 fast weights? Answer with a whole number.",
+    solution=lambda: 1,
+    wrong_answers=lambda: [8, 0, 2],
+)
+def _judge_first_write_rank(answer: Any) -> Optional[str]:
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        return f"expected a whole number, got {type(answer).__name__}"
+    if answer != _first_write_rank():
+        return ("W(t0) is a single write, rate times value times key^T: how many independent "
+                "directions does an outer product of two vectors have?")
+    return None
