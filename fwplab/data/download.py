@@ -11,8 +11,12 @@ the file unless the user accepts it explicitly: ``allow_unverified=True`` or the
 environment variable ``FWPLAB_ALLOW_UNVERIFIED=1``; it then warns with the file's
 SHA-256 so it can be recorded.
 
-Extraction refuses members with absolute paths, ``..`` components, links that point
-outside the target and special files, and checks every member before writing any.
+Extraction (:func:`safe_extract`) refuses members with absolute paths, ``..``
+components, links that lead outside the target (checked on the file system, so a chain
+of links cannot escape), hard links to anything but a file extracted before them,
+special files, and archives that expand past :data:`MAX_EXTRACTED_BYTES` or more than
+:data:`MAX_COMPRESSION_RATIO`-fold; it writes into a temporary folder that becomes the
+target only when complete, so a refused archive leaves nothing behind.
 
 To download by hand, put the archive into ``<cache>/<name>/`` (it is then checked
 like a download), or extract it anywhere and pass that folder as ``root=`` to
@@ -55,6 +59,14 @@ ENV_DATA_DIR = "FWPLAB_DATA"
 ENV_ALLOW_UNVERIFIED = "FWPLAB_ALLOW_UNVERIFIED"
 CHUNK_BYTES = 1 << 20
 COMPLETE_MARKER = ".fwplab-complete"
+#: Most bytes one archive may extract to (the largest dataset, Speech Commands, is ~3.8 GB).
+MAX_EXTRACTED_BYTES = 20 * 1024**3
+#: Most an archive may expand relative to its own size (deflate of real data stays far below;
+#: a decompression bomb is near 1000); checked once it extracts past MIN_RATIO_CHECK_BYTES.
+MAX_COMPRESSION_RATIO = 100
+MIN_RATIO_CHECK_BYTES = 1 << 20
+#: Longest symbolic-link text read from a zip member.
+MAX_LINK_BYTES = 4096
 
 PathLike = Union[str, Path]
 
@@ -195,11 +207,17 @@ def _relative_member(archive: Path, name: str) -> PurePosixPath:
         raise _unsafe(archive, name, "absolute path")
     if ".." in pure.parts:
         raise _unsafe(archive, name, "'..' in its path")
+    if not pure.parts or pure == PurePosixPath("."):
+        raise _unsafe(archive, name, "empty path")
     return pure
 
 
 def _check_link(archive: Path, name: str, link: str, relative_to_member: bool) -> PurePosixPath:
-    """The link's target inside the extraction folder; a target outside it is refused."""
+    """The link's target as text inside the extraction folder; a target outside it is refused.
+
+    This is the first, textual check; :func:`safe_extract` checks again against the
+    folder as extracted so far, where earlier links take part.
+    """
     if PurePosixPath(link).is_absolute() or PureWindowsPath(link).drive:
         raise _unsafe(archive, name, f"link to absolute path {link!r}")
     base = PurePosixPath(name).parent if relative_to_member else PurePosixPath()
@@ -209,53 +227,167 @@ def _check_link(archive: Path, name: str, link: str, relative_to_member: bool) -
     return PurePosixPath(resolved)
 
 
-def _zip_entries(archive: Path, handle: zipfile.ZipFile) -> list[tuple[str, str, object]]:
-    """(kind, name, payload) for every zip member: kind is 'dir', 'file' or 'symlink'."""
+@dataclass
+class _Entry:
+    """One archive member: kind is 'dir', 'file', 'symlink' or 'hardlink'."""
+
+    kind: str
+    name: str
+    path: PurePosixPath
+    size: int = 0
+    link: str = ""
+    payload: object = None
+
+
+def _zip_entries(archive: Path, handle: zipfile.ZipFile) -> list[_Entry]:
     entries = []
     for info in handle.infolist():
-        _relative_member(archive, info.filename)
+        path = _relative_member(archive, info.filename)
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
-            link = handle.read(info).decode("utf-8")
+            if info.file_size > MAX_LINK_BYTES:
+                raise _unsafe(archive, info.filename, f"link text of {info.file_size} bytes")
+            link = handle.read(info).decode("utf-8", errors="replace")
             _check_link(archive, info.filename, link, relative_to_member=True)
-            entries.append(("symlink", info.filename, link))
+            entries.append(_Entry("symlink", info.filename, path, link=link))
         elif info.is_dir():
-            entries.append(("dir", info.filename, None))
+            entries.append(_Entry("dir", info.filename, path))
+        elif stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+            raise _unsafe(archive, info.filename, "device, fifo or other special file")
         else:
-            entries.append(("file", info.filename, info))
+            entries.append(_Entry("file", info.filename, path, info.file_size, payload=info))
     return entries
 
 
-def _tar_entries(archive: Path, handle: tarfile.TarFile) -> list[tuple[str, str, object]]:
-    """(kind, name, payload) for every tar member; kind adds 'hardlink'."""
+def _tar_entries(archive: Path, handle: tarfile.TarFile) -> list[_Entry]:
     entries = []
     for member in handle.getmembers():
-        _relative_member(archive, member.name)
+        path = _relative_member(archive, member.name)
         if member.issym():
             _check_link(archive, member.name, member.linkname, relative_to_member=True)
-            entries.append(("symlink", member.name, member.linkname))
+            entries.append(_Entry("symlink", member.name, path, link=member.linkname))
         elif member.islnk():
             target = _check_link(archive, member.name, member.linkname, relative_to_member=False)
-            entries.append(("hardlink", member.name, target))
+            entries.append(_Entry("hardlink", member.name, path, link=str(target)))
         elif member.isdir():
-            entries.append(("dir", member.name, None))
+            entries.append(_Entry("dir", member.name, path))
         elif member.isfile():
-            entries.append(("file", member.name, member))
+            entries.append(_Entry("file", member.name, path, member.size, payload=member))
         else:
             raise _unsafe(archive, member.name, "device, fifo or other special file")
     return entries
 
 
+def _check_sizes(archive: Path, entries: list[_Entry]) -> None:
+    """Refuse archives that would expand past :data:`MAX_EXTRACTED_BYTES` or too steeply."""
+    total = sum(entry.size for entry in entries)
+    sizes = {entry.path: entry.size for entry in entries if entry.kind == "file"}
+    total += sum(sizes.get(PurePosixPath(entry.link), 0) for entry in entries
+                 if entry.kind == "hardlink")
+    if total > MAX_EXTRACTED_BYTES:
+        raise UnsafeArchiveError(f"{archive}: would extract {total} bytes, more than the limit "
+                                 f"of {MAX_EXTRACTED_BYTES} (fwplab.data.download."
+                                 "MAX_EXTRACTED_BYTES)")
+    packed = max(archive.stat().st_size, 1)
+    if total > MIN_RATIO_CHECK_BYTES and total / packed > MAX_COMPRESSION_RATIO:
+        raise UnsafeArchiveError(f"{archive}: expands {total / packed:.0f}-fold ({packed} to "
+                                 f"{total} bytes), more than the limit of "
+                                 f"{MAX_COMPRESSION_RATIO} (a decompression bomb?)")
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """Whether ``path``, with every link on the way resolved on disk, lies in ``root``."""
+    return Path(os.path.realpath(path)).is_relative_to(root)
+
+
+def _copy_limited(source, destination: Path, budget: list[int], archive: Path,
+                  name: str) -> None:
+    """Copy a member's bytes, counting them against the whole archive's budget."""
+    with source, open(destination, "xb") as output:
+        for chunk in iter(lambda: source.read(CHUNK_BYTES), b""):
+            budget[0] -= len(chunk)
+            if budget[0] < 0:
+                raise UnsafeArchiveError(f"{archive}: member {name!r} holds more bytes than "
+                                         "the archive declares")
+            output.write(chunk)
+
+
+def _extract_into(archive: Path, handle, entries: list[_Entry], staging: Path) -> None:
+    """Write the checked entries into the empty folder ``staging``, checking on disk."""
+    root = Path(os.path.realpath(staging))
+    budget = [sum(entry.size for entry in entries)]
+    extracted_files: set[PurePosixPath] = set()
+    for entry in entries:
+        destination = staging / entry.path
+        if not _inside(root, destination.parent) or not _inside(root, destination):
+            raise _unsafe(archive, entry.name, "it leads outside the extraction folder "
+                          "through a link")
+        if destination.is_symlink():
+            raise _unsafe(archive, entry.name, "it would overwrite a link")
+        if entry.kind == "dir":
+            destination.mkdir(parents=True, exist_ok=True)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if destination.exists():
+            raise _unsafe(archive, entry.name, "a second member of the same name")
+        if entry.kind == "symlink":
+            if not _inside(root, destination.parent / entry.link):
+                raise _unsafe(archive, entry.name, f"link to {entry.link!r} leaves the "
+                              "extraction folder")
+            os.symlink(entry.link, destination)
+        elif entry.kind == "hardlink":
+            source = PurePosixPath(entry.link)
+            if source not in extracted_files:
+                raise _unsafe(archive, entry.name, f"hard link to {entry.link!r}, which is not "
+                              "a file extracted before it")
+            if not _inside(root, staging / source):
+                raise _unsafe(archive, entry.name, f"hard link to {entry.link!r} leaves the "
+                              "extraction folder")
+            shutil.copyfile(staging / source, destination, follow_symlinks=False)
+            extracted_files.add(entry.path)
+        else:
+            source = handle.open(entry.payload) if isinstance(handle, zipfile.ZipFile) else \
+                handle.extractfile(entry.payload)
+            _copy_limited(source, destination, budget, archive, entry.name)
+            extracted_files.add(entry.path)
+    for folder, names, files in os.walk(staging):
+        for name in names + files:
+            path = Path(folder) / name
+            if path.is_symlink() and not _inside(root, path):
+                member = path.relative_to(staging).as_posix()
+                raise _unsafe(archive, member, f"link to {os.readlink(path)!r} leaves the "
+                              "extraction folder once the links after it exist")
+
+
 def safe_extract(archive: PathLike, target: PathLike) -> Path:
     """Extract a zip or tar (plain, gz, bz2, xz) archive into ``target``, safely.
 
-    Every member is checked before anything is written: absolute paths, ``..``
-    components, symbolic or hard links pointing outside ``target`` and special files
-    raise :class:`UnsafeArchiveError`. Links inside ``target`` are kept (hard links
-    as copies).
+    Checks, all raising :class:`UnsafeArchiveError`:
+
+    - before anything is written, on the member list: absolute paths, ``..``
+      components, links whose text points outside, special files (devices, fifos),
+      and size: more than :data:`MAX_EXTRACTED_BYTES` in all, or (past
+      :data:`MIN_RATIO_CHECK_BYTES`) more than :data:`MAX_COMPRESSION_RATIO` times the
+      archive's own size;
+    - while writing, on the real file system: every member's destination and its
+      folders are resolved through the links extracted so far and must stay inside;
+      symbolic links must resolve inside; hard links may only name a file extracted
+      before them (they become copies); no member overwrites another or a link;
+    - at the end: every symbolic link, now that all exist, still resolves inside.
+
+    Everything is written into a temporary folder beside ``target``, renamed to
+    ``target`` only when complete; on any error it is deleted, so nothing is left.
+
+    Args:
+        archive: the zip or tar file.
+        target: a folder that does not exist yet (or is empty).
 
     Returns:
         Path: ``target``.
+
+    Raises:
+        DownloadError: not an archive, or ``target`` holds files;
+            :class:`UnsafeArchiveError` for the checks above.
     """
     archive, target = Path(archive), Path(target)
     if zipfile.is_zipfile(archive):
@@ -264,29 +396,23 @@ def safe_extract(archive: PathLike, target: PathLike) -> Path:
         opener, reader = tarfile.open, _tar_entries
     else:
         raise DownloadError(f"{archive}: not a zip or tar archive")
+    if target.is_symlink() or (target.exists() and (not target.is_dir()
+                                                    or any(target.iterdir()))):
+        raise DownloadError(f"{target}: expected a new or empty folder to extract into, "
+                            "found existing content")
     with opener(archive) as handle:
         entries = reader(archive, handle)
-        target.mkdir(parents=True, exist_ok=True)
-        root = target.resolve()
-        for kind, name, payload in entries:
-            destination = target / _relative_member(archive, name)
-            if kind == "dir":
-                destination.mkdir(parents=True, exist_ok=True)
-                continue
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            if not destination.parent.resolve().is_relative_to(root):
-                raise _unsafe(archive, name, "its folder leads outside the extraction folder")
-            if destination.is_symlink():
-                raise _unsafe(archive, name, "it would overwrite a link")
-            if kind == "symlink":
-                os.symlink(payload, destination)
-            elif kind == "hardlink":
-                shutil.copyfile(target / payload, destination)
-            else:
-                source = handle.open(payload) if isinstance(handle, zipfile.ZipFile) else \
-                    handle.extractfile(payload)
-                with source, open(destination, "wb") as output:
-                    shutil.copyfileobj(source, output, CHUNK_BYTES)
+        _check_sizes(archive, entries)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.",
+                                        suffix=".partial"))
+        try:
+            _extract_into(archive, handle, entries, staging)
+            if target.exists():
+                target.rmdir()
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -314,7 +440,8 @@ def prepare_dataset(
             ``FWPLAB_ALLOW_UNVERIFIED=1``); they are used with a warning giving their sha256.
 
     Returns:
-        Path: ``<cache>/<name>/extracted``.
+        Path: ``<cache>/<name>/extracted`` (a dataset of several archives gets one
+        subfolder per archive, named after it).
 
     Raises:
         DownloadError: unknown name, missing or unverifiable archive, failed download,
@@ -356,8 +483,11 @@ def prepare_dataset(
     staging = folder / "extracted.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        for archive in archives:
-            safe_extract(archive, staging)
+        if len(archives) == 1:
+            safe_extract(archives[0], staging)
+        else:  # several archives: one subfolder each, named after the archive
+            for archive in archives:
+                safe_extract(archive, staging / archive.name)
         (staging / COMPLETE_MARKER).touch()
         shutil.rmtree(extracted, ignore_errors=True)
         staging.rename(extracted)
