@@ -324,7 +324,7 @@ def test_figure_shows_the_chosen_time_and_head(model, batch):
     best = int(trace.probabilities[3].argmax())
     caption = figure.time_text.get_text()
     assert f"t = {float(trace.times[inside]):.2f}; last time point t3 = 1.60 (observed)" in caption
-    assert f"cut there: {['left', 'right'][best]} ({float(trace.probabilities[3, best]):.0%})" \
+    assert f"cut there: class {['left', 'right'][best]} ({float(trace.probabilities[3, best]):.0%})" \
         in caption
     assert "too short to predict" in figure.caption(1)
     assert figure.show(-1) is figure.figure and figure.index == trace.times.shape[0] - 1

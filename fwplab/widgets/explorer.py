@@ -643,7 +643,7 @@ class FastWeightFigure:
             return text + "a series cut there is too short to predict"
         probabilities = trace.probabilities[point]
         best = int(probabilities.argmax())
-        return text + (f"model on the series cut there: {self._class_name(best)} "
+        return text + (f"model on the series cut there: class {self._class_name(best)} "
                        f"({float(probabilities[best]):.0%})")
 
     def show(self, index: int) -> Figure:
