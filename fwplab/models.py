@@ -35,6 +35,7 @@ observation time ``T``, the query computed from the same input as the keys::
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -56,6 +57,7 @@ from .rules.fast_weight import get_rule
 __all__ = [
     "MODELS",
     "SOLVERS",
+    "NonFiniteOutputError",
     "LAYOUTS",
     "ContinuousFWP",
     "NeuralCDE",
@@ -63,6 +65,39 @@ __all__ = [
     "load_official_state_dict",
     "count_parameters",
 ]
+
+
+class NonFiniteOutputError(ValueError):
+    """A forward pass whose logits are not finite; the message gives the inputs' scale."""
+
+
+def _check_step_size(step_size: Optional[float]) -> None:
+    if step_size is not None and (isinstance(step_size, bool)
+                                  or not isinstance(step_size, (int, float))
+                                  or not math.isfinite(step_size) or step_size <= 0):
+        raise ValueError(f"step_size: expected a positive number or None, got {step_size!r}")
+
+
+def _check_input_dtype(module: nn.Module, x: Tensor) -> None:
+    """Refuse inputs whose dtype differs from the model's weights (one line, not torch's)."""
+    weight = next(module.parameters(), None)
+    if weight is not None and x.dtype != weight.dtype:
+        raise ValueError(f"x: the model's weights are {weight.dtype} but x is {x.dtype}; "
+                         f"convert x (x.to({weight.dtype})) or the model (model.to(...))")
+
+
+def _check_finite_output(module: nn.Module, out: Tensor, batch: ObservedBatch) -> Tensor:
+    """Return ``out``, or raise :class:`NonFiniteOutputError` saying what is out of scale."""
+    if bool(torch.isfinite(out).all()):
+        return out
+    if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+        raise NonFiniteOutputError("model: its weights are not finite, so are its logits")
+    largest = float(torch.nan_to_num(batch.x.abs(), nan=0.0).max())
+    gaps = batch.times[1:] - batch.times[:-1]
+    raise NonFiniteOutputError(
+        f"x: the logits are not finite for inputs of magnitude up to {largest:.3g} and "
+        f"observation times {float(gaps.min()):.3g} to {float(gaps.max()):.3g} apart; "
+        "standardise the inputs and rescale the times (fwplab.load_dataset does the former)")
 
 
 #: CDE layouts of :class:`ContinuousFWP` (see its ``layout`` argument).
@@ -325,8 +360,7 @@ class ContinuousFWP(nn.Module):
             raise ValueError(
                 f"checkpoint_every applies to solver 'fast', 'kernel' or 'auto', not {solver!r}"
             )
-        if step_size is not None:
-            integration_grid(torch.tensor([0.0, 1.0]), step_size)  # validates step_size
+        _check_step_size(step_size)
         if interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"interpolation: expected one of {sorted(INTERPOLATIONS)}, got {interpolation!r}"
@@ -518,6 +552,7 @@ class ContinuousFWP(nn.Module):
             the shared grid.
         """
         batch = check_observations(x, times, lengths, self.input_channels)
+        _check_input_dtype(self, batch.x)
         path = self._path(batch, coeffs)
         return self._fast_weights(path, batch.times).movedim(0, 1)
 
@@ -542,17 +577,24 @@ class ContinuousFWP(nn.Module):
 
         Returns:
             ``(batch, classes)``, or ``(batch, time, classes)`` with ``stream``.
+
+        Raises:
+            ValueError: bad inputs (shapes, dtype other than the weights', no series);
+                :class:`NonFiniteOutputError` when the logits are not finite (inputs
+                far out of scale, e.g. values near 1e19 or times 1e9 apart).
         """
         batch = check_observations(x, times, lengths, self.input_channels)
+        _check_input_dtype(self, batch.x)
         path = self._path(batch, coeffs)
         q = self._query(path, batch.times)
         if stream:
             W = self._fast_weights(path, batch.times).movedim(0, 1)  # (batch, time, heads, d, d)
-            return self._read_out(W, q)
+            return _check_finite_output(self, self._read_out(W, q), batch)
         last = batch.lengths - 1
         index = torch.arange(q.shape[0], device=q.device)
         # Only each series' final fast weights: the fast paths then compute no others.
-        return self._read_out(self._fast_weights(path, batch.times, at=last), q[index, last])
+        logits = self._read_out(self._fast_weights(path, batch.times, at=last), q[index, last])
+        return _check_finite_output(self, logits, batch)
 
 
 class _NeuralCDEField(nn.Module):
@@ -608,6 +650,19 @@ class NeuralCDE(nn.Module):
         atol: float = 1e-4,
     ) -> None:
         super().__init__()
+        for name, value in (("input_channels", input_channels), ("output_channels", output_channels),
+                            ("hidden_channels", hidden_channels), ("num_layers", num_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if ff_channels is not None and (isinstance(ff_channels, bool)
+                                        or not isinstance(ff_channels, int) or ff_channels < 1):
+            raise ValueError(f"ff_channels: expected a positive integer or None, got "
+                             f"{ff_channels!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation: expected one of {sorted(INTERPOLATIONS)}, got {interpolation!r}"
+            )
+        _check_step_size(step_size)
         solvers.is_fixed_grid(method)
         self.input_channels = input_channels
         self.output_channels = output_channels
@@ -636,6 +691,7 @@ class NeuralCDE(nn.Module):
     ) -> Tensor:
         """Logits at each series' last observation time; arguments as :meth:`ContinuousFWP.forward`."""
         batch = check_observations(x, times, lengths, self.input_channels)
+        _check_input_dtype(self, batch.x)
         if coeffs is None:
             coeffs = batch_coeffs(batch, self.interpolation)
         else:
@@ -651,9 +707,9 @@ class NeuralCDE(nn.Module):
             method=self.method, options=options, rtol=self.rtol, atol=self.atol,
         )  # (batch, time, hidden)
         if stream:
-            return self.classifier(z)
+            return _check_finite_output(self, self.classifier(z), batch)
         index = torch.arange(z.shape[0], device=z.device)
-        return self.classifier(z[index, batch.lengths - 1])
+        return _check_finite_output(self, self.classifier(z[index, batch.lengths - 1]), batch)
 
 
 #: Model names and the (rule, driver) of each continuous FWP; ``ncde`` is the baseline.
@@ -739,10 +795,17 @@ def load_official_state_dict(model: ContinuousFWP, state_dict: dict[str, Tensor]
     is unused by these models and skipped.
 
     Raises:
-        ValueError: naming every missing, unexpected or mis-shaped parameter.
+        ValueError: a value that is not a tensor, or naming every missing, unexpected or
+            mis-shaped parameter.
     """
     if not isinstance(model, ContinuousFWP):
         raise ValueError(f"model: expected a continuous FWP, got {type(model).__name__}")
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"state_dict: expected a dict of tensors, got {type(state_dict).__name__}")
+    for key, value in state_dict.items():
+        if not isinstance(value, Tensor):
+            raise ValueError(f"state_dict: expected a tensor for {key!r}, got "
+                             f"{type(value).__name__}")
     renamed: dict[str, Tensor] = {}
     unexpected: list[str] = []
     for key, value in state_dict.items():

@@ -33,9 +33,14 @@ __all__ = [
     "check_coeffs",
     "control_path",
     "integration_grid",
+    "MAX_GRID_STEPS",
     "CAUSAL_INTERPOLATIONS",
     "future_dependence",
 ]
+
+#: Most steps a fixed-step solver grid may have: the solver keeps a state per step for
+#: backpropagation, so a tiny step size on a long span would ask for gigabytes.
+MAX_GRID_STEPS = 100_000
 
 
 class _Interpolation(NamedTuple):
@@ -366,6 +371,9 @@ def check_observations(
     if not x.is_floating_point():
         raise ValueError(f"x: expected a floating point tensor, got dtype {x.dtype}")
     batch, length, channels = x.shape
+    if batch == 0:
+        raise ValueError(f"x: expected at least one series, got a batch of 0 (x has shape "
+                         f"{tuple(x.shape)})")
     if input_channels is not None and channels != input_channels:
         raise ValueError(
             f"x: the model expects {input_channels} input channels, got {channels} "
@@ -507,6 +515,10 @@ def integration_grid(times: Tensor, step_size: Optional[float] = None) -> Tensor
 
     Returns:
         The grid ``(steps + 1,)`` in ``times``' dtype and device.
+
+    Raises:
+        ValueError: a bad ``step_size``, or one that would make more than
+            :data:`MAX_GRID_STEPS` steps (the solver would need memory in proportion).
     """
     gaps = times[1:] - times[:-1]
     if step_size is None:
@@ -514,7 +526,13 @@ def integration_grid(times: Tensor, step_size: Optional[float] = None) -> Tensor
     elif not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
         raise ValueError(f"step_size: expected a positive number, got {step_size!r}")
     # Tolerance so that gaps equal to the step up to round-off take one step.
-    counts = torch.ceil(gaps / step_size - 1e-6).clamp(min=1).long()
+    steps = torch.ceil(gaps.double() / step_size - 1e-6).clamp(min=1)
+    total = float(steps.sum())
+    if total > MAX_GRID_STEPS:
+        raise ValueError(f"step_size: {step_size:.3g} over times {float(times[0]):.6g} to "
+                         f"{float(times[-1]):.6g} makes a solver grid of {total:.3g} steps, more "
+                         f"than the limit of {MAX_GRID_STEPS}; use a larger step size")
+    counts = steps.long()
     if bool((counts == 1).all()):
         return times
     pieces = [times[:1]]

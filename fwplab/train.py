@@ -21,10 +21,16 @@ What :func:`fit` does, in order:
 - evaluates on the validation split after every epoch, keeps the best weights
   (``monitor``), stops early after ``patience`` epochs without improvement;
 - stops at the first non-finite loss, gradient or weight and says where;
-- with ``out``: writes ``checkpoint.pt`` after every epoch (atomically: a temporary
-  file renamed into place) and ``metrics.json`` at the end; ``resume=True``
-  continues from the checkpoint and ends with the same weights and metrics as an
-  uninterrupted run (on CPU);
+- with ``out``: takes the run folder's lock (one writer per folder, released by the
+  operating system when the process dies), writes a trial checkpoint of the full size
+  before training (so an unwritable folder or a full disk fails before any work),
+  writes ``checkpoint.pt`` after every epoch (atomically: a temporary file renamed
+  into place) and ``metrics.json`` at the end (strict JSON: ``null`` for undefined
+  numbers); a run that fails before its first checkpoint leaves no folder behind;
+- ``resume=True`` continues from the checkpoint, checked field by field, on the same
+  data (a fingerprint of the dataset's tensors is stored; ``allow_changed_data``
+  overrides), and ends with the same weights and metrics as an uninterrupted run
+  (on CPU);
 - under ``torchrun`` (an initialised :mod:`torch.distributed` process group) it
   trains with ``DistributedDataParallel``; the global batch is split across the
   processes, only rank 0 writes files.
@@ -35,15 +41,23 @@ Checkpoints hold only tensors and plain Python values, so they load with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
+import re
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
+
+try:  # POSIX: an advisory lock the operating system releases when the process dies
+    import fcntl
+except ImportError:  # Windows: an exclusive-create lock file instead (see _RunFolderLock)
+    fcntl = None
 
 import torch
 import torch.distributed as dist
@@ -54,7 +68,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from .data.dataset import Dataset, Split, split_generator, stratified_split
-from .models import build_model, count_parameters
+from .models import MODELS, NonFiniteOutputError, build_model, count_parameters
 from .paths import interpolation_coeffs
 
 __all__ = [
@@ -70,6 +84,7 @@ __all__ = [
     "auroc",
     "load_checkpoint",
     "load_model",
+    "dataset_fingerprint",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -79,6 +94,12 @@ SCHEDULES = ("cosine", "constant", "plateau")
 MONITORS = ("accuracy", "loss", "auroc")
 #: Learning-rate factor of ReduceLROnPlateau (the schedule of Kidger et al. and the paper).
 PLATEAU_FACTOR = 0.1
+#: The lock file that makes one process the only writer of a run folder.
+LOCK_NAME = ".fwplab-lock"
+#: Temporary files of _atomic_write: ".<name>.<pid>.tmp".
+_TEMPORARY = re.compile(r"\.(checkpoint\.pt|metrics\.json)\.\d+\.tmp")
+#: Seeds must fit torch's generator (64 bits; negative seeds are refused for clarity).
+MAX_SEED = 2**63 - 1
 
 PathLike = Union[str, Path]
 
@@ -134,7 +155,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.class_weights is not None:
-            self.class_weights = tuple(float(w) for w in self.class_weights)
+            try:
+                weights = tuple(float(w) for w in self.class_weights)
+            except (TypeError, ValueError):
+                raise ValueError(f"class_weights: expected a sequence of numbers, got "
+                                 f"{self.class_weights!r}") from None
+            if not weights or not all(math.isfinite(w) and w >= 0 for w in weights) \
+                    or not any(w > 0 for w in weights):
+                raise ValueError(f"class_weights: expected finite non-negative numbers, not all "
+                                 f"zero, got {self.class_weights!r}")
+            self.class_weights = weights
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed: expected an integer in [0, 2**63 - 1], got {self.seed!r}")
         positive_ints = ("epochs", "batch_size", "plateau_patience", "eval_batch_size")
         for name in positive_ints:
             value = getattr(self, name)
@@ -154,7 +187,7 @@ class TrainConfig:
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio: expected a fraction in [0, 1], got "
                              f"{self.min_lr_ratio!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
+        if not (isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0):
             raise ValueError(f"val_fraction: expected a fraction in [0, 1), got "
                              f"{self.val_fraction!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
@@ -260,8 +293,12 @@ def _class_weight(config: TrainConfig, num_classes: int, device: torch.device) -
 def _metrics(logits: Tensor, y: Tensor, weight: Optional[Tensor]) -> dict[str, float]:
     """Loss, accuracy and (two classes) AUROC of logits ``(batch, classes)``."""
     logits = logits.float()
+    loss = float(F.cross_entropy(logits, y, weight=weight))
+    if not math.isfinite(loss):
+        raise ValueError(f"loss: not finite ({loss}) on {len(y)} series, so no metrics are "
+                         "reported; the logits are too large (inputs out of scale?)")
     result = {
-        "loss": float(F.cross_entropy(logits, y, weight=weight)),
+        "loss": loss,
         "accuracy": float((logits.argmax(-1) == y).float().mean()),
     }
     if logits.shape[-1] == 2:
@@ -364,6 +401,10 @@ def predict(
     Returns:
         ``(batch, classes)`` logits on the model's device.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    if len(split) == 0:
+        raise ValueError("split: expected at least one series, got an empty split")
     split = _on_device(split, _device_of(model))
     if coeffs is None:
         coeffs = _split_coeffs(model, split)
@@ -390,30 +431,58 @@ def evaluate(
 
     Returns:
         ``{"loss", "accuracy"}`` plus ``"auroc"`` when there are two classes.
+
+    Raises:
+        ValueError: bad arguments, non-finite logits or loss (no metrics are made up).
     """
     logits = predict(model, split, batch_size, coeffs)
-    weight = None if class_weights is None else torch.tensor(
-        class_weights, dtype=torch.float32, device=logits.device)
+    weight = None
+    if class_weights is not None:
+        checked = TrainConfig(class_weights=class_weights).class_weights
+        weight = _class_weight(TrainConfig(class_weights=checked), logits.shape[-1],
+                               logits.device)
     return _metrics(logits, split.y.to(logits.device), weight)
 
 
 # ----------------------------------------------------------------------- checkpoints
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    On any failure (a full disk, a file-size limit, an interrupt) the temporary file
+    is deleted and ``path`` keeps its previous content.
+
+    Raises:
+        OSError: one line naming ``path`` and the reason.
+    """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(temporary)
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:  # torch.save reports write errors as RuntimeError
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise OSError(f"{path}: could not be written ({reason[:200]}); its previous version, "
+                      "if any, is kept") from None
     finally:
         if temporary.exists():
             temporary.unlink()
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def _write_json(path: Path, content: dict[str, Any]) -> None:
-    _atomic_write(path, lambda target: target.write_text(json.dumps(content, indent=2) + "\n"))
+    text = json.dumps(_json_safe(content), indent=2, allow_nan=False) + "\n"
+    _atomic_write(path, lambda target: target.write_text(text))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -432,9 +501,126 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+#: Every field of a checkpoint and the type it must have (bool is not accepted as int).
+_CHECKPOINT_FIELDS: dict[str, tuple[type, ...]] = {
+    "format": (int,), "model_config": (dict,), "model": (dict,), "best_model": (dict,),
+    "optimizer": (dict,), "scheduler": (dict,), "rng": (dict,), "epoch": (int,),
+    "finished": (bool,), "history": (list,), "best_epoch": (int,), "best_score": (int, float),
+    "stale_epochs": (int,), "stopped_early": (bool,), "seconds": (int, float),
+    "train_config": (dict,), "dataset": (str,), "run": (dict,),
+}
+#: Fields a checkpoint may lack (older checkpoints have no data fingerprint).
+_OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {"data_fingerprint": (str,)}
+#: The types of an EpochRecord's fields as stored in a checkpoint.
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "epoch": (int,), "train_loss": (int, float), "train_accuracy": (int, float),
+    "val_loss": (int, float, type(None)), "val_accuracy": (int, float, type(None)),
+    "val_auroc": (int, float, type(None)), "lr": (int, float), "grad_norm": (int, float),
+    "seconds": (int, float),
+}
+
+
+def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("None" if t is type(None) else t.__name__ for t in types)
+
+
+def _check_state_dict(path: Path, name: str, state: dict[str, Any]) -> None:
+    bad = next((key for key, value in state.items()
+                if not isinstance(key, str) or not isinstance(value, Tensor)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: field {name!r} must map names to tensors; entry {bad!r} "
+                         f"holds {type(state[bad]).__name__}")
+
+
+def _check_rng(path: Path, rng: dict[str, Any]) -> None:
+    torch_state = rng.get("torch")
+    if not (isinstance(torch_state, Tensor) and torch_state.dtype == torch.uint8
+            and torch_state.dim() == 1):
+        raise ValueError(f"{path}: field 'rng' must hold torch's generator state (a uint8 "
+                         "tensor) under 'torch'")
+    python_state = rng.get("python")
+    valid = (isinstance(python_state, (tuple, list)) and len(python_state) == 3
+             and _type_ok(python_state[0], (int,))
+             and isinstance(python_state[1], (tuple, list))
+             and all(_type_ok(item, (int,)) for item in python_state[1])
+             and _type_ok(python_state[2], (int, float, type(None))))
+    if not valid:
+        raise ValueError(f"{path}: field 'rng' must hold Python's random state (version, "
+                         "integers, gauss) under 'python'")
+    cuda = rng.get("cuda")
+    if cuda is not None and not (isinstance(cuda, (list, tuple))
+                                 and all(isinstance(item, Tensor) for item in cuda)):
+        raise ValueError(f"{path}: field 'rng' must hold a list of tensors under 'cuda'")
+
+
+def _check_history(path: Path, history: list[Any], epoch: int) -> None:
+    if len(history) != epoch:
+        raise ValueError(f"{path}: field 'history' must hold one record per completed epoch "
+                         f"({epoch}), holds {len(history)}")
+    for index, record in enumerate(history):
+        where = f"{path}: history record {index + 1}"
+        if not isinstance(record, dict) or set(record) != set(_RECORD_FIELDS):
+            got = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"{where} must have the fields {sorted(_RECORD_FIELDS)}, got {got}")
+        for key, types in _RECORD_FIELDS.items():
+            if not _type_ok(record[key], types):
+                raise ValueError(f"{where}: {key!r} must be {_type_names(types)}, got "
+                                 f"{type(record[key]).__name__}")
+        if record["epoch"] != index + 1:
+            raise ValueError(f"{where}: 'epoch' must be {index + 1}, got {record['epoch']}")
+
+
+def _validate_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Check every field of a loaded checkpoint; raise one line naming the first problem."""
+    missing = sorted(set(_CHECKPOINT_FIELDS) - set(checkpoint))
+    if missing:
+        raise ValueError(f"{path}: not a complete fwplab checkpoint; missing field(s) "
+                         f"{', '.join(missing)}")
+    for name, types in {**_CHECKPOINT_FIELDS, **_OPTIONAL_FIELDS}.items():
+        if name in checkpoint and not _type_ok(checkpoint[name], types):
+            raise ValueError(f"{path}: field {name!r} must be {_type_names(types)}, got "
+                             f"{type(checkpoint[name]).__name__}")
+    model_config = checkpoint["model_config"]
+    if model_config.get("name") not in MODELS or not all(
+            _type_ok(model_config.get(key), (int,)) for key in ("input_channels",
+                                                               "output_channels")):
+        raise ValueError(f"{path}: field 'model_config' must name a model of {list(MODELS)} "
+                         "and give its integer input_channels and output_channels")
+    for name in ("model", "best_model"):
+        _check_state_dict(path, name, checkpoint[name])
+    _check_rng(path, checkpoint["rng"])
+    try:
+        config = TrainConfig(**checkpoint["train_config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: field 'train_config' is not a valid TrainConfig "
+                         f"({' '.join(str(error).split())})") from None
+    epoch = checkpoint["epoch"]
+    if not 0 <= epoch <= config.epochs:
+        raise ValueError(f"{path}: field 'epoch' must lie in [0, {config.epochs}] (the run's "
+                         f"epochs), got {epoch}")
+    if not checkpoint["finished"] and epoch == config.epochs:
+        raise ValueError(f"{path}: field 'finished' is false but all {epoch} epochs are done")
+    _check_history(path, checkpoint["history"], epoch)
+    for name in ("best_epoch", "stale_epochs"):
+        if not 0 <= checkpoint[name] <= epoch:
+            raise ValueError(f"{path}: field {name!r} must lie in [0, {epoch}], got "
+                             f"{checkpoint[name]}")
+    if not (math.isfinite(checkpoint["seconds"]) and checkpoint["seconds"] >= 0):
+        raise ValueError(f"{path}: field 'seconds' must be a non-negative number, got "
+                         f"{checkpoint['seconds']}")
+
+
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None] = "cpu"
                     ) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`fit` safely (``weights_only=True``).
+    """Load a checkpoint written by :func:`fit` safely (``weights_only=True``) and check it.
+
+    Every field is checked (presence, type, history records, random-generator states,
+    ``epoch`` within the run's epochs), so a damaged or crafted file fails here in one
+    line instead of later in a traceback. Error messages never quote the file's bytes.
 
     Args:
         path: a ``checkpoint.pt`` or the run folder holding it.
@@ -443,10 +629,12 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None]
     Returns:
         The checkpoint dictionary: ``model`` and ``best_model`` state_dicts,
         ``model_config`` (the arguments of :func:`fwplab.build_model`),
-        ``optimizer``, ``scheduler``, ``rng``, ``epoch``, ``history``, ``train_config``, ...
+        ``optimizer``, ``scheduler``, ``rng``, ``epoch``, ``history``, ``train_config``,
+        ``data_fingerprint``, ...
 
     Raises:
-        ValueError: missing file, or not a fwplab checkpoint (one line naming the file).
+        ValueError: missing file, not a fwplab checkpoint, or a field that is missing
+            or invalid (one line naming the file and the field).
     """
     path = Path(path)
     if path.is_dir():
@@ -456,12 +644,23 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None]
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # unpickling errors come in many types
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(f"{path}: not a readable fwplab checkpoint ({type(error).__name__}: "
-                         f"{first_line[:200]})") from None
+        raise ValueError(f"{path}: not a readable fwplab checkpoint ({type(error).__name__}; "
+                         "fwplab loads only tensors and plain Python values)") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a fwplab checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    _validate_checkpoint(path, checkpoint)
     return checkpoint
+
+
+def _load_weights(path: Path, model: nn.Module, state: dict[str, Tensor], what: str) -> None:
+    """``model.load_state_dict(state)`` with a one-line error naming the checkpoint."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        details = " ".join(str(error).split())
+        raise ValueError(f"{path}: the saved {what} do not fit the model "
+                         f"{getattr(model, 'name', type(model).__name__)} ({details[:300]})"
+                         ) from None
 
 
 def load_model(path: PathLike, map_location: Union[str, torch.device, None] = "cpu",
@@ -476,11 +675,149 @@ def load_model(path: PathLike, map_location: Union[str, torch.device, None] = "c
 
     Returns:
         The model in eval mode.
+
+    Raises:
+        ValueError: as :func:`load_checkpoint`, or weights that do not fit the model.
     """
     checkpoint = load_checkpoint(path, map_location)
+    source = Path(path) / CHECKPOINT_NAME if Path(path).is_dir() else Path(path)
     model = build_model(**checkpoint["model_config"])
-    model.load_state_dict(checkpoint["best_model" if best else "model"])
+    _load_weights(source, model, checkpoint["best_model" if best else "model"], "weights")
     return model.to(map_location).eval() if map_location is not None else model.eval()
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """SHA-256 of a dataset's content: every split's tensors, class and channel names.
+
+    Two loads of the same files with the same options give the same fingerprint; a
+    changed value, label or series anywhere gives another. :func:`fit` stores it in
+    the checkpoint and compares it on resume.
+    """
+    digest = hashlib.sha256()
+    digest.update(repr((dataset.name, dataset.class_names, dataset.channel_names,
+                        dataset.static_names)).encode())
+    for key in ("train", "val", "test"):
+        split = getattr(dataset, key)
+        digest.update(key.encode())
+        if split is None:
+            continue
+        for tensor in (split.x, split.lengths, split.y, split.times, split.static):
+            if tensor is None:
+                digest.update(b"none")
+                continue
+            flat = tensor.detach().cpu().contiguous()
+            digest.update(f"{flat.dtype}{tuple(flat.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+class _RunFolderLock:
+    """Makes this process the only writer of a run folder, and cleans up after a failure.
+
+    On POSIX it holds ``fcntl.flock`` on ``LOCK_NAME`` inside the folder: the operating
+    system releases it when the process ends in any way (SIGKILL included), so a
+    stale lock never blocks a later run. Without ``fcntl`` (Windows) the lock file is
+    created exclusively and deleted at the end; after a crash it must be deleted by hand,
+    which the refusal message says.
+
+    Entering creates the folder (and missing parents) and removes temporary files
+    that an interrupted checkpoint write left behind. Leaving deletes the lock file,
+    and the folders it created if they are empty again (a run that failed before its
+    first checkpoint leaves nothing).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.created: list[Path] = []
+        self.handle: Optional[int] = None
+        self.lock_path = folder / LOCK_NAME
+
+    def _create_folder(self) -> None:
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"out: {self.folder} exists and is not a folder")
+        missing = [self.folder, *self.folder.parents]
+        self.created = [p for p in missing if not p.exists()][::-1]
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            self.created = [p for p in self.created if p.exists()]
+            self._remove_created()
+            raise OSError(f"{self.folder}: cannot create the run folder ({error.strerror or error})"
+                          ) from None
+
+    def __enter__(self) -> "_RunFolderLock":
+        self._create_folder()
+        try:
+            self._acquire()
+        except BaseException:
+            self._remove_created()
+            raise
+        for orphan in self.folder.iterdir():
+            if _TEMPORARY.fullmatch(orphan.name):
+                orphan.unlink(missing_ok=True)  # left by a write that a signal cut short
+        return self
+
+    def _refusal(self) -> ValueError:
+        try:
+            owner = self.lock_path.read_text().strip() or "unknown"
+        except OSError:
+            owner = "unknown"
+        extra = "" if fcntl is not None else f" (if no run is active, delete {self.lock_path})"
+        return ValueError(f"out: another fwplab run (process {owner}) is writing {self.folder}; "
+                          f"wait for it to end or choose another folder{extra}")
+
+    def _acquire(self) -> None:
+        for _ in range(10):  # retried only when the lock file is replaced meanwhile
+            try:
+                flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if fcntl is None else 0)
+                handle = os.open(self.lock_path, flags, 0o644)
+            except FileExistsError:
+                raise self._refusal() from None
+            except OSError as error:
+                raise OSError(f"{self.folder}: cannot write there ({error.strerror or error})"
+                              ) from None
+            if fcntl is not None:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(handle)
+                    raise self._refusal() from None
+                try:
+                    same = os.stat(self.lock_path).st_ino == os.fstat(handle).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:  # the previous writer deleted the file as we opened it
+                    os.close(handle)
+                    continue
+            os.ftruncate(handle, 0)
+            os.write(handle, f"{os.getpid()}\n".encode())
+            self.handle = handle
+            return
+        raise self._refusal()
+
+    def _remove_created(self) -> None:
+        for folder in reversed(self.created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty: something of value is there
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.handle is not None:
+            self.lock_path.unlink(missing_ok=True)
+            os.close(self.handle)  # releases the flock
+            self.handle = None
+        self._remove_created()
+
+
+@contextmanager
+def _run_folder(folder: Optional[Path], rank: int) -> Iterator[None]:
+    """The lock of :class:`_RunFolderLock` on rank 0 when there is a folder; else nothing."""
+    if folder is None or rank != 0:
+        yield
+        return
+    with _RunFolderLock(folder):
+        yield
 
 
 # ------------------------------------------------------------------------- the loop
@@ -490,7 +827,14 @@ def _carve_validation(dataset: Dataset, config: TrainConfig) -> tuple[Split, Opt
     train = dataset.train
     parts = stratified_split(train.y, [1 - config.val_fraction, config.val_fraction],
                              split_generator(config.seed, "validation"))
+    if len(parts[0]) == 0:
+        raise ValueError(f"val_fraction: {config.val_fraction} of the {len(train)} training "
+                         "series leaves none for training; lower it")
     if len(parts[1]) == 0:
+        if config.patience is not None:
+            raise ValueError(f"val_fraction: {config.val_fraction} of the {len(train)} training "
+                             "series rounds to an empty validation split (it is taken class by "
+                             "class), which patience needs; raise it")
         return train, None
 
     def select(index: Tensor) -> Split:
@@ -547,6 +891,16 @@ class _Trainer:
         if config.batch_size % self.world:
             raise ValueError(f"batch_size: {config.batch_size} must be divisible by the number "
                              f"of processes ({self.world})")
+        if len(dataset.train) == 0 or len(dataset.test) == 0:
+            raise ValueError(f"dataset: expected series in the train and test splits, got "
+                             f"{len(dataset.train)} and {len(dataset.test)}")
+        expected = (getattr(model, "input_channels", None), getattr(model, "output_channels", None))
+        if expected[1] is not None and expected[1] != dataset.num_classes:
+            raise ValueError(f"model: it has {expected[1]} outputs but the dataset "
+                             f"{dataset.name!r} has {dataset.num_classes} classes")
+        if expected[0] is not None and expected[0] != dataset.input_channels:
+            raise ValueError(f"model: it expects {expected[0]} input channels but the dataset "
+                             f"{dataset.name!r} has {dataset.input_channels}")
         if config.monitor == "auroc" and dataset.num_classes != 2:
             raise ValueError(f"monitor: 'auroc' needs two classes, the dataset has "
                              f"{dataset.num_classes}")
@@ -587,16 +941,35 @@ class _Trainer:
         self.stale_epochs = 0
         self.epoch = 0  # the last completed epoch
         self.finished = False
+        self.fresh = True  # False once restored from a checkpoint
+        self.fingerprint = dataset_fingerprint(dataset) if out_dir is not None else None
 
     # -------------------------------------------------------------- checkpoints
-    def restore(self, saved: dict[str, Any]) -> None:
-        """Continue from a checkpoint of the same run."""
+    def restore(self, saved: dict[str, Any], allow_changed_data: bool) -> None:
+        """Continue from a checkpoint of the same run (on the same data unless allowed)."""
         _check_resumable(saved, self.checkpoint, self.model_config, self.config,
                          self.dataset.name)
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        _set_rng_state(saved["rng"])
+        recorded = saved.get("data_fingerprint")
+        if recorded is not None and recorded != self.fingerprint and not allow_changed_data:
+            raise ValueError(f"{self.checkpoint}: the data differs from the data this run was "
+                             f"trained on (fingerprint {recorded[:12]} saved, "
+                             f"{self.fingerprint[:12]} now); resume on the original data, or "
+                             "accept the change with allow_changed_data=True "
+                             "(--allow-changed-data)")
+        _load_weights(self.checkpoint, self.model, saved["model"], "weights")
+        scratch = build_model(**self.model_config).to(self.device)
+        _load_weights(self.checkpoint, scratch, saved["best_model"], "best weights")
+        for what, load in (("optimizer state", self.optimizer.load_state_dict),
+                           ("schedule state", self.scheduler.load_state_dict),
+                           ("random generator state", _set_rng_state)):
+            key = {"optimizer state": "optimizer", "schedule state": "scheduler",
+                   "random generator state": "rng"}[what]
+            try:
+                load(saved[key])
+            except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
+                details = " ".join(str(error).split()) or type(error).__name__
+                raise ValueError(f"{self.checkpoint}: the saved {what} does not fit this run "
+                                 f"({details[:200]})") from None
         self.best_state = saved["best_model"]
         self.best_score = saved["best_score"]
         self.stale_epochs = saved["stale_epochs"]
@@ -606,6 +979,7 @@ class _Trainer:
         self.history.best_epoch = saved["best_epoch"]
         self.history.stopped_early = saved["stopped_early"]
         self.history.seconds = saved["seconds"]
+        self.fresh = False
 
     def save(self) -> None:
         """Write the checkpoint atomically (rank 0 only)."""
@@ -630,8 +1004,37 @@ class _Trainer:
             "train_config": asdict(self.config),
             "dataset": self.dataset.name,
             "run": self.run_info,
+            "data_fingerprint": self.fingerprint,
         }
         _atomic_write(self.checkpoint, lambda target: torch.save(content, target))
+
+    def check_writable(self) -> None:
+        """Write and delete a trial checkpoint as large as the final one (rank 0 only).
+
+        Its size is the current checkpoint's plus two copies of the parameters (the
+        optimiser's moment estimates, which appear after the first step), so a full
+        disk or a file-size limit stops the run before any training.
+        """
+        if self.checkpoint is None or self.rank != 0:
+            return
+        trial = self.checkpoint.with_name(f".trial-{CHECKPOINT_NAME}")
+        extra = 2 * sum(p.numel() * p.element_size() for p in self.parameters)
+        content = {"model": self.model.state_dict(), "best_model": self.best_state,
+                   "optimizer": self.optimizer.state_dict(), "history": []}
+
+        def write(target: Path) -> None:
+            torch.save(content, target)
+            with open(target, "ab") as handle:
+                for start in range(0, extra, 1 << 20):
+                    handle.write(bytes(min(1 << 20, extra - start)))
+
+        try:
+            _atomic_write(trial, write)
+        except OSError as error:
+            raise OSError(f"{self.checkpoint.parent}: cannot write checkpoints there ({error}); "
+                          "nothing was trained") from None
+        finally:
+            trial.unlink(missing_ok=True)
 
     def _diverged(self, what: str, step: int) -> TrainingDiverged:
         if self.checkpoint is None:
@@ -648,12 +1051,23 @@ class _Trainer:
     def _step(self, index: Tensor, step: int) -> tuple[Tensor, float]:
         """One optimisation step on series ``index``: (loss sum, correct, count), grad norm."""
         y, inputs = _batch(self.splits["train"], self.coeffs["train"], index)
-        logits = self.network(**inputs)
-        loss = F.cross_entropy(logits, y, weight=self.weight)
-        stats = torch.stack([loss.detach().double() * len(y),
-                             (logits.detach().argmax(-1) == y).sum().double(),
-                             torch.tensor(float(len(y)), dtype=torch.float64, device=self.device),
-                             (~torch.isfinite(loss.detach())).double()])
+        try:
+            logits = self.network(**inputs)
+        except NonFiniteOutputError as error:
+            if self.fresh and step == 1 and self.epoch == 0:
+                # Untrained weights: the inputs are out of scale, not the learning rate.
+                raise NonFiniteOutputError(f"train split: {error}") from None
+            logits = None
+        if logits is None:
+            stats = torch.tensor([0.0, 0.0, float(len(y)), 1.0], dtype=torch.float64,
+                                 device=self.device)
+        else:
+            loss = F.cross_entropy(logits, y, weight=self.weight)
+            stats = torch.stack([loss.detach().double() * len(y),
+                                 (logits.detach().argmax(-1) == y).sum().double(),
+                                 torch.tensor(float(len(y)), dtype=torch.float64,
+                                              device=self.device),
+                                 (~torch.isfinite(loss.detach())).double()])
         if self.world > 1:
             dist.all_reduce(stats)  # every rank stops together
         if stats[3] > 0:
@@ -723,9 +1137,12 @@ class _Trainer:
     def evaluate(self, name: str) -> dict[str, float]:
         """Metrics of the current weights on one split."""
         split = self.splits[name]
-        logits = _evaluation_logits(self.model, split, self.coeffs[name],
-                                    self.config.eval_batch_size)
-        return _metrics(logits, split.y, self.weight)
+        try:
+            logits = _evaluation_logits(self.model, split, self.coeffs[name],
+                                        self.config.eval_batch_size)
+            return _metrics(logits, split.y, self.weight)
+        except ValueError as error:  # non-finite logits or loss: no metrics are made up
+            raise NonFiniteOutputError(f"{name} split: {error}") from None
 
     def finish(self) -> History:
         """Load the best weights and evaluate them on every split."""
@@ -746,6 +1163,7 @@ def fit(
     progress: bool = True,
     callback: Optional[Callable[[EpochRecord], None]] = None,
     run_info: Optional[dict[str, Any]] = None,
+    allow_changed_data: bool = False,
     **overrides: Any,
 ) -> History:
     """Train a model on a dataset; the model ends holding its best weights.
@@ -762,10 +1180,17 @@ def fit(
         callback: called with each epoch's :class:`EpochRecord` after its checkpoint.
         run_info: plain values stored in the checkpoint and ``metrics.json`` (the
             CLI records how to reload the dataset).
+        allow_changed_data: resume even though the dataset's fingerprint differs from
+            the one the checkpoint recorded (the new fingerprint is recorded from then on).
         **overrides: fields of :class:`TrainConfig`, e.g. ``epochs=20, lr=1e-3``.
 
     A fresh run seeds torch's and Python's global random generators with
     ``config.seed`` (dropout draws from them); a resumed run restores their states.
+
+    With ``out``, only one process at a time may write the folder (a second one is
+    refused while the first runs); a trial checkpoint is written and deleted before
+    training; if the run fails before its first checkpoint, the folders it created
+    are removed again.
 
     Returns:
         History: per-epoch records and the final train/val/test metrics.
@@ -773,44 +1198,52 @@ def fit(
     Raises:
         TrainingDiverged: non-finite loss, gradient or weights (the message names the
             epoch and step and the checkpoint kept).
-        ValueError: bad arguments, or a checkpoint that does not match.
+        ValueError: bad arguments, a checkpoint that does not match, changed data,
+            another process writing ``out``, non-finite logits from out-of-scale inputs.
+        OSError: ``out`` cannot be written (one line; nothing partial is left).
     """
     session_start = time.perf_counter()
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
+    if out is not None and not str(out).strip():
+        raise ValueError(f"out: expected a folder name, got {str(out)!r}")
     out_dir = None if out is None else Path(out)
     if resume and out_dir is None:
         raise ValueError("resume: needs out= (the run folder holding checkpoint.pt)")
-    if out_dir is not None and not resume and any(
-            (out_dir / name).exists() for name in (CHECKPOINT_NAME, METRICS_NAME)):
-        raise ValueError(f"out: {out_dir} already holds a run; resume it or choose another folder")
-    trainer = _Trainer(model, dataset, config, out_dir, run_info)
-    if resume and trainer.checkpoint.exists():
-        trainer.restore(load_checkpoint(trainer.checkpoint, map_location=trainer.device))
-    else:
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
+    with _run_folder(out_dir, _world()[0]):
+        if out_dir is not None and not resume and any(
+                (out_dir / name).exists() for name in (CHECKPOINT_NAME, METRICS_NAME)):
+            raise ValueError(f"out: {out_dir} already holds a run; resume it or choose another "
+                             "folder")
+        trainer = _Trainer(model, dataset, config, out_dir, run_info)
+        if resume and trainer.checkpoint.exists():
+            trainer.restore(load_checkpoint(trainer.checkpoint, map_location=trainer.device),
+                            allow_changed_data)
+        else:
+            torch.manual_seed(config.seed)
+            random.seed(config.seed)
+        trainer.check_writable()
 
-    history = trainer.history
-    bar = tqdm(total=config.epochs * trainer.steps_per_epoch,
-               initial=trainer.epoch * trainer.steps_per_epoch,
-               disable=not progress or trainer.rank != 0, unit="step", dynamic_ncols=True,
-               desc=f"{trainer.model_config['name']} on {dataset.name}")
-    try:
-        while not trainer.finished:
-            record = trainer.train_epoch(bar)
-            history.seconds += time.perf_counter() - session_start
-            session_start = time.perf_counter()
-            trainer.save()
-            if callback is not None and trainer.rank == 0:
-                callback(record)
-    finally:
-        bar.close()
+        history = trainer.history
+        bar = tqdm(total=config.epochs * trainer.steps_per_epoch,
+                   initial=trainer.epoch * trainer.steps_per_epoch,
+                   disable=not progress or trainer.rank != 0, unit="step", dynamic_ncols=True,
+                   desc=f"{trainer.model_config['name']} on {dataset.name}")
+        try:
+            while not trainer.finished and trainer.epoch < config.epochs:
+                record = trainer.train_epoch(bar)
+                history.seconds += time.perf_counter() - session_start
+                session_start = time.perf_counter()
+                trainer.save()
+                if callback is not None and trainer.rank == 0:
+                    callback(record)
+        finally:
+            bar.close()
 
-    trainer.finish()
-    history.seconds += time.perf_counter() - session_start
-    if out_dir is not None and trainer.rank == 0:
-        _write_json(out_dir / METRICS_NAME, _metrics_document(
-            model, trainer.model_config, dataset, config, history, trainer.world, run_info))
+        trainer.finish()
+        history.seconds += time.perf_counter() - session_start
+        if out_dir is not None and trainer.rank == 0:
+            _write_json(out_dir / METRICS_NAME, _metrics_document(
+                model, trainer.model_config, dataset, config, history, trainer.world, run_info))
     return history
 
 

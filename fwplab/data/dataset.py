@@ -5,7 +5,8 @@ raw data channels of each split, in this order:
 
 1. drop a fraction of observations (``missing_rate``; seeded per split),
 2. standardise every data channel with the mean and standard deviation of the
-   observed training values (static features likewise),
+   observed training values (static features likewise), computed in float64; a
+   channel that training never observes but another split does is refused,
 3. add the observational-intensity channels and the time channel in front.
 
 Channel order of ``x`` is ``[time] + [intensity of each data channel] + [data]``.
@@ -149,17 +150,50 @@ def split_generator(seed: int, purpose: str) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{purpose}".encode()))
 
 
-def _mean_std(values: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and standard deviation over the observed (non-NaN) entries.
+def _mean_std(values: Tensor, names: Sequence[str], what: str) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and standard deviation over the observed (non-NaN) entries, in float64.
 
-    Channels with no observation get mean 0; a zero or undefined spread becomes 1.
+    Computed in float64 so that large values (up to float32's range) do not overflow
+    the squares. Channels with no observation get mean 0 and a zero spread becomes 1
+    (the channel is then only shifted); a spread that is not finite even in float64 is
+    an error naming the channel.
     """
-    flat = values.reshape(-1, values.shape[-1])
+    flat = values.reshape(-1, values.shape[-1]).to(torch.float64)
     mean = torch.nanmean(flat, dim=0)
     std = torch.nanmean((flat - mean) ** 2, dim=0).sqrt()
+    overflow = torch.isinf(std).nonzero().flatten()
+    if len(overflow):
+        index = int(overflow[0])
+        channel = names[index] if index < len(names) else f"#{index}"
+        raise ValueError(f"{what}: channel {channel!r} has values too large to "
+                         "standardise (its variance overflows float64); rescale the data")
     mean = torch.nan_to_num(mean, nan=0.0)
     std = torch.where(torch.isfinite(std) & (std > 0), std, torch.ones_like(std))
     return mean, std
+
+
+def _standardise(values: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``(values - mean) / std`` computed in float64, returned in ``values``' dtype."""
+    return ((values.to(torch.float64) - mean) / std).to(values.dtype)
+
+
+def _check_observed_in_training(splits: dict[str, RawSplit], names: Sequence[str],
+                                dataset: str) -> None:
+    """Refuse a channel that training never observes but another split does.
+
+    Its standardisation statistics would be made up (mean 0, spread 1), so the model
+    would meet raw values at test time that it never saw while training.
+    """
+    seen = ~torch.isnan(splits["train"].x).reshape(-1, len(names)).all(dim=0)
+    for key, raw in splits.items():
+        if key == "train":
+            continue
+        elsewhere = ~torch.isnan(raw.x).reshape(-1, len(names)).all(dim=0)
+        unseen = (elsewhere & ~seen).nonzero().flatten()
+        if len(unseen):
+            raise ValueError(f"{dataset}: channel {names[int(unseen[0])]!r} is never observed "
+                             f"in the training split but is in the {key} split, so it cannot be "
+                             "standardised; drop the channel or lower missing_rate")
 
 
 def assemble_dataset(
@@ -189,6 +223,9 @@ def assemble_dataset(
         normalise: standardise data channels (and static features) with training statistics.
         static_names: name of each static feature.
 
+    Raises:
+        ValueError: a channel observed outside training only, or too large to standardise.
+
     Returns:
         Dataset: the processed splits.
     """
@@ -198,14 +235,15 @@ def assemble_dataset(
         for key, raw in splits.items()
     }
     if normalise:
-        mean, std = _mean_std(dropped["train"].x)
+        _check_observed_in_training(dropped, channel_names, name)
+        mean, std = _mean_std(dropped["train"].x, channel_names, name)
         static_stats = None if dropped["train"].static is None else _mean_std(
-            dropped["train"].static)
+            dropped["train"].static, static_names, f"{name} (static features)")
         for key, raw in dropped.items():
             static = raw.static
             if static_stats is not None:
-                static = (static - static_stats[0]) / static_stats[1]
-            dropped[key] = replace(raw, x=(raw.x - mean) / std, static=static)
+                static = _standardise(static, *static_stats)
+            dropped[key] = replace(raw, x=_standardise(raw.x, mean, std), static=static)
 
     processed = {}
     for key, raw in dropped.items():

@@ -123,9 +123,12 @@ def _read_header(lines: Sequence[str], source: str) -> tuple[_Header, int]:
         if not line or line.startswith("#"):
             continue
         if not line.startswith("@"):
-            raise _fail(source, number, f"expected a '@' header line before @data, got {line[:40]!r}")
-        tag, _, value = line[1:].partition(" ")
-        tag = tag.lower()
+            # The line itself is not echoed: the file may not be a .ts file at all.
+            raise _fail(source, number, "expected a '@' header line before @data, got a line "
+                        "that does not start with '@'")
+        words = line[1:].split(None, 1)  # any whitespace (a TAB too) ends the keyword
+        tag = words[0].lower() if words else ""
+        value = words[1] if len(words) > 1 else ""
         if tag == "data":
             return header, index + 1
         if tag == "problemname":
@@ -326,6 +329,7 @@ def parse_ts(
 
         if header.timestamps:
             stamps, rows, counts = _parse_timestamped(parts, source, number, clock)
+            _check_time_resolution(stamps, source, number)
             values = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), dimensions)
         else:
             columns = [_parse_values(part, source, number, d) for d, part in enumerate(parts)]
@@ -347,6 +351,7 @@ def parse_ts(
             raw_length = counts[0]
         if torch.isinf(values).any():
             raise _fail(source, number, "infinite value (use '?' or NaN for missing values)")
+        _check_range(values, source, number)
         observed = ~torch.isnan(values).all(dim=1)
         if not observed.any():
             raise _fail(source, number, "the series has no observed value (all missing)")
@@ -374,11 +379,52 @@ def parse_ts(
     return TsFile(source, header.problem_name, x, lengths, y, encoding if labelled else (), times)
 
 
-def _decode(data: bytes) -> str:
+def _check_range(values: Tensor, source: str, number: int) -> None:
+    """Refuse values that become infinite in the dtype the data is stored in."""
+    dtype = torch.get_default_dtype()
+    largest = float(torch.nan_to_num(values.abs(), nan=0.0).max()) if values.numel() else 0.0
+    if largest > torch.finfo(dtype).max:
+        raise _fail(source, number, f"value of magnitude {largest:.3g} does not fit "
+                    f"{str(dtype).removeprefix('torch.')} (largest {torch.finfo(dtype).max:.3g}); "
+                    "rescale the data")
+
+
+def _check_time_resolution(stamps: list[float], source: str, number: int) -> None:
+    """Refuse timestamps that coincide once stored as time since the series' first one."""
+    if len(stamps) < 2:
+        return
+    relative = torch.tensor(stamps, dtype=torch.float64) - stamps[0]
+    stored = relative.to(torch.get_default_dtype())
+    collapsed = (stored[1:] <= stored[:-1]).nonzero()
+    if len(collapsed):
+        first = int(collapsed[0])
+        raise _fail(source, number, f"timestamps {stamps[first]!r} and {stamps[first + 1]!r} "
+                    f"are distinct but coincide in {str(stored.dtype).removeprefix('torch.')} "
+                    "as time since the series' first timestamp; rescale the timestamps")
+
+
+def _decode(data: bytes, source: str = "<bytes>") -> str:
+    """UTF-8 text; Latin-1 is accepted on comment lines only (some archive files use it).
+
+    A byte that is not UTF-8 on any other line is an error naming the line: decoding
+    the whole file as Latin-1 would silently garble every non-ASCII label.
+    """
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return data.decode("latin-1")  # comment lines of some archive files use Latin-1
+        pass
+    lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    decoded = []
+    for number, raw in enumerate(lines, start=1):
+        try:
+            decoded.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            if raw.lstrip().startswith(b"#"):
+                decoded.append(raw.decode("latin-1"))
+                continue
+            raise _fail(source, number, f"not valid UTF-8 at column {error.start + 1} (save "
+                        "the file as UTF-8)") from None
+    return "\n".join(decoded)
 
 
 def read_ts(path: PathLike, class_names: Optional[Sequence[str]] = None) -> TsFile:
@@ -390,7 +436,7 @@ def read_ts(path: PathLike, class_names: Optional[Sequence[str]] = None) -> TsFi
     path = Path(path)
     if not path.is_file():
         raise _fail(str(path), None, "file not found")
-    return parse_ts(_decode(path.read_bytes()), str(path), class_names)
+    return parse_ts(_decode(path.read_bytes(), str(path)), str(path), class_names)
 
 
 def _require_labels(ts: TsFile, role: str) -> None:
