@@ -562,6 +562,23 @@ class CapacityResult:
         return self.keys.shape[-1]
 
 
+def _states_after_each_write(rule: str, keys: Tensor, values: Tensor, rate: float) -> Tensor:
+    """Write the pairs once, in order, into a zero memory; keep every intermediate state.
+
+    Shapes: keys ``(trials, pairs, d_k)``, values ``(trials, pairs, d_v)``. Returns the
+    memories after writes ``1, ..., pairs``, flattened to ``(trials * pairs, d_v, d_k)``.
+    """
+    update = _check_rule(rule)
+    trials, pairs, d_k = keys.shape
+    rates = keys.new_full((trials, 1), rate)
+    weight = keys.new_zeros(trials, values.shape[-1], d_k)
+    states = []
+    for i in range(pairs):
+        weight = weight + update(weight, keys[:, i], values[:, i], rates)
+        states.append(weight)
+    return torch.stack(states, dim=1).flatten(0, 1)
+
+
 def capacity_experiment(
     dim: int,
     max_pairs: int,
@@ -588,7 +605,8 @@ def capacity_experiment(
       key at rate 1) and disturbs the pairs whose keys overlap it. More passes are the
       LMS/Kaczmarz iteration on the stored pairs.
 
-    All ``N`` run together: copy ``N`` of the memory gets rate 0 for pairs ``i >= N``.
+    One pass gives every ``N`` in one run (the memory after ``N`` writes); with more sweeps
+    all ``N`` run together as copies of the memory, copy ``N`` at rate 0 for pairs ``i >= N``.
 
     Args:
         dim: key and value dimension ``d``.
@@ -618,7 +636,7 @@ def capacity_experiment(
     keys = random_keys(trials, max_pairs, dim, key_features, generator, dtype)
     values = torch.randn(trials, max_pairs, dim, generator=generator, dtype=dtype)
 
-    # Copy n of the memory (n = 1..max_pairs) stores pairs 0..n-1: (trials * max_pairs, pairs).
+    # Memory n (n = 1..max_pairs) holds pairs 0..n-1; flattened (trials * max_pairs, ...).
     num_pairs = torch.arange(1, max_pairs + 1)
     stored = (torch.arange(max_pairs) < num_pairs.unsqueeze(-1)).to(dtype)
     stored = stored.expand(trials, max_pairs, max_pairs).reshape(trials * max_pairs, max_pairs)
@@ -630,10 +648,16 @@ def capacity_experiment(
         norms = (copies_values.pow(2).sum(-1) * stored).sum(-1)
         return (errors / norms).view(trials, max_pairs).mean(0)
 
-    hebb = store_pairs(copies_keys, copies_values, "hebb", rate=stored)
-    delta = store_pairs(
-        copies_keys, copies_values, "delta", rate=delta_rate * stored, sweeps=sweeps
-    )
+    # One pass: memory n is the state after the first n writes of a single run.
+    hebb = _states_after_each_write("hebb", keys, values, 1.0)
+    if sweeps == 1:
+        delta = _states_after_each_write("delta", keys, values, delta_rate)
+    else:
+        # Several passes cycle over the first n pairs only: one copy of the memory per n,
+        # with rate 0 for the pairs it does not hold.
+        delta = store_pairs(
+            copies_keys, copies_values, "delta", rate=delta_rate * stored, sweeps=sweeps
+        )
     masked_keys = copies_keys * stored.unsqueeze(-1)
     least_squares = (torch.linalg.pinv(masked_keys) @ copies_values).transpose(-1, -2)
     return CapacityResult(

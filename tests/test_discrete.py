@@ -231,15 +231,16 @@ def test_softmax_keys_one_pass_leaves_an_error_that_more_sweeps_reduce():
     assert (one_pass.least_squares_error[:dim] < SAME_VALUE_FLOAT64).all()
 
 
+@pytest.mark.parametrize("sweeps", [1, 3])
 @pytest.mark.parametrize("key_features", ["unit", "softmax"])
-def test_capacity_curves_equal_storing_each_n_on_its_own(key_features):
+def test_capacity_curves_equal_storing_each_n_on_its_own(key_features, sweeps):
     result = capacity_experiment(
-        6, 10, trials=2, sweeps=3, delta_rate=0.7, key_features=key_features, seed=5
+        6, 10, trials=2, sweeps=sweeps, delta_rate=0.7, key_features=key_features, seed=5
     )
     for n in (1, 6, 10):
         keys, values = result.keys[:, :n], result.values[:, :n]
         hebb = store_pairs(keys, values, "hebb")
-        delta = store_pairs(keys, values, "delta", rate=0.7, sweeps=3)
+        delta = store_pairs(keys, values, "delta", rate=0.7, sweeps=sweeps)
         for weight, curve in ((hebb, result.hebb_error), (delta, result.delta_error)):
             error = retrieval_error(weight, keys, values).mean()
             torch.testing.assert_close(curve[n - 1], error, rtol=0.0, atol=SAME_VALUE_FLOAT64)
