@@ -86,6 +86,12 @@ class Verdict:
     def __str__(self) -> str:
         return self.message
 
+    def __repr__(self) -> str:
+        return f"Verdict({self.message!r})"
+
+    def _ipython_display_(self) -> None:
+        """Nothing more to show: :func:`check` has already printed the verdict."""
+
 
 def _load_all() -> None:
     for topic in TOPICS:
