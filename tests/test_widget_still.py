@@ -38,3 +38,16 @@ def test_still_box_keeps_the_live_view_and_adds_the_still():
 def test_add_still_refuses_what_is_not_a_png():
     with pytest.raises(ValueError, match="PNG"):
         add_still({}, b"GIF89a")
+
+
+@pytest.mark.parametrize("build", ["playground", "capacity"])
+def test_the_explorers_carry_a_still_of_their_current_figure(build):
+    from fwplab.widgets.capacity import capacity_explorer
+    from fwplab.widgets.playground import rule_playground, sample_problem
+
+    widget = (rule_playground(sample_problem()) if build == "playground"
+              else capacity_explorer(dim=8, num_pairs=8, max_dim=8, trials=1))
+    html = widget._repr_mimebundle_()["text/html"]
+    png = base64.b64decode(html.split("base64,")[1].split('"')[0])
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+    plt.close("all")

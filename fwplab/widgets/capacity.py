@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from matplotlib.figure import Figure
 
 from ..discrete import CAPACITY_KEYS, CapacityResult, capacity_experiment, store_pairs
+from .still import figure_png, still_box
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -129,7 +130,8 @@ def capacity_explorer(
 
     Returns:
         An ``ipywidgets.VBox``: a row of sliders for ``d`` and ``N``, a row for ``beta``,
-        sweeps and the keys, then the figure.
+        sweeps and the keys, then the figure (with a still of the figure for static
+        pages: :mod:`fwplab.widgets.still`).
     """
     import ipywidgets as widgets
     from IPython.display import display
@@ -181,10 +183,13 @@ def capacity_explorer(
             )
         return results[setting]
 
+    shown = {}
+
     def redraw(change: dict | None = None) -> None:
+        shown["figure"] = draw_capacity(current_result(), pairs_slider.value)
         with output:
             output.clear_output(wait=True)
-            display(draw_capacity(current_result(), pairs_slider.value))
+            display(shown["figure"])
 
     def change_dim(change: dict) -> None:
         # A smaller maximum may clamp N, whose own observer then redraws.
@@ -197,10 +202,11 @@ def capacity_explorer(
     for control in (pairs_slider, rate_slider, sweeps_slider, keys_menu):
         control.observe(redraw, names="value")
     redraw()
-    return widgets.VBox(
+    return still_box(
         [
             widgets.HBox([dim_slider, pairs_slider]),
             widgets.HBox([rate_slider, sweeps_slider, keys_menu]),
             output,
-        ]
+        ],
+        lambda: figure_png(shown["figure"]),
     )

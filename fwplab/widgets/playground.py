@@ -42,6 +42,7 @@ from ..rules.classic import (
     principal_components,
     step_schedule,
 )
+from .still import figure_png, still_box
 
 __all__ = [
     "RULE_HORIZONS",
@@ -526,7 +527,8 @@ def rule_playground(problem: PlaygroundProblem):
         problem: the data, from :func:`sample_problem`.
 
     Returns:
-        An ``ipywidgets.VBox`` holding the controls and the figure.
+        An ``ipywidgets.VBox`` holding the controls and the figure (with a still of the
+        figure for static pages: :mod:`fwplab.widgets.still`).
     """
     import ipywidgets as widgets
     from IPython.display import display
@@ -553,14 +555,17 @@ def rule_playground(problem: PlaygroundProblem):
         readout_format=".3f",
     )
     output = widgets.Output()
+    shown = {}
 
     def redraw(_change: object = None) -> None:
         trajectories = rule_trajectories(problem, rule.value, lr.value, step_size.value)
+        shown["figure"] = draw_rule_trajectories(trajectories)
         with output:
             output.clear_output(wait=True)
-            display(draw_rule_trajectories(trajectories))
+            display(shown["figure"])
 
     for control in (rule, lr, step_size):
         control.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([rule, lr, step_size]), output])
+    return still_box([widgets.HBox([rule, lr, step_size]), output],
+                     lambda: figure_png(shown["figure"]))

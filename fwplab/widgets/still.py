@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import base64
 import functools
+import io
 from typing import Callable
 
-__all__ = ["STILL_NOTE", "add_still", "still_box"]
+__all__ = ["STILL_NOTE", "add_still", "figure_png", "still_box"]
 
 #: The note under each still.
 STILL_NOTE = ("A still of an interactive widget: run this notebook (<code>make lab</code>) "
               "to move its controls.")
+
+
+def figure_png(figure) -> bytes:
+    """The PNG bytes of a matplotlib ``figure`` as a notebook shows it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def add_still(bundle: dict, png: bytes) -> dict:
