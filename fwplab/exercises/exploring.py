@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..models import ContinuousFWP, build_model
-from ..widgets.explorer import cut_predictions, fast_weight_trace
+from ..widgets.explorer import cut_predictions
 from . import exercise
 
 #: Tolerance of the probability comparisons (float32 models).
@@ -17,8 +17,8 @@ PROBABILITY_TOLERANCE = 1e-5
 TOLERANCE = 1e-9
 #: Cut points checked by the judge of "05.cut-prediction".
 CUT_POINTS = (1, 3, 6)
-#: Singular values below this fraction of the largest count as zero.
-RANK_TOLERANCE = 1e-5
+#: RK4 steps of the reference solve of the delta rule in "05.delta-error-decay".
+RK4_STEPS = 400
 #: Channels, classes, hidden size and heads of the judges' small random delta_cde.
 CHANNELS, CLASSES, HIDDEN, HEADS = 3, 4, 16, 2
 
@@ -143,25 +143,63 @@ def _judge_recall_rate(answer: Any) -> Optional[str]:
     return None
 
 
-# ---------------------------------------------------------------- 05.first-write-rank
-def _first_write_rank() -> int:
-    """The rank of W(t0), measured on a random delta_cde."""
-    trace = fast_weight_trace(_small_model(1), _series(1))
-    singular = trace.singular_values[0]  # (heads, d)
-    return int((singular > RANK_TOLERANCE * singular[:, :1]).sum(-1).max())
+# -------------------------------------------------------------- 05.delta-error-decay
+def _decay_solution(e0: Tensor, k: Tensor, beta: float, t: float) -> Tensor:
+    return e0 * torch.exp(-beta * (k @ k) * t)
+
+
+def _wrong_decays() -> list[Callable]:
+    def no_key_norm(e0, k, beta, t):
+        return e0 * torch.exp(torch.as_tensor(-beta * t, dtype=e0.dtype))
+
+    def linear(e0, k, beta, t):
+        return e0 * (1 - beta * (k @ k) * t)
+
+    def squared_rate(e0, k, beta, t):
+        return e0 * torch.exp(-2 * beta * (k @ k) * t)
+
+    return [no_key_norm, linear, squared_rate]
+
+
+def _delta_rule_error(W0: Tensor, k: Tensor, v: Tensor, beta: float, t: float) -> Tensor:
+    """``v - W(t) k`` for ``dW/dt = beta (v - W k) k^T`` from ``W0``, by fine RK4 steps."""
+
+    def field(W: Tensor) -> Tensor:
+        return beta * torch.outer(v - W @ k, k)
+
+    W, h = W0, t / RK4_STEPS
+    for _ in range(RK4_STEPS):
+        a = field(W)
+        b = field(W + h / 2 * a)
+        c = field(W + h / 2 * b)
+        d = field(W + h * c)
+        W = W + h / 6 * (a + 2 * b + 2 * c + d)
+    return v - W @ k
 
 
 @exercise(
-    "05.first-write-rank",
-    "How many nonzero singular values does one head's first fast weight W(t0) have, in the "
-    "notebook's delta_cde with 8 x 8 fast weights? Answer with a whole number.",
-    solution=lambda: 1,
-    wrong_answers=lambda: [8, 0, 2],
+    "05.delta-error-decay",
+    "While the key k, the value v and the rate beta stay fixed, the delta rule "
+    "dW/dt = beta (v - W k) k^T drives the recall error e(t) = v - W(t) k. Write "
+    "error_after(e0, k, beta, t) returning e(t) from e(0) = e0 (shape (d,)), the key k "
+    "(shape (d,)) and the numbers beta and t.",
+    solution=lambda: _decay_solution,
+    wrong_answers=_wrong_decays,
 )
-def _judge_first_write_rank(answer: Any) -> Optional[str]:
-    if isinstance(answer, bool) or not isinstance(answer, int):
-        return f"expected a whole number, got {type(answer).__name__}"
-    if answer != _first_write_rank():
-        return ("W(t0) is a single write, rate times value times key^T: how many independent "
-                "directions does an outer product of two vectors have?")
+def _judge_decay(answer: Any) -> Optional[str]:
+    if not callable(answer):
+        return f"expected a function error_after(e0, k, beta, t), got {type(answer).__name__}"
+    generator = torch.Generator().manual_seed(7)
+    for t in (0.5, 2.0, 6.0):
+        W0 = torch.randn(5, 5, dtype=torch.float64, generator=generator)
+        k = torch.softmax(2 * torch.randn(5, dtype=torch.float64, generator=generator), -1)
+        v = torch.tanh(torch.randn(5, dtype=torch.float64, generator=generator))
+        beta = 0.2 + float(torch.rand((), dtype=torch.float64, generator=generator))
+        expected = _delta_rule_error(W0, k, v, beta, t)
+        value = torch.as_tensor(answer(v - W0 @ k, k, beta, t), dtype=torch.float64)
+        if value.shape != expected.shape:
+            return f"expected shape {tuple(expected.shape)}, got {tuple(value.shape)}"
+        if (value - expected).abs().max() > 1e-8 * (1 + expected.abs().max()):
+            return ("solving the delta rule gives a different e(t): write de/dt = -(dW/dt) k, "
+                    "put in the rule, and solve the linear ODE you get")
     return None

@@ -601,7 +601,7 @@ class FastWeightFigure:
             line = ax.axvline(float(times[0]), color=MARKER_COLOR, lw=1)
             (dot,) = ax.plot([float(times[0])], [float(curve[0])], "o", color=MARKER_COLOR)
             self.markers.append((line, dot, curve))
-        self.norm_axes.legend(fontsize="small", loc="upper left")
+        self.norm_axes.legend(fontsize="small", loc="lower right")
         self.singular_axes.set_title("singular values (largest darkest)", fontsize="medium")
         self.norm_axes.set_title(f"{trace.rule} rule, head {head}: size of the memory",
                                  fontsize="medium")
