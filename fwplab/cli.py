@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -34,6 +37,7 @@ from .paths import INTERPOLATIONS
 from .presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
 from .train import (
     CHECKPOINT_NAME,
+    MAX_SEED,
     METRICS_NAME,
     SCHEDULES,
     TrainConfig,
@@ -48,6 +52,11 @@ RUNS_DIR = "runs"
 #: Exit status of a command stopped by bad input or a failed run (argparse uses 2 for bad flags).
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+#: Signals that stop a run like Ctrl-C (cleanly: no half-written files), exit status 128 + number.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+#: Share of the machine's memory that weights, gradients and optimiser moments may take.
+MEMORY_SHARE = 0.5
 
 #: ``fwplab train`` flags and the build_model keyword each one sets.
 _MODEL_FLAGS = {
@@ -76,7 +85,7 @@ _TRAIN_FLAGS = {
     "seed": "seed",
 }
 #: Flags that may accompany ``--resume`` (everything else comes from the checkpoint).
-_RESUME_FLAGS = ("resume", "device", "no_progress")
+_RESUME_FLAGS = ("resume", "device", "no_progress", "allow_changed_data")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +103,22 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63 - 1], got {text!r}")
+    return value
+
+
+def _folder(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a folder name, got {text!r}")
+    return text
 
 
 def _number(low: float, high: Optional[float] = None, *, include_low: bool = False):
@@ -171,14 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="gradient factor of the final layer (the paper's --grad_scale)")
     training.add_argument("--patience", type=_positive_int, metavar="N",
                           help="stop after N epochs without a better validation score")
-    training.add_argument("--seed", type=int, metavar="S", help="default 0")
+    training.add_argument("--seed", type=_seed, metavar="S", help="default 0")
 
     run = train.add_argument_group("run")
     run.add_argument("--device", metavar="DEVICE",
                      help="cpu or cuda (default: cuda when available)")
-    run.add_argument("--out", metavar="DIR",
-                     help=f"run folder (default {RUNS_DIR}/DATASET-MODEL-TIME)")
-    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    run.add_argument("--out", metavar="DIR", type=_folder,
+                     help=f"run folder (default {RUNS_DIR}/DATASET-MODEL-TIME-PID)")
+    run.add_argument("--resume", metavar="DIR", type=_folder, help="continue the run in DIR")
+    run.add_argument("--allow-changed-data", action="store_true", default=None,
+                     help="with --resume: continue although the data differs from the data "
+                          "the run started on")
     run.add_argument("--no-progress", action="store_true", default=None,
                      help="no progress bar")
 
@@ -278,9 +306,69 @@ def _check_out(out: Path) -> None:
 
 
 def _default_out(dataset: str, model: str) -> Path:
+    """``runs/DATASET-MODEL-TIME-PID``, with ``-1``, ``-2``, ... if taken: runs started in
+    the same second get different folders (and the run-folder lock refuses a collision)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset)
-    return Path(RUNS_DIR) / f"{safe}-{model}-{stamp}"
+    base = Path(RUNS_DIR) / f"{safe}-{model}-{stamp}-{os.getpid()}"
+    candidates = (base.with_name(f"{base.name}-{k}") if k else base for k in range(1_000_000))
+    return next(path for path in candidates if not path.exists())
+
+
+def _check_data_spec(spec: Any, path: Path) -> None:
+    """Refuse a checkpoint's data settings that fwplab train could not have written."""
+    where = f"{path}: field run.data"
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where} must be a dict, got {type(spec).__name__}")
+    allowed = {"missing_rate", "seed", "options", "train", "test", "dataset", "root"}
+    if set(spec) - allowed or not {"missing_rate", "seed", "options"} <= set(spec):
+        raise ValueError(f"{where} must have the keys missing_rate, seed, options and either "
+                         f"train and test or dataset, got {sorted(spec)}")
+    if not (isinstance(spec["missing_rate"], (int, float)) and 0 <= spec["missing_rate"] < 1):
+        raise ValueError(f"{where}.missing_rate must be a fraction in [0, 1)")
+    if isinstance(spec["seed"], bool) or not isinstance(spec["seed"], int):
+        raise ValueError(f"{where}.seed must be an integer")
+    if not isinstance(spec["options"], dict) or set(spec["options"]) - {"intensity",
+                                                                         "val_fraction",
+                                                                         "logsig_depth",
+                                                                         "logsig_step"}:
+        raise ValueError(f"{where}.options must be a dict of data options")
+    files = {"train", "test"} & set(spec)
+    if files:
+        if files != {"train", "test"} or "dataset" in spec or "root" in spec or not all(
+                isinstance(spec[key], str) for key in files):
+            raise ValueError(f"{where} must give both train and test as paths, and no dataset")
+    elif spec.get("dataset") not in DATASET_NAMES or not isinstance(spec.get("root", ""), str):
+        raise ValueError(f"{where}.dataset must be one of {', '.join(DATASET_NAMES)}")
+
+
+def _check_model_size(model_config: dict[str, Any], channels: int, classes: int,
+                      device: torch.device) -> None:
+    """Refuse sizes whose parameters cannot fit in memory, before allocating any.
+
+    The model is built on the ``meta`` device (shapes only); training keeps about
+    five copies of the parameters (weights, best weights, gradients, two moments).
+    """
+    options = {key: value for key, value in model_config.items() if key != "name"}
+    sizes = ", ".join(f"{key}={value}" for key, value in options.items()
+                      if key in ("hidden_channels", "ff_channels", "num_heads"))
+    try:
+        with torch.device("meta"):
+            probe = build_model(model_config["name"], channels, classes, **options)
+    except (RuntimeError, OverflowError):  # a weight matrix larger than any address space
+        raise ValueError(f"--hidden/--ff: {model_config['name']} with {sizes} has weight "
+                         "matrices too large for any memory; choose smaller sizes") from None
+    needed = 5 * sum(p.numel() * p.element_size() for p in probe.parameters())
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[1]
+    else:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") \
+            if hasattr(os, "sysconf") else None
+    if available is not None and needed > MEMORY_SHARE * available:
+        raise ValueError(f"--hidden/--ff: {model_config['name']} with {sizes} needs about "
+                         f"{needed / 1e9:.3g} GB for its parameters while training, more than "
+                         f"half of the {available / 1e9:.3g} GB of {device.type} memory; choose "
+                         "smaller sizes")
 
 
 def _shared(value: Any) -> Any:
@@ -311,6 +399,7 @@ def _train(args: argparse.Namespace) -> int:
         if "data" not in run_info:
             raise ValueError(f"{out / CHECKPOINT_NAME}: not written by fwplab train (no data "
                              "settings to reload the dataset with)")
+        _check_data_spec(run_info["data"], out / CHECKPOINT_NAME)
         model_config = saved["model_config"]
         config = TrainConfig(**saved["train_config"])
         seed = config.seed
@@ -330,11 +419,11 @@ def _train(args: argparse.Namespace) -> int:
         dataset = _load_data(run_info["data"])
         torch.manual_seed(seed)
         if args.resume is None:
+            _check_model_size(model_config, dataset.input_channels, dataset.num_classes, device)
             model = build_model(model_config.pop("name"), dataset.input_channels,
                                 dataset.num_classes, **model_config)
             if out is None:
                 out = Path(_shared(str(_default_out(dataset.name, model.config["name"]))))
-                _check_out(out)
         else:
             model = build_model(**model_config)
             if (model.input_channels, model.output_channels) != (dataset.input_channels,
@@ -347,12 +436,14 @@ def _train(args: argparse.Namespace) -> int:
             print(f"fwplab train: {model.config['name']} ({count_parameters(model)} parameters) "
                   f"on {dataset.name}, {device}, run folder {out}", flush=True)
         try:
-            history = fit(model, dataset, config, out=out, resume=args.resume is not None,
-                          progress=progress, run_info=run_info)
-        except KeyboardInterrupt:
-            print(f"fwplab train: interrupted; continue with: fwplab train --resume {out}",
-                  file=sys.stderr)
-            return EXIT_INTERRUPTED
+            with _stop_signals_interrupt():
+                history = fit(model, dataset, config, out=out, resume=args.resume is not None,
+                              progress=progress, run_info=run_info,
+                              allow_changed_data=bool(args.allow_changed_data))
+        except KeyboardInterrupt as stop:
+            signum = stop.args[0] if isinstance(stop, _Stopped) else signal.SIGINT
+            print(f"fwplab train: {_interrupted_message(out, signum)}", file=sys.stderr)
+            return EXIT_INTERRUPTED if signum == signal.SIGINT else 128 + signum
     finally:
         _stop_processes()
     if history.out is not None:
@@ -360,6 +451,40 @@ def _train(args: argparse.Namespace) -> int:
               f"{history.train['accuracy']:.4f}, {len(history.records)} epochs, "
               f"{history.seconds:.1f} s; wrote {history.out / METRICS_NAME}")
     return 0
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that every ``finally`` runs."""
+
+
+@contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`_Stopped` while training (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupted_message(out: Path, signum: int) -> str:
+    """What an interrupted run left, truthfully: a checkpoint to resume, or nothing."""
+    name = signal.Signals(signum).name
+    checkpoint = out / CHECKPOINT_NAME
+    if checkpoint.is_file():
+        epoch = load_checkpoint(checkpoint)["epoch"]
+        return (f"interrupted ({name}); {checkpoint} holds epoch {epoch}; continue with: "
+                f"fwplab train --resume {out}")
+    return (f"interrupted ({name}) before the first checkpoint; nothing was kept, so start "
+            "the run again")
 
 
 def _start_processes(device: torch.device) -> None:
