@@ -13,6 +13,12 @@ Settings come from, in this order of precedence: explicit flags, the preset
 (``--preset``; default ``japanese-vowels``), :class:`fwplab.train.TrainConfig`.
 Bad input ends the command with exit status 1 (2 for bad flags) and one line on
 stderr naming the file or argument and the problem; nothing is written.
+
+A run folder has one writer at a time: a second ``fwplab train`` on the same
+``--out`` (or a ``--resume`` while the run is still going) is refused in one line.
+Ctrl-C, SIGTERM and SIGHUP stop a run cleanly (exit status 128 + the signal's
+number) and say whether a checkpoint was kept to ``--resume`` from; ``--resume``
+refuses data that changed since the run started unless ``--allow-changed-data``.
 """
 
 from __future__ import annotations
@@ -480,7 +486,10 @@ def _interrupted_message(out: Path, signum: int) -> str:
     name = signal.Signals(signum).name
     checkpoint = out / CHECKPOINT_NAME
     if checkpoint.is_file():
-        epoch = load_checkpoint(checkpoint)["epoch"]
+        try:
+            epoch = load_checkpoint(checkpoint)["epoch"]
+        except ValueError as error:
+            return f"interrupted ({name}); {error}"
         return (f"interrupted ({name}); {checkpoint} holds epoch {epoch}; continue with: "
                 f"fwplab train --resume {out}")
     return (f"interrupted ({name}) before the first checkpoint; nothing was kept, so start "
