@@ -51,3 +51,19 @@ def test_the_explorers_carry_a_still_of_their_current_figure(build):
     png = base64.b64decode(html.split("base64,")[1].split('"')[0])
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     plt.close("all")
+
+
+def test_the_fast_weight_explorer_carries_a_still_of_its_heatmap():
+    import torch
+
+    import fwplab
+    from fwplab.widgets.explorer import FastWeightExplorer
+
+    torch.manual_seed(0)
+    model = fwplab.build_model("delta_cde", 3, 2, hidden_channels=8, num_heads=2)
+    x = torch.randn(2, 6, 3)
+    explorer = FastWeightExplorer(model, x)
+    html = explorer._repr_mimebundle_()["text/html"]
+    png = base64.b64decode(html.split("base64,")[1].split('"')[0])
+    assert png == bytes(explorer.image.value)
+    plt.close("all")

@@ -58,6 +58,7 @@ from ..discrete import retrieval_error
 from ..models import ContinuousFWP
 from ..paths import check_observations, control_path, integration_grid, interpolation_coeffs
 from ..rules.fast_weight import get_rule
+from .still import add_still
 from .plots import (
     draw_norm_curve,
     draw_singular_value_curves,
@@ -872,4 +873,5 @@ class FastWeightExplorer:
         return self.image.value
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        # The live widget, and for static pages (the book) a still of the current figure.
+        return add_still(self.widget._repr_mimebundle_(**kwargs) or {}, bytes(self.image.value))
