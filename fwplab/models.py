@@ -96,8 +96,9 @@ def _check_finite_output(module: nn.Module, out: Tensor, batch: ObservedBatch) -
     gaps = batch.times[1:] - batch.times[:-1]
     raise NonFiniteOutputError(
         f"x: the logits are not finite for inputs of magnitude up to {largest:.3g} and "
-        f"observation times {float(gaps.min()):.3g} to {float(gaps.max()):.3g} apart; "
-        "standardise the inputs and rescale the times (fwplab.load_dataset does the former)")
+        f"observation times {float(gaps.min()):.3g} to {float(gaps.max()):.3g} apart; if these "
+        "are large, standardise the inputs (fwplab.load_dataset does) and rescale the times, "
+        "otherwise the weights are out of scale")
 
 
 #: CDE layouts of :class:`ContinuousFWP` (see its ``layout`` argument).

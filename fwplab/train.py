@@ -437,9 +437,8 @@ def evaluate(
     """
     logits = predict(model, split, batch_size, coeffs)
     weight = None
-    if class_weights is not None:
-        checked = TrainConfig(class_weights=class_weights).class_weights
-        weight = _class_weight(TrainConfig(class_weights=checked), logits.shape[-1],
+    if class_weights is not None:  # TrainConfig checks the values, _class_weight the count
+        weight = _class_weight(TrainConfig(class_weights=class_weights), logits.shape[-1],
                                logits.device)
     return _metrics(logits, split.y.to(logits.device), weight)
 
@@ -1017,22 +1016,22 @@ class _Trainer:
         """
         if self.checkpoint is None or self.rank != 0:
             return
-        trial = self.checkpoint.with_name(f".trial-{CHECKPOINT_NAME}")
+        # The name of a checkpoint's temporary file: a trial cut short is cleaned up alike.
+        trial = self.checkpoint.with_name(f".{CHECKPOINT_NAME}.{os.getpid()}.tmp")
         extra = 2 * sum(p.numel() * p.element_size() for p in self.parameters)
         content = {"model": self.model.state_dict(), "best_model": self.best_state,
                    "optimizer": self.optimizer.state_dict(), "history": []}
-
-        def write(target: Path) -> None:
-            torch.save(content, target)
-            with open(target, "ab") as handle:
+        try:
+            torch.save(content, trial)
+            with open(trial, "ab") as handle:
                 for start in range(0, extra, 1 << 20):
                     handle.write(bytes(min(1 << 20, extra - start)))
-
-        try:
-            _atomic_write(trial, write)
-        except OSError as error:
-            raise OSError(f"{self.checkpoint.parent}: cannot write checkpoints there ({error}); "
-                          "nothing was trained") from None
+                handle.flush()
+                os.fsync(handle.fileno())
+        except (OSError, RuntimeError) as error:  # torch.save reports OSErrors as RuntimeError
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise OSError(f"{self.checkpoint.parent}: cannot write checkpoints there "
+                          f"({reason[:200]}); nothing was trained") from None
         finally:
             trial.unlink(missing_ok=True)
 

@@ -136,6 +136,17 @@ def test_the_total_size_limit(tmp_path, monkeypatch):
     _assert_nothing_written(tmp_path, before, tmp_path / "out")
 
 
+def test_the_member_count_limit(tmp_path, monkeypatch):
+    before = _setting(tmp_path) | {"many.tar"}
+    monkeypatch.setattr(download_module, "MAX_MEMBERS", 3)
+    archive = _tar(tmp_path / "many.tar", [(f"{k}.txt", "file", b"x") for k in range(4)],
+                   mode="w")
+    with pytest.raises(UnsafeArchiveError, match=r"many.tar: has 4 members, more than the limit "
+                       r"of 3 \(fwplab.data.download.MAX_MEMBERS\)"):
+        safe_extract(archive, tmp_path / "out")
+    _assert_nothing_written(tmp_path, before, tmp_path / "out")
+
+
 def test_a_target_with_content_is_refused(tmp_path):
     archive = _tar(tmp_path / "good.tar.gz", [("a.txt", "file", b"a")])
     (tmp_path / "full").mkdir()

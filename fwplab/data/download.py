@@ -65,6 +65,8 @@ MAX_EXTRACTED_BYTES = 20 * 1024**3
 #: a decompression bomb is near 1000); checked once it extracts past MIN_RATIO_CHECK_BYTES.
 MAX_COMPRESSION_RATIO = 100
 MIN_RATIO_CHECK_BYTES = 1 << 20
+#: Most members one archive may have (Speech Commands has about 106,000 files).
+MAX_MEMBERS = 1_000_000
 #: Longest symbolic-link text read from a zip member.
 MAX_LINK_BYTES = 4096
 
@@ -279,7 +281,11 @@ def _tar_entries(archive: Path, handle: tarfile.TarFile) -> list[_Entry]:
 
 
 def _check_sizes(archive: Path, entries: list[_Entry]) -> None:
-    """Refuse archives that would expand past :data:`MAX_EXTRACTED_BYTES` or too steeply."""
+    """Refuse archives that would expand past :data:`MAX_EXTRACTED_BYTES` or too steeply,
+    or hold more than :data:`MAX_MEMBERS` members."""
+    if len(entries) > MAX_MEMBERS:
+        raise UnsafeArchiveError(f"{archive}: has {len(entries)} members, more than the limit "
+                                 f"of {MAX_MEMBERS} (fwplab.data.download.MAX_MEMBERS)")
     total = sum(entry.size for entry in entries)
     sizes = {entry.path: entry.size for entry in entries if entry.kind == "file"}
     total += sum(sizes.get(PurePosixPath(entry.link), 0) for entry in entries
@@ -366,6 +372,7 @@ def safe_extract(archive: PathLike, target: PathLike) -> Path:
 
     - before anything is written, on the member list: absolute paths, ``..``
       components, links whose text points outside, special files (devices, fifos),
+      more than :data:`MAX_MEMBERS` members,
       and size: more than :data:`MAX_EXTRACTED_BYTES` in all, or (past
       :data:`MIN_RATIO_CHECK_BYTES`) more than :data:`MAX_COMPRESSION_RATIO` times the
       archive's own size;
