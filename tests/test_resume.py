@@ -1,6 +1,7 @@
 """Checkpoints and resume: an interrupted run, resumed, ends exactly where an
-uninterrupted one does (CPU), including a process killed with SIGKILL mid-run; a
-crash while writing a checkpoint leaves the previous one intact."""
+uninterrupted one does (CPU), including a process killed with SIGKILL or stopped
+with SIGTERM mid-run; a crash while writing a checkpoint leaves the previous one
+intact."""
 
 import json
 import math
@@ -104,7 +105,11 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
     assert sorted(path.name for path in tmp_path.iterdir()) == [CHECKPOINT_NAME]
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("stop, status", [
+    (signal.SIGKILL, -signal.SIGKILL),  # no cleanup at all: the lock dies with the process
+    (signal.SIGTERM, 128 + signal.SIGTERM),  # fwplab train stops like Ctrl-C
+])
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, stop, status):
     train, test = write_ts_pair(tmp_path, n_train=60, n_test=12)
     flags = ["--train", str(train), "--test", str(test), "--epochs", "4", "--hidden", "8",
              "--heads", "2", "--batch-size", "4", "--val-fraction", "0.2", "--dropout", "0.1",
@@ -119,10 +124,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
         while not (killed / CHECKPOINT_NAME).exists() and process.poll() is None:
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(POLL_S)
-        process.send_signal(signal.SIGKILL)
+        process.send_signal(stop)
     finally:
         process.wait()
-    assert process.returncode == -signal.SIGKILL
+    assert process.returncode == status
     assert not (killed / METRICS_NAME).exists()  # it died before the end
     assert load_checkpoint(killed)["epoch"] < 4
 
