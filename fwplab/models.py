@@ -634,6 +634,10 @@ class NeuralCDE(nn.Module):
         ff_channels: width of the MLP's hidden layers; default ``H``.
         num_layers: hidden layers of the MLP.
         interpolation, adjoint, method, step_size, rtol, atol: as :class:`ContinuousFWP`.
+
+    Raises:
+        ValueError: sizes that are not positive integers, an unknown interpolation or
+            method, a step size that is not a positive number.
     """
 
     def __init__(

@@ -351,7 +351,8 @@ def check_observations(
     """Validate a batch of observations and fill in the defaults.
 
     Args:
-        x: observations ``(batch, time, channels)``, floating point, NaN where missing.
+        x: observations ``(batch, time, channels)``, floating point, NaN where missing,
+            at least one series.
         times: strictly increasing observation times ``(time,)``; defaults to
             ``0, 1, ..., time - 1`` in ``x``'s dtype and device.
         lengths: number of observations of each series ``(batch,)``, integers in
