@@ -59,12 +59,12 @@ def read_uea_problem(source: Union[str, Path], problem: str) -> tuple[TsFile, Ts
         with zipfile.ZipFile(source) as archive:
             names = [info.filename for info in archive.infolist() if not info.is_dir()]
             members = [_find_member(names, name) for name in wanted]
-            texts = [None if m is None else _decode(archive.read(m)) for m in members]
+            texts = [None if m is None else _decode(archive.read(m), f"{source}!{m}") for m in members]
         sources = [f"{source}!{member}" for member in members]
     elif source.is_dir():
         files = [str(path) for path in source.rglob("*.ts")]
         members = [_find_member(files, name) for name in wanted]
-        texts = [None if m is None else _decode(Path(m).read_bytes()) for m in members]
+        texts = [None if m is None else _decode(Path(m).read_bytes(), str(m)) for m in members]
         sources = [str(member) for member in members]
     else:
         raise DataFormatError(f"{source}: not a zip file or folder holding {wanted[0]}")
