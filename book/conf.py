@@ -31,6 +31,8 @@ nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 # A static page cannot run a widget: show the still image and note each widget provides.
 nb_mime_priority_overrides = [("html", "application/vnd.jupyter.widget-view+json", None)]
+# ... and loads no widget renderer from a CDN (the book must read offline).
+nb_ipywidgets_js = {}
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"

@@ -9,7 +9,9 @@ has run, and says so.
 
 import functools
 import http.server
+import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -28,11 +30,33 @@ if not Path(CHROMIUM).is_file():
                 allow_module_level=True)
 
 
+#: Calls in a notebook's code that show a figure or a widget (whose still is a figure).
+DRAWS = re.compile(r"\bdraw_\w+\(|\bplt\.|\.plot\(|Explorer\(|_explorer\(|_playground\(")
+
+
+def _draws(stem: str) -> bool:
+    cells = json.loads((REPO / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+    return any(DRAWS.search("".join(c["source"])) for c in cells if c["cell_type"] == "code")
+
+
+def _shows_widget(stem: str) -> bool:
+    cells = json.loads((REPO / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+    return any(re.search(r"Explorer\(|_explorer\(|_playground\(", "".join(c["source"]))
+               for c in cells if c["cell_type"] == "code")
+
+
 def test_every_notebook_and_reference_page_is_in_the_book():
+    drawing = [stem for stem in NOTEBOOKS if _draws(stem)]
+    assert len(drawing) >= 5, drawing
     for stem in NOTEBOOKS:
         page = BOOK / "notebooks" / f"{stem}.html"
         assert page.is_file(), page
-        assert "<img" in page.read_text(encoding="utf-8"), f"{page.name} has no figure"
+        html = page.read_text(encoding="utf-8")
+        if stem in drawing:
+            assert "<img" in html, f"{page.name} has no figure"
+        if _shows_widget(stem):  # a static page shows the widget's still and how to run it
+            assert 'class="fwplab-still"' in html and "make lab" in html, page.name
+            assert "VBox(children" not in html, page.name
     for page in ("docs/maths.html", "docs/glossary.html", "book/api.html", "README.html",
                  "search.html", "_static/mathjax/tex-chtml.js"):
         assert (BOOK / page).is_file(), page
