@@ -92,54 +92,62 @@ def _judge_cut(answer: Any) -> Optional[str]:
     return None
 
 
-# -------------------------------------------------------------- 05.delta-recall-rate
-def _recall_rate_solution(W: Tensor, k: Tensor, v: Tensor, beta: float) -> Tensor:
-    error = v - W @ k
-    return -2 * beta * (k @ k) * (error @ error)
+# -------------------------------------------------------------- 05.crosstalk-rate
+def _crosstalk_rate_solution(W: Tensor, k: Tensor, v: Tensor, beta: float,
+                             other_key: Tensor, other_value: Tensor) -> Tensor:
+    written_error = v - W @ k
+    other_error = other_value - W @ other_key
+    return -2 * beta * (k @ other_key) * (other_error @ written_error)
 
 
-def _wrong_recall_rates() -> list[Callable]:
-    def hebb(W, k, v, beta):
-        return -2 * beta * (k @ k) * ((v - W @ k) @ v)
+def _wrong_crosstalk_rates() -> list[Callable]:
+    def own_pair(W, k, v, beta, other_key, other_value):
+        error = v - W @ k
+        return -2 * beta * (k @ k) * (error @ error)
 
-    def no_two(W, k, v, beta):
-        return _recall_rate_solution(W, k, v, beta) / 2
+    def key_norm_instead_of_overlap(W, k, v, beta, other_key, other_value):
+        return _crosstalk_rate_solution(W, k, v, beta, other_key, other_value) * (
+            (k @ k) / (k @ other_key))
 
-    def no_key_norm(W, k, v, beta):
-        return _recall_rate_solution(W, k, v, beta) / (k @ k)
+    def hebb(W, k, v, beta, other_key, other_value):
+        return -2 * beta * (k @ other_key) * ((other_value - W @ other_key) @ v)
 
-    def growing(W, k, v, beta):
-        return -_recall_rate_solution(W, k, v, beta)
+    def sign_flipped(W, k, v, beta, other_key, other_value):
+        return -_crosstalk_rate_solution(W, k, v, beta, other_key, other_value)
 
-    return [hebb, no_two, no_key_norm, growing]
+    return [own_pair, key_norm_instead_of_overlap, hebb, sign_flipped]
 
 
 @exercise(
-    "05.delta-recall-rate",
-    "Write rate(W, k, v, beta) returning d/dt |v - W k|^2 while W follows the delta rule "
-    "dW/dt = beta (v - W k) k^T, with the key k, the value v (shape (d,)) and the rate beta "
-    "(a number) held fixed; W has shape (d, d).",
-    solution=lambda: _recall_rate_solution,
-    wrong_answers=_wrong_recall_rates,
+    "05.crosstalk-rate",
+    "Write rate(W, k, v, beta, other_key, other_value) returning d/dt |other_value - W "
+    "other_key|^2, the rate at which the delta rule dW/dt = beta (v - W k) k^T, writing the "
+    "pair (k, v), changes the recall error of another stored pair (other_key, other_value); "
+    "keys and values have shape (d,), beta is a number, W has shape (d, d), all held fixed.",
+    solution=lambda: _crosstalk_rate_solution,
+    wrong_answers=_wrong_crosstalk_rates,
 )
-def _judge_recall_rate(answer: Any) -> Optional[str]:
+def _judge_crosstalk_rate(answer: Any) -> Optional[str]:
     if not callable(answer):
-        return f"expected a function rate(W, k, v, beta), got {type(answer).__name__}"
+        return ("expected a function rate(W, k, v, beta, other_key, other_value), got "
+                f"{type(answer).__name__}")
     generator = torch.Generator().manual_seed(5)
     for _ in range(4):
         W = torch.randn(6, 6, dtype=torch.float64, generator=generator)
-        k = torch.softmax(torch.randn(6, dtype=torch.float64, generator=generator), -1)
-        v = torch.tanh(torch.randn(6, dtype=torch.float64, generator=generator))
+        k, other_key = torch.softmax(torch.randn(2, 6, dtype=torch.float64,
+                                                 generator=generator), -1)
+        v, other_value = torch.tanh(torch.randn(2, 6, dtype=torch.float64, generator=generator))
         beta = float(torch.rand((), dtype=torch.float64, generator=generator))
-        expected = _recall_rate_solution(W, k, v, beta)
-        value = torch.as_tensor(answer(W, k, v, beta), dtype=torch.float64)
+        expected = float(_crosstalk_rate_solution(W, k, v, beta, other_key, other_value))
+        value = torch.as_tensor(answer(W, k, v, beta, other_key, other_value),
+                                dtype=torch.float64)
         if value.numel() != 1:
             return f"expected one number, got shape {tuple(value.shape)}"
-        if abs(float(value) - float(expected)) > TOLERANCE * (1 + abs(float(expected))):
-            if float(value) * float(expected) < 0:
-                return "the sign is off: the delta rule's write never makes this error grow"
-            return ("differentiate |e|^2 with e = v - W k: d/dt |e|^2 = 2 e . de/dt and "
-                    "de/dt = -(dW/dt) k; then put in the rule")
+        if abs(float(value) - expected) > TOLERANCE * (1 + abs(expected)):
+            if abs(float(value) + expected) <= TOLERANCE * (1 + abs(expected)):
+                return "the sign is off: d/dt |e|^2 = 2 e . de/dt, and de/dt = -(dW/dt) k'"
+            return ("dW/dt is an outer product with k: work out how fast the other read-out "
+                    "W k' moves (dW/dt applied to k'), then differentiate |v' - W k'|^2")
     return None
 
 

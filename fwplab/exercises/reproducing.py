@@ -15,26 +15,35 @@ from . import exercise
 SEPSIS_NO_OI_CHANNELS, SEPSIS_CLASSES = 35, 2
 
 
-def _sepsis_oi_lr() -> float:
-    return get_preset("sepsis-oi").train["lr"]
+#: The smaller batch of exercise 07.sepsis-lr (a GPU that holds only half of the official one).
+SMALLER_BATCH = 512
+#: The camera-ready official base rate of the sepsis run with observational intensity.
+SEPSIS_OI_BASE_LR = 3e-5
+
+
+def _sepsis_oi_lr_at_smaller_batch() -> float:
+    official = get_preset("sepsis-oi").train
+    return official["lr"] * SMALLER_BATCH / official["batch_size"]
 
 
 @exercise(
     "07.sepsis-lr",
-    "The camera-ready official command for sepsis with observational intensity uses "
-    "--base_lr 3e-05 and --batch_size 1024. Which learning rate does the optimiser "
-    "actually use? Give a number.",
-    solution=_sepsis_oi_lr,
-    wrong_answers=lambda: [3e-5, 3e-5 * 1024, 1e-5 * 32],
+    f"The official sepsis run with observational intensity uses --base_lr {SEPSIS_OI_BASE_LR:g} "
+    f"and batches of 1024. Your GPU holds only batches of {SMALLER_BATCH}. Which learning rate "
+    "does the official code's rule give the optimiser at that batch size? Give a number.",
+    solution=_sepsis_oi_lr_at_smaller_batch,
+    wrong_answers=lambda: [SEPSIS_OI_BASE_LR, get_preset("sepsis-oi").train["lr"],
+                           SEPSIS_OI_BASE_LR * SMALLER_BATCH, 1e-5 * SMALLER_BATCH / 32],
 )
 def _judge_sepsis_lr(answer: Any) -> Optional[str]:
     value = float(answer)
-    expected = _sepsis_oi_lr()
-    if math.isclose(value, expected, rel_tol=1e-3):
+    if math.isclose(value, _sepsis_oi_lr_at_smaller_batch(), rel_tol=1e-3):
         return None
-    if math.isclose(value, 3e-5, rel_tol=1e-3):
+    if math.isclose(value, SEPSIS_OI_BASE_LR, rel_tol=1e-3):
         return "that is the base rate; the official code scales it with the batch size"
-    if math.isclose(value, 1e-5 * 32, rel_tol=1e-3):
+    if math.isclose(value, get_preset("sepsis-oi").train["lr"], rel_tol=1e-3):
+        return "that is the rate at batches of 1024; the rate follows the batch size"
+    if math.isclose(value, 1e-5 * SMALLER_BATCH / 32, rel_tol=1e-3):
         return "1e-5 was the base rate of an older README; the camera-ready one differs"
     return "the official rate is base_lr * batch_size / 32"
 

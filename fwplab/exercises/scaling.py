@@ -1,45 +1,50 @@
-"""Exercises of notebook 6, "Scaling and speed": counting the work per evaluation."""
+"""Exercises of notebook 6, "Scaling and speed": counting the solver's and the update's work."""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from ..benchmarking import field_outputs
+import torch
+
+from ..solvers import stage_points
 from . import exercise
 
-#: The sizes of exercise 06.field-outputs: hidden size, input channels, heads.
-HIDDEN, CHANNELS, HEADS = 64, 21, 4
+#: Observation times of exercise 06.stage-points: the Speech Commands series (one unit apart).
+OBSERVATIONS = 161
+#: torchdiffeq's rk4 (the 3/8 rule) evaluates the vector field this often per step.
+RK4_STAGES = 4
 
 #: Head sizes the rank-one update exercise is checked at.
 HEAD_SIZES = (8, 20, 64)
 
 
-def _outputs() -> tuple[int, int]:
-    return (field_outputs("ncde", HIDDEN, CHANNELS, HEADS),
-            field_outputs("delta_cde", HIDDEN, CHANNELS, HEADS))
+def _stage_counts() -> tuple[int, int]:
+    grid = torch.arange(float(OBSERVATIONS))  # the default step is the smallest gap: 1
+    steps = OBSERVATIONS - 1
+    return RK4_STAGES * steps, len(stage_points(grid, "rk4"))
 
 
 @exercise(
-    "06.field-outputs",
-    f"How many numbers does the vector field compute per evaluation and series for a Neural "
-    f"CDE with hidden size H = {HIDDEN} on C = {CHANNELS} input channels, and how many does "
-    f"the slow net of a delta_cde with the same H and {HEADS} heads? Give a pair "
-    "(ncde, delta_cde).",
-    solution=_outputs,
-    wrong_answers=lambda: [(HIDDEN, 2 * HIDDEN + HEADS), (HIDDEN * CHANNELS, 2 * HIDDEN),
-                           (HIDDEN * CHANNELS, HIDDEN * CHANNELS), (HIDDEN**2 * CHANNELS, 132)],
+    "06.stage-points",
+    f"A series of {OBSERVATIONS} observation times one unit apart is solved with rk4 at the "
+    "default step (one step per gap). How many times does the torchdiffeq reference evaluate "
+    "the vector field, and at how many distinct times does the fast path evaluate the slow "
+    "net? Give a pair (reference, fast).",
+    solution=_stage_counts,
+    wrong_answers=lambda: [(RK4_STAGES * OBSERVATIONS, 481), (640, 640), (640, 480),
+                           (480, 481), (640, 3 * OBSERVATIONS)],
 )
-def _judge_outputs(answer: Any) -> Optional[str]:
-    ncde, fwp = (int(value) for value in answer)
-    expected_ncde, expected_fwp = _outputs()
+def _judge_stage_counts(answer: Any) -> Optional[str]:
+    reference, fast = (int(value) for value in answer)
+    expected_reference, expected_fast = _stage_counts()
+    steps = OBSERVATIONS - 1
     hints = []
-    if ncde != expected_ncde:
-        hints.append("the Neural CDE's field is a matrix that multiplies dX: how many rows and "
-                     "columns has it?" if ncde != HIDDEN**2 * CHANNELS else
-                     "H^2 C counts the last layer's weights; count its outputs instead")
-    if fwp != expected_fwp:
-        hints.append("the slow net outputs a key and a value per hidden unit and one rate per "
-                     "head, and none of that depends on C")
+    if reference != expected_reference:
+        hints.append(f"the reference: {OBSERVATIONS} observation times make {steps} steps, "
+                     "and every step evaluates the field at each of its stages")
+    if fast != expected_fast:
+        hints.append("the fast path: a step's last stage is the next step's first, so each "
+                     "step owns all its stage times but one; count the final grid point too")
     return "; ".join(hints) or None
 
 
