@@ -68,3 +68,14 @@ def test_stderr_text_picks_only_stderr_streams():
                {"output_type": "display_data", "data": {}}]
     assert stderr_text(outputs) == "warn\n"
     assert stderr_text(outputs[:1]) == "" and stderr_text(None) == ""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exercise_cells_are_the_registered_ones_and_show_no_solution(path):
+    from fwplab.exercises import exercises_of
+
+    code = [_source(c) for c in _cells(path) if c["cell_type"] == "code"]
+    asked = re.findall(r"""check\(\s*["']([^"']+)["']""", "\n".join(code))
+    registered = [e.key for e in exercises_of(int(path.name[:2]))]
+    assert sorted(asked) == registered, (path.name, asked, registered)
+    assert not any(re.search(r"\bsolution\(", source) for source in code), path.name
