@@ -91,9 +91,10 @@ def _judge_drop(answer: Callable[[Tensor, Tensor, float], Tensor]) -> Optional[s
 
 
 def _parameters() -> dict[str, int]:
+    heads = {"delta_cde": {"num_heads": HEADS}, "ncde": {}}  # the Neural CDE has no heads
     return {name: count_parameters(build_model(name, CHANNELS, CLASSES, hidden_channels=HIDDEN,
-                                               num_heads=HEADS))
-            for name in ("delta_cde", "ncde")}
+                                               **options))
+            for name, options in heads.items()}
 
 
 def _fewer() -> tuple[str, int]:

@@ -7,6 +7,7 @@ inputs and compared with the package (:mod:`fwplab.discrete`,
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any, Optional
@@ -222,51 +223,60 @@ def _judge_orthonormal_capacity(answer: Any) -> Optional[str]:
     return None
 
 
-# ---------------------------------------------------------------- 02.softmax-correction
+# ---------------------------------------------------------------- 02.repeated-writes
+
+#: (key length, logit scale, tolerance) of the keys the judge of 02.repeated-writes tries.
+REPEATED_WRITE_CASES = ((4, 1.0, 1e-3), (16, 3.0, 0.05), (32, 0.5, 0.01))
 
 
-def _measured_fraction(key: Tensor, seed: int) -> Tensor:
-    """How much of ``v - W k`` one delta write at rate 1 removes from the read-out ``W k``."""
+def _writes_needed_by_simulation(key: Tensor, tolerance: float, seed: int) -> int:
+    """Delta writes of one pair at rate 1 until ``|v - W k|`` is below ``tolerance`` of its start."""
     generator = _generator(seed)
     weight = torch.randn(4, key.shape[-1], generator=generator, dtype=torch.float64)
     value = torch.randn(4, generator=generator, dtype=torch.float64)
-    missing = value - weight @ key
-    written = weight + delta_update(weight, key, value, torch.ones(1, dtype=torch.float64))
-    return ((written @ key - weight @ key) @ missing) / (missing @ missing)
+    start, writes = (value - weight @ key).norm(), 0
+    while (value - weight @ key).norm() >= tolerance * start:
+        weight = weight + delta_update(weight, key, value, torch.ones(1, dtype=torch.float64))
+        writes += 1
+    return writes
 
 
-def _softmax_correction_wrong_answers() -> list:
+def _writes_needed(phi: Tensor, tolerance: float) -> int:
+    shrink = 1 - phi.pow(2).sum()
+    return math.ceil(math.log(tolerance) / math.log(float(shrink)))
+
+
+def _repeated_writes_wrong_answers() -> list:
     return [
-        lambda phi: phi.sum(),
-        lambda phi: phi.norm(),
-        lambda phi: torch.ones((), dtype=phi.dtype),
-        lambda phi: phi.max(),
+        lambda phi, tolerance: math.ceil(math.log(tolerance) / math.log(1 - float(phi.norm()))),
+        lambda phi, tolerance: 1,
+        lambda phi, tolerance: math.floor(math.log(tolerance)
+                                          / math.log(1 - float(phi.pow(2).sum()))),
+        lambda phi, tolerance: math.ceil(math.log(tolerance) / math.log(1 - float(phi.max()))),
     ]
 
 
 @exercise(
-    "02.softmax-correction",
-    "A delta write at beta = 1 with a softmax key phi moves the read-out W phi towards the "
-    "value v, but only by a fraction of the missing part v - W phi. Write "
-    "corrected_fraction(phi) returning that fraction (a number) for a key phi of shape (d,).",
-    solution=lambda: lambda phi: phi.pow(2).sum(),
-    wrong_answers=_softmax_correction_wrong_answers,
+    "02.repeated-writes",
+    "The delta rule writes the same pair (softmax key phi, value v) again and again at beta = 1, "
+    "starting from some W. Write writes_needed(phi, tolerance) returning the smallest number of "
+    "writes after which |v - W phi| is below tolerance times its size before the first write.",
+    solution=lambda: _writes_needed,
+    wrong_answers=_repeated_writes_wrong_answers,
 )
-def _judge_softmax_correction(answer: Any) -> Optional[str]:
+def _judge_repeated_writes(answer: Any) -> Optional[str]:
     if not callable(answer):
-        return "pass a function corrected_fraction(phi)."
-    for seed, (dim, scale) in enumerate(((4, 1.0), (16, 3.0), (32, 0.5))):
+        return "pass a function writes_needed(phi, tolerance)."
+    for seed, (dim, scale, tolerance) in enumerate(REPEATED_WRITE_CASES):
         logits = scale * torch.randn(dim, generator=_generator(100 + seed), dtype=torch.float64)
         key = torch.softmax(logits, -1)
-        given = torch.as_tensor(answer(key), dtype=torch.float64)
-        if given.numel() != 1:
-            return f"return one number, got a tensor of shape {tuple(given.shape)}."
-        expected = _measured_fraction(key, seed)
-        if abs(given.item() - expected.item()) > ATOL:
+        given = answer(key, tolerance)
+        expected = _writes_needed_by_simulation(key, tolerance, seed)
+        if given != expected:
             return (
-                f"for a softmax key of length {dim} the write moved W phi by "
-                f"{expected.item():.4f} of the missing part, you said {given.item():.4f}. "
-                "Apply W' = W + (v - W phi) phi^T to phi and read off the factor in front "
-                "of v - W phi."
+                f"for a softmax key of length {dim} and tolerance {tolerance:g}, {expected} "
+                f"writes were needed, you said {given}. Apply one write W' = W + (v - W phi) "
+                "phi^T and compare v - W' phi with v - W phi: every write scales the gap by "
+                "the same factor."
             )
     return None
