@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 import fwplab
 from fwplab.discrete import retrieval_error
 from fwplab.paths import control_path, interpolation_coeffs
+from fwplab.rules import RULES, register_rule, unregister_rule
 from fwplab.widgets.explorer import (
     POINTS_PER_STEP,
     FastWeightExplorer,
@@ -20,8 +21,11 @@ from fwplab.widgets.explorer import (
     draw_fast_weights,
     drop_data_points,
     fast_weight_trace,
+    control_limits,
     hermite_dense_output,
     observed_points,
+    rule_menu,
+    shown_controls,
     recall_error_rate,
     stored_pair_error,
     time_index,
@@ -456,3 +460,79 @@ def test_shared_plots_check_shapes(model, batch):
     ax = draw_parameter_scaling({"a": torch.tensor([1.0, 2.0])}, {"a": torch.tensor([3.0, 9.0])},
                                 "size")
     assert ax.get_xscale() == "log" and len(ax.get_lines()) == 1
+
+
+def _user_delta(W, key, value, rate):
+    """The delta rule written as a user would: b (v - W k) k^T."""
+    if W is not None:
+        value = value - torch.matmul(W, key.unsqueeze(-1)).squeeze(-1)
+    return (rate * value).unsqueeze(-1) * key.unsqueeze(-2)
+
+
+def _raw_value_hebb(W, key, value, rate):
+    """Hebb on a raw (identity-activated) value, with decay."""
+    write = (rate * value).unsqueeze(-1) * key.unsqueeze(-2)
+    return write if W is None else write - 0.5 * W
+
+
+@pytest.fixture
+def user_rules():
+    register_rule("test_user_delta", _user_delta, label="test: user delta")
+    register_rule("test_raw_hebb", _raw_value_hebb, value="identity")
+    try:
+        yield
+    finally:
+        unregister_rule("test_user_delta")
+        unregister_rule("test_raw_hebb")
+
+
+def test_rule_menu_reads_the_registry_when_the_explorer_is_built(model, batch, user_rules):
+    x, times, lengths = batch
+    assert rule_menu() == {name: rule.label for name, rule in RULES.items()}
+    explorer = FastWeightExplorer(model, x, times, lengths)
+    assert ("test: user delta", "test_user_delta") in explorer.rule_selector.options
+    explorer.rule_selector.value = "test_user_delta"
+    assert explorer.trace.rule == "test_user_delta"
+    # The same slow net under the user's delta rule programs the built-in delta's W(t).
+    builtin = explorer.trace_for(0, "delta")
+    torch.testing.assert_close(explorer.trace.weights, builtin.weights, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(explorer.trace.updates, builtin.updates, rtol=RTOL, atol=ATOL)
+    assert explorer.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_raw_control_is_shown_raw_with_room_for_its_values(model, batch, user_rules):
+    x, times, lengths = batch
+    trace = fast_weight_trace(model, x, times, lengths, rule="test_raw_hebb")
+    copied = with_rule(model, "test_raw_hebb")
+    assert copied.rule == "test_raw_hebb" and copied.config["name"] == "test_raw_hebb_cde"
+    assert trace.values.abs().max() > 1  # not squashed by tanh
+    figure = FastWeightFigure(trace)
+    low, high = figure.value_axes.get_xlim()
+    assert low <= float(trace.values[:, 0].min()) and high >= float(trace.values[:, 0].max())
+    assert figure.value_axes.get_title() == "value v"
+    assert figure.key_axes.get_title() == "key softmax(k)"
+
+
+def test_an_unregistered_rule_leaves_the_menu(model, batch):
+    register_rule("test_passing_rule", _user_delta)
+    unregister_rule("test_passing_rule")
+    assert "test_passing_rule" not in rule_menu()
+    x, times, lengths = batch
+    with pytest.raises(ValueError, match="rule: expected one of"):
+        fast_weight_trace(model, x, times, lengths, rule="test_passing_rule")
+
+
+def test_shown_controls_squash_what_the_rule_squashes_after_its_subtraction():
+    generator = torch.Generator().manual_seed(0)
+    key, value = torch.randn(2, 5, generator=generator) * 3
+    rate = torch.randn(1, generator=generator)
+    shown = shown_controls(RULES["oja"], key, value, rate)
+    torch.testing.assert_close(shown[0], torch.softmax(key, -1))  # oja: softmax after
+    torch.testing.assert_close(shown[1], torch.tanh(value))
+    post_tanh = RULES["delta"].option("post_tanh")
+    torch.testing.assert_close(shown_controls(post_tanh, key, value, rate)[1], torch.tanh(value))
+    torch.testing.assert_close(shown_controls(RULES["delta"], key, value, rate)[2],
+                               torch.sigmoid(rate))
+    assert control_limits("softmax", key) == (0.0, 1.0)
+    assert control_limits("tanh", value) == (-1.0, 1.0)
+    assert control_limits("identity", value)[1] >= float(value.abs().max())

@@ -7,6 +7,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from fwplab.rules import RULES, register_rule, unregister_rule
 from fwplab.rules.classic import delta_stability_bound, oja_mean_solution
 from fwplab.widgets import playground
 from fwplab.widgets.playground import (
@@ -14,7 +15,9 @@ from fwplab.widgets.playground import (
     draw_convergence,
     draw_errors_over_time,
     draw_rule_trajectories,
+    PLANE_HORIZON,
     online_rule_trajectories,
+    plane_rules,
     rule_playground,
     rule_trajectories,
     sample_key_value_stream,
@@ -128,7 +131,7 @@ def test_rule_playground_redraws_when_a_control_changes(problem, monkeypatch):
 
 
 def test_bad_arguments_are_refused(problem):
-    with pytest.raises(ValueError, match="rule must be one of"):
+    with pytest.raises(ValueError, match="rule: expected one of"):
         rule_trajectories(problem, "sanger", lr=0.1, step_size=0.1)
     with pytest.raises(ValueError, match="lr must be a positive finite number"):
         rule_trajectories(problem, "oja", lr=0.0, step_size=0.1)
@@ -182,3 +185,59 @@ def test_draw_errors_over_time():
     figure = draw_errors_over_time({"a": (times, times.exp()), "b": (times, 1 + times)}, "error")
     assert len(figure.axes[0].lines) == 2 and figure.axes[0].get_yscale() == "log"
     figure.savefig(io.BytesIO(), format="png")
+
+
+DECAY = 0.5  # lambda of the decaying Hebb rule registered by the tests below
+
+
+def _decaying_hebb(W, key, value, rate):
+    write = rate.unsqueeze(-1) * value.unsqueeze(-1) * key.unsqueeze(-2)
+    return write if W is None else write - DECAY * W
+
+
+def _square_only(W, key, value, rate):  # needs d x d fast weights: W @ W
+    write = rate.unsqueeze(-1) * value.unsqueeze(-1) * key.unsqueeze(-2)
+    return write if W is None else write - W @ W
+
+
+@pytest.fixture
+def registered_rules():
+    register_rule("test_decaying_hebb", _decaying_hebb, label="test: decaying Hebb")
+    register_rule("test_square_only", _square_only)
+    try:
+        yield
+    finally:
+        unregister_rule("test_decaying_hebb")
+        unregister_rule("test_square_only")
+
+
+def test_registered_rules_that_fit_the_plane_are_offered(problem, registered_rules):
+    assert "test_decaying_hebb" in plane_rules() and "test_square_only" not in plane_rules()
+    assert not set(plane_rules()) & {name for name, rule in RULES.items() if rule.builtin}
+    widget = rule_playground(problem)
+    rule = widget.children[0].children[0]
+    assert ("registered: test: decaying Hebb", "test_decaying_hebb") in rule.options
+    assert all(value != "test_square_only" for _, value in rule.options)
+    rule.value = "test_decaying_hebb"  # redraws without error
+
+
+def test_registered_rule_runs_the_averaged_field(problem, registered_rules):
+    # dW/dt = mean_i y_i x_i^T - lambda W = C_yx - lambda W: W(t) = W* + (W0 - W*) e^(-lambda t)
+    trajectories = rule_trajectories(problem, "test_decaying_hebb", lr=0.1, step_size=0.05)
+    fixed_point = problem.C_yx / DECAY
+    closed_form = fixed_point + (problem.starts - fixed_point) * math.exp(-DECAY * PLANE_HORIZON)
+    torch.testing.assert_close(trajectories.ode[-1], closed_form, rtol=0, atol=1e-6)
+    # Euler: W_k = W* + (W0 - W*) (1 - lr lambda)^k
+    steps = trajectories.discrete.shape[0] - 1
+    iterate = fixed_point + (problem.starts - fixed_point) * (1 - 0.1 * DECAY) ** steps
+    torch.testing.assert_close(trajectories.discrete[-1], iterate, rtol=0, atol=1e-9)
+    assert trajectories.ode_times[-1].item() == PLANE_HORIZON
+    assert isinstance(draw_rule_trajectories(trajectories), Figure)
+
+
+def test_unregistered_rule_leaves_the_menu(problem):
+    register_rule("test_passing_rule", _decaying_hebb)
+    unregister_rule("test_passing_rule")
+    assert "test_passing_rule" not in plane_rules()
+    with pytest.raises(ValueError, match="rule: expected one of"):
+        rule_trajectories(problem, "test_passing_rule", lr=0.1, step_size=0.1)

@@ -6,7 +6,8 @@ on a dense time grid that splits every step of the solver's grid (which runs thr
 every ``t_i``) into equal parts, and for every head ``h``::
 
     W_h(t)                        the fast weight (d x d)
-    k_h(t), v_h(t), b_h(t)        what the slow net writes at t: softmax(k), tanh(v), sigma(b)
+    k_h(t), v_h(t), b_h(t)        what the slow net writes at t, activated by the rule
+                                  (softmax(k), tanh(v), sigma(b) for the built-in rules)
     dW_h/dt                       the rule's write at t
     W_h(t) q_h(T)                 the read-out of the final query q(T)
     ||W_h(t)||_F, s_1..s_d        the norm and the singular values of W_h(t)
@@ -27,7 +28,7 @@ spline through all observations lets the path before ``t_i`` depend on later
 observations, so the streamed read-out at ``t_i`` can see the future.
 
 (for ``oja``, the softmax Oja rule, the key shown is the softmax of the slow net's
-key, before the rule subtracts ``W^T v``). :class:`FastWeightFigure` draws one head
+key, before the rule subtracts ``W^T v``: :func:`shown_controls`). :class:`FastWeightFigure` draws one head
 at one time and only updates its artists when the time moves;
 :class:`FastWeightExplorer` puts a time slider and selectors for the series, the
 head, the learning rule and the fraction of observations dropped on top, with a
@@ -35,8 +36,10 @@ cache so that each (series, rule, fraction) is computed once and a slider move
 only redraws.
 
 Switching the rule keeps the slow net: the same keys, values and rates drive Hebb,
-the softmax Oja rule or the delta rule, so the three memories can be compared on the
-same input.
+the softmax Oja rule, the delta rule or any rule added with
+:func:`fwplab.register_rule`, so the memories can be compared on the same input. The
+rule menu is read from :data:`fwplab.rules.RULES` when an explorer is built
+(:func:`rule_menu`), so it offers every rule registered before that.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ from ..data import drop_observations
 from ..discrete import retrieval_error
 from ..models import ContinuousFWP
 from ..paths import check_observations, control_path, integration_grid, interpolation_coeffs
-from ..rules.fast_weight import get_rule
+from ..rules import RULES, FastWeightRule, get_rule
+from ..rules.record import CORRECTIONS
 from .still import add_still
 from .plots import (
     draw_norm_curve,
@@ -74,6 +78,10 @@ __all__ = [
     "FastWeightTrace",
     "FastWeightFigure",
     "FastWeightExplorer",
+    "control_limits",
+    "rule_menu",
+    "shown_activations",
+    "shown_controls",
     "with_rule",
     "fast_weight_trace",
     "cut_predictions",
@@ -99,12 +107,9 @@ POINTS_PER_STEP = 4
 #: The missing-rate selector's fractions of observations dropped.
 MISSING_RATES = (0.0, 0.3, 0.5, 0.7)
 
-#: The rule selector's entries: each rule with its update (b is the rate).
-RULE_LABELS = {
-    "hebb": "Hebb: dW = b v k^T",
-    "oja": "softmax Oja: dW = v (b softmax(k - W^T v))^T",
-    "delta": "delta: dW = b (v - W k) k^T",
-}
+#: Names of the activations in the figure's titles (the identity leaves the control raw).
+ACTIVATION_SYMBOLS = {"identity": "{}", "tanh": "tanh({})", "sigmoid": "sigma({})",
+                      "softmax": "softmax({})"}
 
 KEY_COLOR = "tab:green"
 VALUE_COLOR = "tab:purple"
@@ -127,9 +132,11 @@ class FastWeightTrace(NamedTuple):
         series_index: position of each ``t_i`` in :attr:`times` ``(n,)``.
         observed: whether ``t_i`` carries data (not dropped) ``(n,)``.
         weights: ``W(t)`` of shape ``(points, heads, d, d)``.
-        keys: ``softmax(k(t))`` of shape ``(points, heads, d)``.
-        values: ``tanh(v(t))`` of shape ``(points, heads, d)``.
-        rates: ``sigma(b(t))`` of shape ``(points, heads)``.
+        keys: the activated key ``k(t)`` (``softmax`` for the built-in rules; see
+            :func:`shown_controls`) of shape ``(points, heads, d)``.
+        values: the activated value ``v(t)`` (``tanh`` for the built-in rules)
+            of shape ``(points, heads, d)``.
+        rates: the activated rate ``b(t)`` (``sigma``) of shape ``(points, heads)``.
         updates: what the rule writes, ``dW/dt`` at ``t``, of shape ``(points, heads, d, d)``.
         query: the final query ``q(T)`` of shape ``(heads, d)``.
         readouts: ``W(t) q(T)`` of shape ``(points, heads, d)``.
@@ -164,28 +171,69 @@ class FastWeightTrace(NamedTuple):
                                  for item in self))
 
 
+def rule_menu() -> dict[str, str]:
+    """The rule selector's entries, read from :data:`fwplab.rules.RULES` when called.
+
+    Every registered rule, built-in or added with :func:`fwplab.register_rule` (before
+    the call), with its label (its update, ``b`` the rate).
+
+    Returns:
+        Rule name -> label.
+    """
+    return {name: record.label for name, record in RULES.items()}
+
+
+def shown_controls(rule: FastWeightRule, key: Tensor, value: Tensor,
+                   rate: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The key, value and rate the explorer shows, from the slow net's raw ones.
+
+    Each control goes through the rule's activation. A rank-one rule that squashes
+    after its subtraction (the softmax Oja rule's key, the post-tanh delta rule's
+    value) takes that control raw; the explorer shows it squashed by the same ``g``,
+    before the subtraction::
+
+        delta structure:  value shown = g(value)
+        oja structure:    key shown = g(key)
+
+    Args:
+        rule: the rule's record.
+        key: key logits ``(..., d)``.
+        value: value pre-activations ``(..., d)``.
+        rate: rate logits ``(..., 1)``.
+
+    Returns:
+        Key and value ``(..., d)``, rate ``(..., 1)``.
+    """
+    key, value, rate = rule.activate(key, value, rate)
+    squash = CORRECTIONS[rule.correction]
+    if rule.structure == "delta":
+        value = squash(value)
+    elif rule.structure == "oja":
+        key = squash(key)
+    return key, value, rate
+
+
 def with_rule(model: ContinuousFWP, rule: str) -> ContinuousFWP:
     """A copy of ``model`` in evaluation mode whose fast weights follow ``rule``.
 
     The copy keeps every slow weight, so the same keys, values and rates drive the
-    new rule. ``post_tanh`` is a delta-rule option and is dropped for Hebb and Oja.
-    A ``config`` recorded by :func:`fwplab.build_model` is updated to match, so the copy
-    can be rebuilt and checkpointed like any model.
+    new rule. ``post_tanh`` is kept only for a rule that has that option (the delta
+    rule). A ``config`` recorded by :func:`fwplab.build_model` is updated to match, so
+    the copy can be rebuilt and checkpointed like any model.
 
     Args:
         model: a continuous FWP (it is not modified).
-        rule: ``"hebb"``, ``"oja"`` or ``"delta"``.
+        rule: a name in :data:`fwplab.rules.RULES` (a registered rule included).
 
     Returns:
         The copy.
     """
     if not isinstance(model, ContinuousFWP):
         raise TypeError(f"model: expected a ContinuousFWP, got {type(model).__name__}")
-    if rule not in RULE_LABELS:
-        raise ValueError(f"rule: expected one of {sorted(RULE_LABELS)}, got {rule!r}")
+    record = get_rule(rule)
     copied = copy.deepcopy(model).eval()
     copied.rule = rule
-    copied.post_tanh = model.post_tanh and rule == "delta"
+    copied.post_tanh = model.post_tanh and "post_tanh" in record.options
     if hasattr(model, "config"):
         copied.config = {**model.config, "name": copied.name}
         if not copied.post_tanh:
@@ -399,6 +447,7 @@ def fast_weight_trace(
     own_times = batch.times[:length].to(device)
     observed = observed_points(observations[0], time_channel)
     rule_function = get_rule(rule)
+    record = rule_function.option("post_tanh", model.post_tanh)
     # The solver's own grid; a fixed step makes the solve on it the model's own solve.
     model.step_size = model.step_size or float((own_times[1:] - own_times[:-1]).min())
     solver_grid = integration_grid(own_times, model.step_size)
@@ -418,7 +467,8 @@ def fast_weight_trace(
         weights = hermite_dense_output(solver_grid, at_steps, slopes, grid)
         key, value, rate = controls(grid)
         updates = rule_function(weights, key, value, rate, post_tanh=model.post_tanh)
-        query = model._query(path, own_times[-1:])[0, 0]  # (heads, d)
+        shown_key, shown_value, shown_rate = shown_controls(record, key, value, rate)
+        query = model.query(path, own_times[-1:])[0, 0]  # (heads, d)
         readouts = torch.matmul(weights, query.unsqueeze(-1)).squeeze(-1)
         return FastWeightTrace(
             rule=rule,
@@ -428,9 +478,9 @@ def fast_weight_trace(
             series_index=series_index,
             observed=observed,
             weights=weights,
-            keys=torch.softmax(key, -1),
-            values=torch.tanh(value),
-            rates=torch.sigmoid(rate[..., 0]),
+            keys=shown_key,
+            values=shown_value,
+            rates=shown_rate[..., 0],
             updates=updates,
             query=query,
             readouts=readouts,
@@ -512,6 +562,41 @@ def _check_head(trace: FastWeightTrace, head: int) -> None:
         raise ValueError(f"head: expected an index in [0, {heads - 1}], got {head!r}")
 
 
+def control_limits(activation: str, controls: Tensor) -> tuple[float, float]:
+    """Axis range of a control's bars, from the activation it went through.
+
+    Softmax and sigmoid lie in ``[0, 1]``, tanh in ``[-1, 1]``; a raw (identity)
+    control gets a symmetric range that holds all of its values.
+
+    Args:
+        activation: ``"softmax"``, ``"sigmoid"``, ``"tanh"`` or ``"identity"``.
+        controls: every value the bars will show, any shape.
+
+    Returns:
+        ``(low, high)``.
+    """
+    if activation in ("softmax", "sigmoid"):
+        return (0.0, 1.0)
+    if activation == "tanh":
+        return (-1.0, 1.0)
+    reach = 1.05 * symmetric_limit(controls)
+    return (-reach, reach)
+
+
+def shown_activations(rule: FastWeightRule) -> tuple[str, str, str]:
+    """The activations of the key, value and rate :func:`shown_controls` returns."""
+    key, value, rate = rule.activations
+    if rule.correction != "linear" and rule.structure == "delta":
+        value = rule.correction
+    elif rule.correction != "linear" and rule.structure == "oja":
+        key = rule.correction
+    return key, value, rate
+
+
+def _symbol(activation: str, control: str) -> str:
+    return ACTIVATION_SYMBOLS[activation].format(control)
+
+
 class FastWeightFigure:
     """The explorer's figure: one head of one trace, redrawn in place when the time moves.
 
@@ -573,14 +658,16 @@ class FastWeightFigure:
         )
         self.figure.colorbar(self.image, cax=self.weight_axes.inset_axes([1.05, 0.0, 0.06, 1.0]))
 
+        activations = shown_activations(get_rule(trace.rule))
         self.key_bars = self.key_axes.bar(components, [0.0] * d, color=KEY_COLOR)
-        self.key_axes.set(ylim=(0, 1), xlabel="key component")
-        self.key_axes.set_title("key softmax(k)", fontsize="medium")
+        self.key_axes.set(ylim=control_limits(activations[0], trace.keys[:, head]), xlabel="key component")
+        self.key_axes.set_title(f"key {_symbol(activations[0], 'k')}", fontsize="medium")
         self.value_bars = self.value_axes.barh(components, [0.0] * d, color=VALUE_COLOR)
-        self.value_axes.set(xlim=(-1, 1), ylim=(d - 0.5, -0.5), ylabel="value component")
-        self.value_axes.set_title("value tanh(v)", fontsize="medium")
+        self.value_axes.set(xlim=control_limits(activations[1], trace.values[:, head]), ylim=(d - 0.5, -0.5),
+                            ylabel="value component")
+        self.value_axes.set_title(f"value {_symbol(activations[1], 'v')}", fontsize="medium")
         self.rate_bars = self.rate_axes.bar([0], [0.0], color=RATE_COLOR)
-        self.rate_axes.set(ylim=(0, 1), xticks=[])
+        self.rate_axes.set(ylim=control_limits(activations[2], trace.rates[:, head]), xticks=[])
         self.rate_axes.set_title("rate", fontsize="medium")
         self.readout_bars = self.readout_axes.barh(components, [0.0] * d, color=READOUT_COLOR)
         reach = 1.05 * symmetric_limit(trace.readouts[:, head])
@@ -791,7 +878,7 @@ class FastWeightExplorer:
             description="head", layout=widgets.Layout(width="180px"),
         )
         self.rule_selector = widgets.Dropdown(
-            options=[(label, rule) for rule, label in RULE_LABELS.items()], value=model.rule,
+            options=[(label, rule) for rule, label in rule_menu().items()], value=model.rule,
             description="rule", layout=widgets.Layout(width="400px"),
         )
         self.missing_selector = widgets.Dropdown(

@@ -14,6 +14,15 @@ ODE:       dw/dt = F(w)                     solved by torchdiffeq with step step
 
 The delta rule learns a ``1 x 2`` weight matrix, so all three rules live in the plane.
 
+A fast weight rule added with :func:`fwplab.register_rule` is shown in the same plane
+when its field takes a ``1 x 2`` fast weight (:func:`plane_rules`): the inputs ``x``
+are its keys, the targets ``y`` its values, the rate is 1, and its ODE is the
+data-averaged field (:func:`plane_field`)::
+
+    dW/dt = mean_i field(W, x_i, y_i, 1)        W of shape (1, 2)
+
+For the delta rule's field this is the delta rule above.
+
 :func:`online_rule_trajectories` runs the *online* rule instead, one random sample
 per step, next to the averaged ODE at the summed step sizes, and
 :func:`sample_key_value_stream` draws the keys, values and rates that drive a
@@ -31,6 +40,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ..rules import RULES, FastWeightRule
 from ..rules.classic import (
     convergence_order,
     covariance,
@@ -45,6 +55,7 @@ from ..rules.classic import (
 from .still import figure_png, still_box
 
 __all__ = [
+    "PLANE_HORIZON",
     "RULE_HORIZONS",
     "KeyValueStream",
     "PlaygroundProblem",
@@ -53,6 +64,8 @@ __all__ = [
     "draw_errors_over_time",
     "draw_rule_trajectories",
     "online_rule_trajectories",
+    "plane_field",
+    "plane_rules",
     "rule_playground",
     "rule_trajectories",
     "sample_key_value_stream",
@@ -62,6 +75,10 @@ __all__ = [
 #: Time span shown for each rule: long enough to see Oja and delta settle and
 #: Hebb grow by about ``exp(3)`` (``lambda_max`` is about 2 in :func:`sample_problem`).
 RULE_HORIZONS: dict[str, float] = {"hebb": 1.5, "oja": 5.0, "delta": 8.0}
+#: Time span shown for a registered fast weight rule (:func:`plane_rules`).
+PLANE_HORIZON = 5.0
+#: Samples :func:`plane_rules` tries a field on.
+PLANE_TRIAL_SAMPLES = 3
 
 
 class PlaygroundProblem(NamedTuple):
@@ -132,13 +149,70 @@ def sample_problem(
     return PlaygroundProblem(x, y, covariance(x), covariance(x, y), starts)
 
 
+def plane_field(rule: FastWeightRule):
+    """The data-averaged field of a fast weight rule in the playground's plane.
+
+    ```
+    F(W, x, y) = mean_i field(W, x_i, y_i, 1)       W (..., 1, 2), x (samples, 2), y (samples, 1)
+    ```
+
+    The samples are the keys and values as they are (no activation): the plane shows
+    what the rule does with the regression data of :func:`sample_problem`.
+
+    Args:
+        rule: a record of :data:`fwplab.rules.RULES`.
+
+    Returns:
+        ``F(W, x, y) -> dW/dt`` of ``W``'s shape, a vector field for
+        :func:`~fwplab.rules.classic.integrate_rule`.
+    """
+
+    def averaged(W: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        samples = x.shape[0]
+        weights = W.unsqueeze(-3).expand(*W.shape[:-2], samples, *W.shape[-2:])
+        keys = x.expand(*W.shape[:-2], *x.shape)
+        values = y.expand(*W.shape[:-2], *y.shape)
+        rate = torch.ones_like(values[..., :1])
+        return rule.field(weights, keys, values, rate).mean(-3)
+
+    return averaged
+
+
+def _fits_plane(rule: FastWeightRule) -> bool:
+    """Whether ``rule.field`` takes a ``1 x 2`` fast weight and returns a finite one."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(PLANE_TRIAL_SAMPLES, 2, generator=generator, dtype=torch.float64)
+    y = torch.randn(PLANE_TRIAL_SAMPLES, 1, generator=generator, dtype=torch.float64)
+    W = torch.randn(2, 1, 2, generator=generator, dtype=torch.float64)
+    try:
+        update = plane_field(rule)(W, x, y)
+    except Exception:  # a field written for square fast weights may fail in any way
+        return False
+    return isinstance(update, Tensor) and update.shape == W.shape and bool(
+        torch.isfinite(update).all())
+
+
+def plane_rules() -> dict[str, FastWeightRule]:
+    """The rules added with :func:`fwplab.register_rule` that fit the plane, read now.
+
+    A rule fits when its field takes a ``1 x 2`` fast weight (one value component, two
+    key components) and returns a finite update of that shape. The built-in rules are
+    left out: their classic forms are the playground's own Hebb, Oja and delta.
+
+    Returns:
+        Rule name -> record, in registration order.
+    """
+    return {name: rule for name, rule in RULES.items()
+            if not rule.builtin and name not in RULE_HORIZONS and _fits_plane(rule)}
+
+
 class RuleTrajectories(NamedTuple):
     """Discrete and ODE trajectories of one rule from every initial weight.
 
     Weights are flattened to the plane: delta-rule weights ``(1, 2)`` become ``(2,)``.
 
     Attributes:
-        rule: ``"hebb"``, ``"oja"`` or ``"delta"``.
+        rule: ``"hebb"``, ``"oja"``, ``"delta"`` or a registered rule's name.
         lr: learning rate of the discrete rule.
         step_size: step of the ODE solver.
         discrete_times: ``(steps + 1,)``, the times ``k * lr``.
@@ -182,15 +256,18 @@ def rule_trajectories(
     method: str = "rk4",
     num_points: int = 201,
 ) -> RuleTrajectories:
-    """Run the averaged rule both ways over its horizon :data:`RULE_HORIZONS`.
+    """Run the averaged rule both ways over its horizon.
 
-    The discrete rule takes ``floor(horizon / lr)`` steps (at least one); the ODE
-    is solved with the fixed-grid torchdiffeq ``method`` at step ``step_size`` and
-    read out at ``num_points`` evenly spaced times.
+    The horizon is :data:`RULE_HORIZONS` for the classic rules, :data:`PLANE_HORIZON`
+    for a registered one. The discrete rule takes ``floor(horizon / lr)`` steps (at
+    least one); the ODE is solved with the fixed-grid torchdiffeq ``method`` at step
+    ``step_size`` and read out at ``num_points`` evenly spaced times.
 
     Args:
         problem: the data, from :func:`sample_problem`.
-        rule: ``"hebb"``, ``"oja"`` or ``"delta"``.
+        rule: ``"hebb"``, ``"oja"``, ``"delta"`` (the classic rules) or a name of
+            :func:`plane_rules` (a registered fast weight rule, ``W`` of shape ``(1, 2)``,
+            drawn around the origin).
         lr: learning rate of the discrete rule, ``> 0``.
         step_size: step of the ODE solver, ``> 0``.
         method: a fixed-grid torchdiffeq method.
@@ -199,25 +276,33 @@ def rule_trajectories(
     Returns:
         :class:`RuleTrajectories`.
     """
-    if rule not in RULE_HORIZONS:
-        raise ValueError(f"rule must be one of {sorted(RULE_HORIZONS)}, got {rule!r}")
+    registered = plane_rules() if rule not in RULE_HORIZONS else {}
+    if rule not in RULE_HORIZONS and rule not in registered:
+        raise ValueError(f"rule: expected one of {[*RULE_HORIZONS, *registered]}, got {rule!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if not isinstance(num_points, int) or num_points < 2:
         raise ValueError(f"num_points must be an int >= 2, got {num_points!r}")
-    horizon = RULE_HORIZONS[rule]
-    if rule == "delta":
+    horizon = RULE_HORIZONS.get(rule, PLANE_HORIZON)
+    if rule in registered:
+        field = plane_field(registered[rule])
+        data = (problem.x, problem.y)
+        w0 = problem.starts.unsqueeze(1)
+        center = torch.zeros_like(problem.starts[0])
+    elif rule == "delta":
+        field = f"{rule}_mean"
         data = (problem.C_xx, problem.C_yx)
         w0 = problem.starts.unsqueeze(1)
         center = least_squares_weights(*data)[0]
     else:
+        field = f"{rule}_mean"
         data = (problem.C_xx,)
         w0 = problem.starts
         center = torch.zeros_like(problem.starts[0])
     num_steps = max(1, math.floor(horizon / lr))
-    discrete = discrete_trajectory(f"{rule}_mean", w0, num_steps, *data, lr=lr)
+    discrete = discrete_trajectory(field, w0, num_steps, *data, lr=lr)
     ode_times = torch.linspace(0, horizon, num_points, dtype=w0.dtype, device=w0.device)
-    ode = integrate_rule(f"{rule}_mean", w0, ode_times, *data, method=method, step_size=step_size)
+    ode = integrate_rule(field, w0, ode_times, *data, method=method, step_size=step_size)
     components = principal_components(problem.C_xx)
     return RuleTrajectories(
         rule=rule,
@@ -521,7 +606,8 @@ def draw_errors_over_time(curves: Mapping[str, tuple[Tensor, Tensor]], ylabel: s
 def rule_playground(problem: PlaygroundProblem):
     """Build the ipywidgets control: rule, learning rate and solver step redraw the figure.
 
-    The figure is recomputed only when a control is released (``continuous_update=False``).
+    The rule menu offers the classic Hebb, Oja and delta rules and every rule of
+    :func:`plane_rules`, read when the control is built. The figure is recomputed only when a control is released (``continuous_update=False``).
 
     Args:
         problem: the data, from :func:`sample_problem`.
@@ -533,7 +619,9 @@ def rule_playground(problem: PlaygroundProblem):
     import ipywidgets as widgets
     from IPython.display import display
 
-    rule = widgets.Dropdown(options=list(RULE_HORIZONS), value="oja", description="rule")
+    classic = [("Hebb's rule", "hebb"), ("Oja's rule", "oja"), ("delta rule (LMS)", "delta")]
+    registered = [(f"registered: {record.label}", name) for name, record in plane_rules().items()]
+    rule = widgets.Dropdown(options=classic + registered, value="oja", description="rule")
     lr = widgets.FloatLogSlider(
         value=0.1,
         base=10,
