@@ -31,6 +31,7 @@ TOPICS = (
     "exploring",
     "scaling",
     "reproducing",
+    "rule_design",
 )
 
 
