@@ -1,7 +1,11 @@
 """fwplab: continuous-time Fast Weight Programmers (Irie, Faccio & Schmidhuber, NeurIPS 2022).
 
-The public names are re-exported here explicitly; everything else is private.
+The public names are re-exported here explicitly; everything else is private. The
+trainer's names (:mod:`fwplab.train`) are imported on first use, so that importing
+the models does not load the trainer.
 """
+
+import importlib
 
 from .data import (
     DATASET_NAMES,
@@ -35,6 +39,7 @@ from .models import (
     ContinuousFWP,
     NeuralCDE,
     NonFiniteOutputError,
+    SolverOptions,
     build_model,
     count_parameters,
     load_official_state_dict,
@@ -64,6 +69,13 @@ from .rules.classic import (
     oja_mean_solution,
     principal_components,
 )
+from .rules import (
+    RULES,
+    FastWeightRule,
+    load_rules_from,
+    register_rule,
+    unregister_rule,
+)
 from .rules.fast_weight import (
     FAST_WEIGHT_RULES,
     delta_rule,
@@ -74,19 +86,30 @@ from .rules.fast_weight import (
     oja_update,
     unsquashed_hebb_rule,
 )
-from .train import (
-    EpochRecord,
-    History,
-    TrainConfig,
-    TrainingDiverged,
-    auroc,
-    dataset_fingerprint,
-    evaluate,
-    fit,
-    load_checkpoint,
-    load_model,
-    predict,
+#: Names of :mod:`fwplab.train` re-exported here, imported on first use.
+_TRAIN_NAMES = (
+    "EpochRecord",
+    "History",
+    "TrainConfig",
+    "TrainingDiverged",
+    "auroc",
+    "dataset_fingerprint",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "load_model",
+    "predict",
 )
+
+
+def __getattr__(name: str):
+    if name == "train":
+        return importlib.import_module(".train", __name__)
+    if name in _TRAIN_NAMES:
+        value = getattr(importlib.import_module(".train", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fwplab' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
@@ -160,6 +183,12 @@ __all__ = [
     "interpolation_coeffs",
     "load_official_state_dict",
     "FAST_WEIGHT_RULES",
+    "RULES",
+    "FastWeightRule",
+    "SolverOptions",
+    "load_rules_from",
+    "register_rule",
+    "unregister_rule",
     "delta_rule",
     "delta_update",
     "hebb_rule",

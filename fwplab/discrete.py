@@ -32,14 +32,14 @@ random key/value pairs in a ``d x d`` fast weight and measure how well they come
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rules.fast_weight import delta_update, hebb_update, oja_update
+from .rules.fast_weight import RULES, delta_update, hebb_update, oja_update
 
 __all__ = [
     "CAPACITY_KEYS",
@@ -76,12 +76,35 @@ FEATURE_MAPS: dict[str, Callable[[Tensor], Tensor]] = {
     "elu+1": _elu_plus_one,
 }
 
-#: The discrete outer-product updates ``dW(W, key, value, rate)``, chosen by rule name.
-DISCRETE_UPDATES: dict[str, Callable[..., Tensor]] = {
-    "hebb": hebb_update,
-    "delta": delta_update,
-    "oja": oja_update,
-}
+class _DiscreteUpdates(Mapping):
+    """Rule name -> discrete update, read live from :data:`fwplab.rules.RULES`.
+
+    Lists every registered rule that has a ``discrete`` update (built-in or added with
+    :func:`fwplab.rules.register_rule`).
+    """
+
+    def __getitem__(self, name: str) -> Callable[..., Tensor]:
+        record = RULES.get(name)
+        if record is None or record.discrete is None:
+            raise KeyError(name)
+        return record.discrete
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([name for name, record in RULES.items() if record.discrete is not None])
+
+    def __len__(self) -> int:
+        return sum(record.discrete is not None for record in RULES.values())
+
+    def __repr__(self) -> str:
+        return f"DISCRETE_UPDATES({dict(self)!r})"
+
+
+#: The discrete outer-product updates ``dW(W, key, value, rate)``, chosen by rule name: a
+#: view of the rule records' ``discrete`` field.
+DISCRETE_UPDATES: Mapping[str, Callable[..., Tensor]] = _DiscreteUpdates()
+
+#: The discrete updates with an attention form in :func:`fast_weight_attention`.
+_ATTENTION_FORMS = {hebb_update: "hebb", delta_update: "delta", oja_update: "oja"}
 
 
 def apply_feature_map(x: Tensor, feature_map: str) -> Tensor:
@@ -110,7 +133,8 @@ def _check_rule(rule: str) -> Callable[..., Tensor]:
     try:
         return DISCRETE_UPDATES[rule]
     except KeyError:
-        raise ValueError(f"rule must be one of {sorted(DISCRETE_UPDATES)}, got {rule!r}") from None
+        raise ValueError(f"rule: expected one of {sorted(DISCRETE_UPDATES)}, got {rule!r}") \
+            from None
 
 
 def _check_sequences(
@@ -309,7 +333,11 @@ def fast_weight_attention(
     Returns:
         Outputs ``(batch, time, heads, d_v)``.
     """
-    _check_rule(rule)
+    form = _ATTENTION_FORMS.get(_check_rule(rule))
+    if form is None:
+        raise ValueError(f"rule: expected a rule whose discrete update has an attention form "
+                         f"({sorted(_ATTENTION_FORMS.values())}), got {rule!r}; use "
+                         "fast_weight_recurrent")
     rates = _check_sequences(keys, values, queries, rates, initial_weight)
     # Heads-major layout (batch, heads, time, dim) so matmuls act over time.
     phi_k = apply_feature_map(keys, feature_map).transpose(1, 2)
@@ -322,12 +350,12 @@ def fast_weight_attention(
     else:
         w0 = initial_weight
         outputs = phi_q @ w0.transpose(-1, -2)
-    if rule == "hebb":
+    if form == "hebb":
         outputs = outputs + _causal(phi_q @ phi_k.transpose(-1, -2)) @ (beta * v)
-    elif rule == "delta":
+    elif form == "delta":
         u = _corrected_values(phi_k, v, beta, phi_k @ w0.transpose(-1, -2))
         outputs = outputs + _causal(phi_q @ phi_k.transpose(-1, -2)) @ u
-    else:
+    else:  # the Oja-style FWP update
         c = _corrected_values(v, phi_k, beta, v @ w0)
         outputs = outputs + _causal(phi_q @ c.transpose(-1, -2)) @ v
     return outputs.transpose(1, 2)

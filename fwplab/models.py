@@ -23,7 +23,9 @@ the value, columns the key)::
     dW/dt = rule(W, k, v, b)                 (fwplab.rules.fast_weight)
     W(t0) = rule(None, k(t0), v(t0), b(t0))  (the W-free part of the update)
 
-The rule is ``hebb``, ``oja`` (the softmax Oja rule) or ``delta``; in the
+The rule is a record of :data:`fwplab.rules.RULES`: ``hebb``, ``oja`` (the softmax
+Oja rule), ``delta`` or one added with :func:`fwplab.rules.register_rule` (its
+models ``NAME_cde`` and ``NAME_ode`` then appear in :data:`MODELS`); in the
 ``keys_from_path`` layout Hebb is the official ``hebb_unsquashed`` rule
 ``dW/dt = (b v) softmax(k)^T``. Each series is read out at its own last
 observation time ``T``, the query computed from the same input as the keys::
@@ -35,14 +37,14 @@ observation time ``T``, the query computed from the same input as the keys::
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import Optional
 
 import torch
 import torchcde
 from torch import Tensor, nn
 
-from . import kernels, solvers
+from . import solvers
 from .paths import (
     INTERPOLATIONS,
     ObservedBatch,
@@ -52,13 +54,15 @@ from .paths import (
     control_path,
     integration_grid,
 )
-from .rules.fast_weight import get_rule
+from .rules import RULES, FastWeightRule, get_rule, on_registry_change
+from .solvers import SOLVERS, SolverOptions
 
 __all__ = [
     "MODELS",
     "SOLVERS",
     "NonFiniteOutputError",
     "LAYOUTS",
+    "SolverOptions",
     "ContinuousFWP",
     "NeuralCDE",
     "build_model",
@@ -71,11 +75,27 @@ class NonFiniteOutputError(ValueError):
     """A forward pass whose logits are not finite; the message gives the inputs' scale."""
 
 
-def _check_step_size(step_size: Optional[float]) -> None:
-    if step_size is not None and (isinstance(step_size, bool)
-                                  or not isinstance(step_size, (int, float))
-                                  or not math.isfinite(step_size) or step_size <= 0):
-        raise ValueError(f"step_size: expected a positive number or None, got {step_size!r}")
+def _check_sizes(**sizes) -> None:
+    """Refuse sizes that are not positive integers (``None`` passes where it is a default)."""
+    for name, value in sizes.items():
+        if value is None and name == "ff_channels":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            default = " or None" if name == "ff_channels" else ""
+            raise ValueError(f"{name}: expected a positive integer{default}, got {value!r}")
+
+
+class _SolverOption:
+    """A model attribute read from, and written into, its frozen :class:`SolverOptions`."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, model, owner=None):
+        return self if model is None else getattr(model.solver_options, self.name)
+
+    def __set__(self, model, value) -> None:
+        model.solver_options = dataclasses.replace(model.solver_options, **{self.name: value})
 
 
 def _check_input_dtype(module: nn.Module, x: Tensor) -> None:
@@ -184,14 +204,14 @@ class SlowNet(nn.Module):
             and rate logits ``(..., heads, 1)``.
         """
         u = self.features(x, dx)
-        lead = u.shape[:-1]
-        d = self.head_dim
+        heads, d = self.num_heads, self.head_dim
+        # Each control is projected by its own rows of the shared projection, so keys,
+        # values and rates come out as separate contiguous tensors (no slicing copies).
         if self.driver == "ode":
-            kvb = self.kvb_proj(u).reshape(*lead, self.num_heads, 2 * d + 1)
-            return kvb[..., :d], kvb[..., d : 2 * d], kvb[..., 2 * d :]
-        kb = self.kb_proj(u).reshape(*lead, self.num_heads, d + 1)
-        value = self.values(x, dx)
-        return kb[..., :d], value.reshape(*lead, self.num_heads, d), kb[..., d:]
+            key, value, rate = _split_projection(self.kvb_proj, u, heads, (d, d, 1))
+            return key, value, rate
+        key, rate = _split_projection(self.kb_proj, u, heads, (d, 1))
+        return key, self.values(x, dx).unflatten(-1, (heads, d)), rate
 
 
 class FeedForward(nn.Module):
@@ -211,20 +231,19 @@ class FeedForward(nn.Module):
 class _FastWeightField(nn.Module):
     """``dW/dt`` at time ``t`` for torchdiffeq; holds every parameter it uses (adjoint).
 
-    ``rule`` is a name of :data:`fwplab.rules.fast_weight.FAST_WEIGHT_RULES`.
+    ``rule`` is the record that runs (options such as ``post_tanh`` already chosen).
     """
 
-    def __init__(self, slow_net: SlowNet, rule: str, post_tanh: bool, path) -> None:
+    def __init__(self, slow_net: SlowNet, rule: FastWeightRule, path) -> None:
         super().__init__()
         self.slow_net = slow_net
-        self.rule = get_rule(rule)
-        self.post_tanh = post_tanh
+        self.rule = rule
         self.path = path
 
     def forward(self, t: Tensor, W: Tensor) -> Tensor:
         dx = self.path.derivative(t) if self.slow_net.uses_derivative else None
         key, value, rate = self.slow_net(self.path.evaluate(t), dx)
-        return self.rule(W, key, value, rate, post_tanh=self.post_tanh)
+        return self.rule(W, key, value, rate)
 
 
 def _split_projection(linear: nn.Linear, u: Tensor, heads: int, sizes: tuple[int, ...]):
@@ -247,25 +266,19 @@ def _split_projection(linear: nn.Linear, u: Tensor, heads: int, sizes: tuple[int
     return pieces
 
 
-#: Solver choices of :class:`ContinuousFWP` (see its ``solver`` argument).
-SOLVERS = ("auto", "reference", *solvers.FIXED_GRID_BACKENDS)
-
-
-#: Learning rules of :class:`ContinuousFWP` (its ``rule`` argument).
-MODEL_RULES = ("hebb", "oja", "delta")
-
-
 class ContinuousFWP(nn.Module):
     """A continuous-time Fast Weight Programmer (docs/maths.md, section 4).
 
     Args:
-        rule: ``"hebb"``, ``"oja"`` (the softmax Oja rule) or ``"delta"``.
+        rule: a name in :data:`fwplab.rules.RULES`: ``"hebb"``, ``"oja"`` (the softmax
+            Oja rule), ``"delta"`` or a rule added with :func:`fwplab.rules.register_rule`.
         driver: ``"ode"`` or ``"cde"``.
         input_channels: channels of ``x`` (the time channel included).
         output_channels: number of classes.
         hidden_channels: ``H = num_heads * d``.
         num_heads: number of fast weight matrices.
-        ff_channels: width of the feed-forward block; default ``4 * H``.
+        ff_channels: width of the feed-forward block (a positive integer); ``None``:
+            ``4 * H``.
         interpolation: ``"natural_cubic"`` (the paper's), ``"hermite_cubic"`` or ``"linear"``.
         post_tanh: delta rule only: squash after subtracting ``W k``.
         v_layernorm: CDE only: LayerNorm and a linear map on the values.
@@ -275,8 +288,9 @@ class ContinuousFWP(nn.Module):
             ``"keys_from_path"``: the official ``FastWeightCDE`` (docs/maths.md,
             section 4.4): keys and rates from ``x``, values from ``dx/dt``, read-out
             ``W^T q`` with the query from ``x(T)``, Hebb is ``hebb_unsquashed``
-            (``b v``: rate logit, raw value). ``None`` picks the layout the official
-            code gives the rule: ``keys_from_derivative`` for delta,
+            (``b v``: rate logit, raw value). ``None`` picks the rule record's
+            ``default_layout``, the layout the official code gives the rule:
+            ``keys_from_derivative`` for delta and registered rules,
             ``keys_from_path`` for Hebb and Oja. Every rule runs in either layout;
             delta in ``keys_from_path`` (which the official code does not have)
             learns ``W k ~ v``, values of the derivative from keys of the path.
@@ -285,18 +299,37 @@ class ContinuousFWP(nn.Module):
         method: any torchdiffeq method.
         step_size: largest solver step; default the smallest observation gap.
         rtol, atol: tolerances of adaptive methods.
-        solver: how the fast weight ODE is solved (:data:`SOLVERS`):
+        solver: how the fast weight ODE is solved (:data:`SOLVERS`; chosen by
+            :func:`fwplab.solvers.select_solver`):
             ``"reference"`` (torchdiffeq, any method, ``adjoint`` honoured);
             ``"stepwise"``, ``"fast"`` or ``"kernel"`` (fixed-grid methods only:
             controls precomputed at every stage, exact backprop; see
             :mod:`fwplab.solvers`); ``"auto"`` picks the compiled kernel on CPU
             for float32/float64 when it builds (environment variable
             ``FWPLAB_KERNEL=0`` turns it off), else ``"fast"``, and the reference
-            for adaptive methods or ``adjoint=True``.
+            for adaptive methods, ``adjoint=True`` or a rule of the ``"general"``
+            structure (which refuses the fixed-grid solvers).
         checkpoint_every: ``"fast"`` and ``"kernel"``: keep the fast weights every
             this many steps and recompute the others in the backward (bounded
             memory); ``None`` keeps every step (``"fast"``) or every 16 (``"kernel"``).
+
+    The solver arguments live in :attr:`solver_options` (a
+    :class:`fwplab.solvers.SolverOptions`); ``model.method`` and the others read and
+    replace them there.
+
+    Raises:
+        ValueError: an unknown rule, driver, layout, interpolation, method or solver,
+            sizes that are not positive integers, an option the rule or driver does not
+            have, a fixed-grid solver for a general rule.
     """
+
+    method = _SolverOption()
+    step_size = _SolverOption()
+    rtol = _SolverOption()
+    atol = _SolverOption()
+    adjoint = _SolverOption()
+    solver = _SolverOption()
+    checkpoint_every = _SolverOption()
 
     def __init__(
         self,
@@ -321,51 +354,34 @@ class ContinuousFWP(nn.Module):
         checkpoint_every: Optional[int] = None,
     ) -> None:
         super().__init__()
-        if rule not in MODEL_RULES:
-            raise ValueError(f"rule: expected one of {MODEL_RULES}, got {rule!r}")
+        record = get_rule(rule)
         if driver not in ("ode", "cde"):
             raise ValueError(f"driver: expected 'ode' or 'cde', got {driver!r}")
         if layout is not None and layout not in LAYOUTS:
             raise ValueError(f"layout: expected one of {LAYOUTS} or None, got {layout!r}")
         if layout is not None and driver != "cde":
-            raise ValueError(f"layout applies to CDE-driven models only, not to {rule}_{driver}")
+            raise ValueError(f"layout: expected None for the ODE-driven {rule}_{driver}, "
+                             f"got {layout!r}")
         if driver == "cde" and layout is None:
-            layout = "keys_from_derivative" if rule == "delta" else "keys_from_path"
-        for name, value in (("input_channels", input_channels), ("output_channels", output_channels),
-                            ("hidden_channels", hidden_channels), ("num_heads", num_heads)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            layout = record.default_layout
+        _check_sizes(input_channels=input_channels, output_channels=output_channels,
+                     hidden_channels=hidden_channels, num_heads=num_heads,
+                     ff_channels=ff_channels)
         if hidden_channels % num_heads:
-            raise ValueError(
-                f"hidden_channels ({hidden_channels}) must be divisible by num_heads ({num_heads})"
-            )
-        if post_tanh and rule != "delta":
-            raise ValueError(f"post_tanh applies to the delta rule only, not to {rule!r}")
+            raise ValueError(f"hidden_channels: expected a multiple of num_heads "
+                             f"({num_heads}), got {hidden_channels}")
+        record.option("post_tanh", post_tanh)  # refuses the option where the rule lacks it
         if v_layernorm and driver != "cde":
-            raise ValueError("v_layernorm applies to CDE-driven models only")
-        if solver not in SOLVERS:
-            raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
-        solvers.is_fixed_grid(method)  # validates the method name
-        if solver in solvers.FIXED_GRID_BACKENDS and method not in solvers.TABLEAUS:
-            raise ValueError(
-                f"solver={solver!r} needs a fixed-grid method in {sorted(solvers.TABLEAUS)}, "
-                f"got {method!r}"
-            )
-        if checkpoint_every is not None and (
-                isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
-                or checkpoint_every < 1):
-            raise ValueError(
-                f"checkpoint_every: expected a positive integer or None, got {checkpoint_every!r}"
-            )
-        if checkpoint_every is not None and solver in ("reference", "stepwise"):
-            raise ValueError(
-                f"checkpoint_every applies to solver 'fast', 'kernel' or 'auto', not {solver!r}"
-            )
-        _check_step_size(step_size)
+            raise ValueError(f"v_layernorm: expected False for the ODE-driven {rule}_{driver}, "
+                             "got True")
         if interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"interpolation: expected one of {sorted(INTERPOLATIONS)}, got {interpolation!r}"
             )
+        self.solver_options = SolverOptions(method=method, step_size=step_size, rtol=rtol,
+                                            atol=atol, adjoint=adjoint, solver=solver,
+                                            checkpoint_every=checkpoint_every)
+        self.solver_options.check_rule(record)
         self.rule = rule
         self.driver = driver
         self.layout = layout
@@ -376,13 +392,6 @@ class ContinuousFWP(nn.Module):
         self.head_dim = hidden_channels // num_heads
         self.interpolation = interpolation
         self.post_tanh = post_tanh
-        self.adjoint = adjoint
-        self.method = method
-        self.step_size = step_size
-        self.rtol = rtol
-        self.atol = atol
-        self.solver = solver
-        self.checkpoint_every = checkpoint_every
 
         self.slow_net = SlowNet(driver, input_channels, hidden_channels, num_heads, v_layernorm,
                                 layout)
@@ -402,11 +411,22 @@ class ContinuousFWP(nn.Module):
                 f"head_dim={self.head_dim}, method={self.method!r}, adjoint={self.adjoint}")
 
     # ----------------------------------------------------------------- solving
+    @property
+    def fast_weight_rule(self) -> FastWeightRule:
+        """The record that runs: the rule's, with ``post_tanh`` and the layout's variant.
+
+        In the ``keys_from_path`` layout the Hebb rule is the official
+        ``hebb_unsquashed``. Read from :data:`fwplab.rules.RULES` at each call, so a
+        rule registered again with ``replace=True`` takes effect.
+        """
+        record = get_rule(self.rule).option("post_tanh", self.post_tanh)
+        if self.layout is not None and self.layout in record.options:
+            record = record.options[self.layout]
+        return record
+
     def uses_fast_path(self) -> bool:
         """Whether a fixed-grid solver with precomputed controls runs (see ``solver``)."""
-        if self.solver == "auto":
-            return self.method in solvers.TABLEAUS and not self.adjoint
-        return self.solver != "reference"
+        return solvers.uses_fast_path(self.fast_weight_rule, self.solver_options)
 
     def selected_solver(self, device=None, dtype: Optional[torch.dtype] = None) -> str:
         """The solver that runs for inputs on ``device`` with ``dtype``.
@@ -416,21 +436,13 @@ class ContinuousFWP(nn.Module):
             dtype: default the dtype of the model's parameters.
 
         Returns:
-            ``"reference"``, ``"stepwise"``, ``"fast"`` or ``"kernel"``; ``"auto"``
-            resolves to the kernel only where :func:`fwplab.kernels.available`.
+            ``"reference"``, ``"stepwise"``, ``"fast"`` or ``"kernel"``
+            (:func:`fwplab.solvers.select_solver`).
         """
-        if self.solver != "auto":
-            return self.solver
-        if not self.uses_fast_path():
-            return "reference"
-        if not solvers.kernel_runs(self._rule_name()):  # Hebb (no time loop) or not compiled
-            return "fast"
         parameter = next(self.parameters())
         device = torch.device(device) if device is not None else parameter.device
-        dtype = dtype or parameter.dtype
-        if kernels.enabled() and kernels.supports(device, dtype) and kernels.available():
-            return "kernel"
-        return "fast"
+        return solvers.select_solver(self.fast_weight_rule, self.solver_options, device,
+                                     dtype or parameter.dtype)
 
     def _path(self, batch: ObservedBatch, coeffs: Optional[Tensor]):
         if coeffs is None:
@@ -439,38 +451,15 @@ class ContinuousFWP(nn.Module):
             check_coeffs(coeffs, batch.x, self.interpolation)
         return control_path(coeffs, batch.times, self.interpolation)
 
-    def _continuous_rule(self) -> str:
-        """The name in :data:`fwplab.rules.fast_weight.FAST_WEIGHT_RULES` of the rule that runs."""
-        if self.rule == "hebb" and self.layout == "keys_from_path":
-            return "hebb_unsquashed"
-        return self.rule
-
-    def _rule_name(self) -> str:
-        """The rule's name for :func:`fwplab.solvers.solve_fixed_grid`."""
-        return "delta_post_tanh" if self.post_tanh else self._continuous_rule()
-
     def _stage_controls(self, path, points: Tensor) -> solvers.StageControls:
         """The slow net's raw controls at ``points (points,)`` in one batched pass, time first.
-
-        The same values as ``self.slow_net`` at those points, but each control is
-        projected by its own rows of the shared projection, so that keys, values and
-        rates come out as separate contiguous tensors (no slicing copies forward or
-        backward).
 
         Returns:
             :class:`fwplab.solvers.StageControls`, each ``(points, batch, heads, .)``.
         """
-        net = self.slow_net
         x = path.evaluate(points).transpose(0, 1)
-        dx = path.derivative(points).transpose(0, 1) if net.uses_derivative else None
-        u = net.features(x, dx)
-        heads, d = self.num_heads, self.head_dim
-        if net.driver == "ode":
-            key, value, rate = _split_projection(net.kvb_proj, u, heads, (d, d, 1))
-        else:
-            key, rate = _split_projection(net.kb_proj, u, heads, (d, 1))
-            value = net.values(x, dx).unflatten(-1, (heads, d))
-        return solvers.StageControls(key, value, rate)
+        dx = path.derivative(points).transpose(0, 1) if self.slow_net.uses_derivative else None
+        return solvers.StageControls(*self.slow_net(x, dx))
 
     def _fast_weights(self, path, times: Tensor, at: Optional[Tensor] = None) -> Tensor:
         """The fast weights at the observation times.
@@ -489,13 +478,13 @@ class ContinuousFWP(nn.Module):
         t0 = times[0]
         dx0 = path.derivative(t0) if self.slow_net.uses_derivative else None
         key, value, rate = self.slow_net(path.evaluate(t0), dx0)
-        rule = get_rule(self._continuous_rule())
-        W0 = rule(None, key, value, rate, post_tanh=self.post_tanh)
+        rule = self.fast_weight_rule
+        W0 = rule(None, key, value, rate)
         series = torch.arange(W0.shape[0], device=W0.device)
         grid = integration_grid(times, self.step_size)
         solver = self.selected_solver(W0.device, W0.dtype)
         if solver == "reference":
-            field = _FastWeightField(self.slow_net, self._continuous_rule(), self.post_tanh, path)
+            field = _FastWeightField(self.slow_net, rule, path)
             W = solvers.solve_reference(
                 field, W0, times, grid, self.method, self.adjoint, self.rtol, self.atol
             )
@@ -505,14 +494,17 @@ class ContinuousFWP(nn.Module):
         if at is not None:
             keep, position = torch.unique(keep[at], return_inverse=True)
         W = solvers.solve_fixed_grid(
-            self._rule_name(), controls, W0, grid[1:] - grid[:-1], self.method, keep,
+            rule, controls, W0, grid[1:] - grid[:-1], self.method, keep,
             backend=solver, checkpoint_every=self.checkpoint_every,
         )
         return W if at is None else W[position, series]
 
     # ---------------------------------------------------------------- read-out
-    def _query(self, path, at: Tensor) -> Tensor:
+    def query(self, path, at: Tensor) -> Tensor:
         """``softmax(Q u(t))`` per head at ``at (time,)``: ``(batch, time, heads, d)``.
+
+        ``path`` is the model's control path of the series (:func:`fwplab.paths.control_path`
+        of their interpolation coefficients).
 
         ``u`` is the keys' feature: ``LN(A x + a)`` (ODE, ``keys_from_path``) or
         ``LN(A dx/dt + a)`` (``keys_from_derivative``).
@@ -522,7 +514,7 @@ class ContinuousFWP(nn.Module):
         q = self.query_proj(u).reshape(*u.shape[:-1], self.num_heads, self.head_dim)
         return torch.softmax(q, -1)
 
-    def _read_out(self, W: Tensor, q: Tensor) -> Tensor:
+    def read_out(self, W: Tensor, q: Tensor) -> Tensor:
         """``W (..., heads, d, d), q (..., heads, d) -> logits (..., classes)``.
 
         ``o = concat_h W_h q_h``, or ``concat_h W_h^T q_h`` in the ``keys_from_path``
@@ -587,14 +579,14 @@ class ContinuousFWP(nn.Module):
         batch = check_observations(x, times, lengths, self.input_channels)
         _check_input_dtype(self, batch.x)
         path = self._path(batch, coeffs)
-        q = self._query(path, batch.times)
+        q = self.query(path, batch.times)
         if stream:
             W = self._fast_weights(path, batch.times).movedim(0, 1)  # (batch, time, heads, d, d)
-            return _check_finite_output(self, self._read_out(W, q), batch)
+            return _check_finite_output(self, self.read_out(W, q), batch)
         last = batch.lengths - 1
         index = torch.arange(q.shape[0], device=q.device)
         # Only each series' final fast weights: the fast paths then compute no others.
-        logits = self._read_out(self._fast_weights(path, batch.times, at=last), q[index, last])
+        logits = self.read_out(self._fast_weights(path, batch.times, at=last), q[index, last])
         return _check_finite_output(self, logits, batch)
 
 
@@ -633,7 +625,8 @@ class NeuralCDE(nn.Module):
         input_channels, output_channels, hidden_channels: ``C``, classes, ``H``.
         ff_channels: width of the MLP's hidden layers; default ``H``.
         num_layers: hidden layers of the MLP.
-        interpolation, adjoint, method, step_size, rtol, atol: as :class:`ContinuousFWP`.
+        interpolation, adjoint, method, step_size, rtol, atol: as :class:`ContinuousFWP`
+            (kept in :attr:`solver_options`, solved by ``torchcde.cdeint``).
 
     Raises:
         ValueError: sizes that are not positive integers, an unknown interpolation or
@@ -655,29 +648,19 @@ class NeuralCDE(nn.Module):
         atol: float = 1e-4,
     ) -> None:
         super().__init__()
-        for name, value in (("input_channels", input_channels), ("output_channels", output_channels),
-                            ("hidden_channels", hidden_channels), ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if ff_channels is not None and (isinstance(ff_channels, bool)
-                                        or not isinstance(ff_channels, int) or ff_channels < 1):
-            raise ValueError(f"ff_channels: expected a positive integer or None, got "
-                             f"{ff_channels!r}")
+        _check_sizes(input_channels=input_channels, output_channels=output_channels,
+                     hidden_channels=hidden_channels, num_layers=num_layers,
+                     ff_channels=ff_channels)
         if interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"interpolation: expected one of {sorted(INTERPOLATIONS)}, got {interpolation!r}"
             )
-        _check_step_size(step_size)
-        solvers.is_fixed_grid(method)
+        self.solver_options = SolverOptions(method=method, step_size=step_size, rtol=rtol,
+                                            atol=atol, adjoint=adjoint, solver="reference")
         self.input_channels = input_channels
         self.output_channels = output_channels
         self.hidden_channels = hidden_channels
         self.interpolation = interpolation
-        self.adjoint = adjoint
-        self.method = method
-        self.step_size = step_size
-        self.rtol = rtol
-        self.atol = atol
         self.initial = nn.Linear(input_channels, hidden_channels)
         self.field = _NeuralCDEField(
             input_channels, hidden_channels, ff_channels or hidden_channels, num_layers
@@ -685,6 +668,11 @@ class NeuralCDE(nn.Module):
         self.classifier = nn.Linear(hidden_channels, output_channels)
 
     name = "ncde"
+    method = _SolverOption()
+    step_size = _SolverOption()
+    rtol = _SolverOption()
+    atol = _SolverOption()
+    adjoint = _SolverOption()
 
     def forward(
         self,
@@ -718,7 +706,10 @@ class NeuralCDE(nn.Module):
 
 
 #: Model names and the (rule, driver) of each continuous FWP; ``ncde`` is the baseline.
-MODELS: dict[str, Optional[tuple[str, str]]] = {
+#: Registering a rule (:func:`fwplab.rules.register_rule`) adds its ``NAME_cde`` and
+#: ``NAME_ode`` here; unregistering removes them. An entry that is a callable builds the
+#: model itself: ``entry(input_channels, output_channels, **hparams)``.
+MODELS: dict[str, object] = {
     "delta_cde": ("delta", "cde"),
     "hebb_cde": ("hebb", "cde"),
     "oja_cde": ("oja", "cde"),
@@ -734,7 +725,7 @@ def build_model(name: str, input_channels: int, output_channels: int, **hparams)
 
     Args:
         name: ``delta_cde``, ``hebb_cde``, ``oja_cde``, ``delta_ode``, ``hebb_ode``,
-            ``oja_ode`` or ``ncde``.
+            ``oja_ode``, ``ncde``, or ``NAME_cde`` / ``NAME_ode`` of a registered rule.
         input_channels: channels of ``x`` (the time channel included).
         output_channels: number of classes.
         **hparams: keyword arguments of :class:`ContinuousFWP` (or
@@ -749,24 +740,44 @@ def build_model(name: str, input_channels: int, output_channels: int, **hparams)
         FWPs record their layout there even when it was left to its default, so
         that the config stays valid when the rule changes (``hebb_cde`` and
         ``delta_cde`` have different default layouts).
+
+    Raises:
+        ValueError: an unknown name, or an argument the model does not take (the
+            Neural CDE has no ``num_heads``) or refuses.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {list(MODELS)}")
+    if not isinstance(name, str) or name not in MODELS:
+        raise ValueError(f"name: expected one of {list(MODELS)}, got {name!r}")
     spec = MODELS[name]
     config = dict(name=name, input_channels=input_channels, output_channels=output_channels,
                   **hparams)
     try:
         if spec is None:
-            hparams.pop("num_heads", None)
             model = NeuralCDE(input_channels, output_channels, **hparams)
-        else:
+        elif isinstance(spec, tuple):
             model = ContinuousFWP(spec[0], spec[1], input_channels, output_channels, **hparams)
+        else:
+            model = spec(input_channels, output_channels, **hparams)
     except TypeError as error:
         raise ValueError(f"{name}: {error}") from None
     if getattr(model, "layout", None) is not None:
         config["layout"] = model.layout
     model.config = config
     return model
+
+
+def _follow_registry(rule: str, record: Optional[FastWeightRule]) -> None:
+    """Keep the models of registered rules in :data:`MODELS` (see :func:`build_model`)."""
+    for driver in ("cde", "ode"):
+        if record is None:
+            MODELS.pop(f"{rule}_{driver}", None)
+        else:
+            MODELS[f"{rule}_{driver}"] = (rule, driver)
+
+
+for _name, _record in RULES.items():
+    if not _record.builtin:
+        _follow_registry(_name, _record)
+on_registry_change(_follow_registry)
 
 
 #: Official parameter names (IDSIA/neuraldiffeq-fwp) -> fwplab's, by prefix.

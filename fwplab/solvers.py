@@ -10,9 +10,11 @@ values, rates) depend on the input path only, never on ``W``:
   computed beforehand in one batched pass (:class:`StageControls`, laid out by
   :func:`stage_points`), so only the W-dependent part stays in the time loop.
 
-Every rule's stage update is rank one. Writing the delta and Oja rules in one
-form, with ``M = W`` (delta) or ``M = W^T`` (Oja), a fixed factor ``f`` and a
-target ``c``::
+The fixed-grid paths run the rules whose record
+(:class:`fwplab.rules.FastWeightRule`) declares a structure they can exploit; a
+``"general"`` rule runs on the reference only. The delta and Oja structures are
+rank one. Writing them in one form, with ``M = W`` (delta) or ``M = W^T`` (Oja), a
+fixed factor ``f``, a target ``c`` and the record's correction ``g``::
 
     delta:      f = softmax(k),  c = tanh(v),  g(z) = z
     post-tanh:  f = softmax(k),  c = v,        g(z) = tanh(z)
@@ -23,10 +25,11 @@ target ``c``::
     step:                M_{n+1} = M_n + h sum_i b_i r_i f_i^T
 
 so a step costs two batched matrix products (``M_n F`` and the update) and a
-few vector operations. The Hebb rules (``hebb`` and the official ``hebb_cde``'s
-``hebb_unsquashed``) do not depend on ``W`` at all: their solution is a sum of
-stage updates (a cumulative sum for whole trajectories), with no time loop. Each
-rule's activations come from :data:`fwplab.rules.fast_weight.RULE_ACTIVATIONS`.
+few vector operations. Rules of the Hebb structure (``hebb`` and the official
+``hebb_cde``'s ``hebb_unsquashed``) do not depend on ``W`` at all: their solution
+is a sum of stage updates (a cumulative sum for whole trajectories), with no time
+loop. Each rule's activations come from its record. :func:`select_solver` picks the
+fastest correct path for a rule, a method and the inputs' device and dtype.
 
 Three implementations of the delta and Oja recurrence (``backend``):
 
@@ -42,14 +45,18 @@ Three implementations of the delta and Oja recurrence (``backend``):
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 import torchdiffeq
 from torch import Tensor, nn
 
 from . import kernels
-from .rules.fast_weight import RULE_ACTIVATIONS
+from .rules import FastWeightRule, get_rule
+from .rules.record import CORRECTIONS
+from .rules.record import activate as _activate_by_name
 
 __all__ = [
     "TABLEAUS",
@@ -59,11 +66,13 @@ __all__ = [
     "StageLayout",
     "StageControls",
     "RecurrenceSpec",
-    "RULE_ACTIVATIONS",
-    "HEBB_RULES",
+    "SOLVERS",
+    "SolverOptions",
     "activate",
     "has_time_loop",
     "kernel_runs",
+    "select_solver",
+    "uses_fast_path",
     "grid_constructor",
     "is_fixed_grid",
     "stage_layout",
@@ -168,7 +177,7 @@ class StageControls(NamedTuple):
     Each is ``(points, batch, heads, d)`` (``rate``: ``(points, batch, heads, 1)``)
     with the points of :func:`stage_points`: key logits, value pre-activations and
     rate logits, before the rule's activations
-    (:data:`fwplab.rules.fast_weight.RULE_ACTIVATIONS`), which
+    (the record's ``key``, ``value`` and ``rate``), which
     :func:`solve_fixed_grid` applies (the compiled kernel inside its loop).
     """
 
@@ -178,14 +187,12 @@ class StageControls(NamedTuple):
 
 
 def activate(name: str, x: Tensor) -> Tensor:
-    """``"identity"``, ``"tanh"``, ``"sigmoid"`` or ``"softmax"`` (over the last dimension)."""
-    if name == "identity":
-        return x
-    if name == "tanh":
-        return torch.tanh(x)
-    if name == "sigmoid":
-        return torch.sigmoid(x)
-    return torch.softmax(x, -1)
+    """``"identity"``, ``"tanh"``, ``"sigmoid"`` or ``"softmax"`` (over the last dimension).
+
+    Raises:
+        ValueError: any other name.
+    """
+    return _activate_by_name(name, x)
 
 
 def solve_reference(
@@ -241,36 +248,137 @@ def grid_constructor(grid: Tensor):
     return construct
 
 
-# --------------------------------------------------------------------------- fixed grid
-_NONLINEARITIES = {"delta": "linear", "delta_post_tanh": "tanh", "oja": "softmax"}
-#: Rules that do not depend on ``W``: a sum of stage updates, no time loop.
-HEBB_RULES = ("hebb", "hebb_unsquashed")
-_RULES = (*HEBB_RULES, *_NONLINEARITIES)
+# --------------------------------------------------------------------------- selection
+#: Solver choices of :class:`fwplab.models.ContinuousFWP` (its ``solver`` argument).
+SOLVERS = ("auto", "reference", *FIXED_GRID_BACKENDS)
+
+RuleLike = Union[str, FastWeightRule]
 
 
-def has_time_loop(rule: str) -> bool:
-    """Whether ``rule`` (a name of :func:`solve_fixed_grid`) depends on ``W`` (delta, Oja)."""
-    return rule in _NONLINEARITIES
+def _record(rule: RuleLike) -> FastWeightRule:
+    return rule if isinstance(rule, FastWeightRule) else get_rule(rule)
 
 
-def _loop_operands(rule: str) -> tuple[bool, tuple[str, str, str]]:
+@dataclass(frozen=True)
+class SolverOptions:
+    """How a model integrates its differential equation; checked when built.
+
+    Attributes:
+        method: any torchdiffeq method.
+        step_size: largest solver step; ``None``: the smallest observation gap.
+        rtol, atol: tolerances of adaptive methods.
+        adjoint: continuous adjoint gradients (``odeint_adjoint``).
+        solver: one of :data:`SOLVERS` (the Neural CDE takes ``"reference"`` only).
+        checkpoint_every: ``"fast"``, ``"kernel"`` and ``"auto"``: steps between stored
+            fast weights (``None``: every step, or every
+            :data:`KERNEL_CHECKPOINT_EVERY` in the kernel).
+
+    Raises:
+        ValueError: an unknown method or solver, a fixed-grid solver with an adaptive
+            method, a step size or ``checkpoint_every`` that is not a positive number,
+            ``checkpoint_every`` with a solver that stores every step.
+    """
+
+    method: str = "rk4"
+    step_size: Optional[float] = None
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    adjoint: bool = False
+    solver: str = "auto"
+    checkpoint_every: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        step = self.step_size
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))
+                                 or not math.isfinite(step) or step <= 0):
+            raise ValueError(f"step_size: expected a positive number or None, got {step!r}")
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}: expected a non-negative number, got {value!r}")
+        if not isinstance(self.adjoint, bool):
+            raise ValueError(f"adjoint: expected True or False, got {self.adjoint!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver: expected one of {SOLVERS}, got {self.solver!r}")
+        is_fixed_grid(self.method)  # validates the method name
+        if self.solver in FIXED_GRID_BACKENDS and self.method not in TABLEAUS:
+            raise ValueError(f"solver={self.solver!r} needs a fixed-grid method in "
+                             f"{sorted(TABLEAUS)}, got {self.method!r}")
+        every = self.checkpoint_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int)
+                                  or every < 1):
+            raise ValueError(f"checkpoint_every: expected a positive integer or None, "
+                             f"got {every!r}")
+        if every is not None and self.solver in ("reference", "stepwise"):
+            raise ValueError(f"checkpoint_every applies to solver 'fast', 'kernel' or 'auto', "
+                             f"not {self.solver!r}")
+
+    def check_rule(self, rule: RuleLike) -> None:
+        """Refuse a fixed-grid ``solver`` for a rule of the ``"general"`` structure."""
+        record = _record(rule)
+        if self.solver in FIXED_GRID_BACKENDS and record.structure == "general":
+            raise ValueError(f"solver: expected 'auto' or 'reference' for rule {record.name!r} "
+                             f"(structure 'general': torchdiffeq only), got {self.solver!r}")
+
+
+def has_time_loop(rule: RuleLike) -> bool:
+    """Whether ``rule`` (a record or a name) depends on ``W`` (every structure but Hebb)."""
+    return _record(rule).has_time_loop
+
+
+def _loop_operands(rule: FastWeightRule) -> tuple[bool, tuple[str, str, str]]:
     """Whether the loop runs on ``W^T`` (Oja), and the activations of (fixed, target, rate).
 
     Oja in the delta form: ``M = W^T``, the fixed factor is the value, the target the key.
     """
-    key_activation, value_activation, rate_activation = RULE_ACTIVATIONS[rule]
-    if rule == "oja":
-        return True, (value_activation, key_activation, rate_activation)
-    return False, (key_activation, value_activation, rate_activation)
+    if rule.structure == "oja":
+        return True, (rule.value, rule.key, rule.rate)
+    return False, (rule.key, rule.value, rule.rate)
 
 
-def kernel_runs(rule: str) -> bool:
+def kernel_runs(rule: RuleLike) -> bool:
     """Whether the compiled kernel's tables cover ``rule`` (it may still fail to build).
 
-    Hebb rules have no time loop and never need the kernel: False.
+    Only the rank-one structures (delta, Oja) have a kernel: Hebb needs none (no time
+    loop) and a general rule has none.
     """
-    return has_time_loop(rule) and kernels.supports_rule(_NONLINEARITIES[rule],
-                                                         _loop_operands(rule)[1])
+    record = _record(rule)
+    return record.structure in ("delta", "oja") and kernels.supports_rule(
+        record.correction, _loop_operands(record)[1])
+
+
+def uses_fast_path(rule: RuleLike, options: SolverOptions) -> bool:
+    """Whether a fixed-grid solver with precomputed controls runs for ``rule``."""
+    if options.solver == "auto":
+        return (options.method in TABLEAUS and not options.adjoint
+                and _record(rule).structure != "general")
+    return options.solver != "reference"
+
+
+def select_solver(rule: RuleLike, options: SolverOptions, device, dtype: torch.dtype) -> str:
+    """The solver that runs ``rule`` with ``options`` on inputs of ``device`` and ``dtype``.
+
+    ``"auto"`` picks the fastest correct path: torchdiffeq (``"reference"``) for
+    adaptive methods, the adjoint and general rules; the compiled kernel for delta and
+    Oja structures on CPU float32/float64 when it builds (and ``FWPLAB_KERNEL`` is not
+    ``0``); ``"fast"`` otherwise.
+
+    Returns:
+        ``"reference"``, ``"stepwise"``, ``"fast"`` or ``"kernel"``.
+    """
+    options.check_rule(rule)
+    if options.solver != "auto":
+        return options.solver
+    if not uses_fast_path(rule, options):
+        return "reference"
+    if not kernel_runs(rule):  # Hebb (no time loop) or not in the kernel's tables
+        return "fast"
+    if kernels.enabled() and kernels.supports(device, dtype) and kernels.available():
+        return "kernel"
+    return "fast"
+
+
+# --------------------------------------------------------------------------- fixed grid
 
 
 class RecurrenceSpec(NamedTuple):
@@ -290,7 +398,7 @@ class RecurrenceSpec(NamedTuple):
 
 
 def solve_fixed_grid(
-    rule: str,
+    rule: RuleLike,
     controls: StageControls,
     W0: Tensor,
     steps: Tensor,
@@ -302,8 +410,9 @@ def solve_fixed_grid(
     """Explicit Runge-Kutta on a fixed grid with precomputed stage controls.
 
     Args:
-        rule: ``"hebb"``, ``"hebb_unsquashed"``, ``"delta"``, ``"delta_post_tanh"`` or
-            ``"oja"`` (activations in :data:`RULE_ACTIVATIONS`).
+        rule: a :class:`fwplab.rules.FastWeightRule` of the Hebb, delta or Oja
+            structure, or its name in :data:`fwplab.rules.RULES` (activations and
+            correction from the record; ``post_tanh``: pass ``rule.option("post_tanh")``).
         controls: raw controls at the stage points (:class:`StageControls`),
             each ``(points, batch, heads, d)``.
         W0: initial fast weights ``(batch, heads, d, d)``.
@@ -311,8 +420,8 @@ def solve_fixed_grid(
         method: a key of :data:`TABLEAUS`.
         keep: grid indices (0 = initial time) whose states to return, increasing;
             default all.
-        backend: one of :data:`FIXED_GRID_BACKENDS` (delta and Oja; the Hebb rules
-            have no time loop and ignore it).
+        backend: one of :data:`FIXED_GRID_BACKENDS` (delta and Oja; the Hebb
+            structure has no time loop and ignores it).
         checkpoint_every: ``"fast"`` and ``"kernel"``: store ``W`` every this many
             steps and recompute the rest in the backward; ``None`` stores every
             step (``"fast"``) or every :data:`KERNEL_CHECKPOINT_EVERY` (``"kernel"``).
@@ -320,8 +429,10 @@ def solve_fixed_grid(
     Returns:
         ``(len(keep), batch, heads, d, d)``.
     """
-    if rule not in _RULES:
-        raise ValueError(f"rule: expected one of {_RULES}, got {rule!r}")
+    rule = _record(rule)
+    if rule.structure == "general":
+        raise ValueError(f"rule: expected a rule of structure 'hebb', 'delta' or 'oja', got "
+                         f"{rule.name!r} (structure 'general': use solve_reference)")
     if backend not in FIXED_GRID_BACKENDS:
         raise ValueError(f"backend: expected one of {FIXED_GRID_BACKENDS}, got {backend!r}")
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
@@ -338,9 +449,8 @@ def solve_fixed_grid(
         keep = torch.arange(n_steps + 1)
     keep = tuple(int(i) for i in keep.tolist())
     steps = steps.to(W0.dtype)
-    if not has_time_loop(rule):
-        controls = StageControls(*(activate(a, c) for a, c in zip(RULE_ACTIVATIONS[rule],
-                                                                   controls, strict=True)))
+    if not rule.has_time_loop:
+        controls = StageControls(*rule.activate(*controls))
         return _hebb_fixed_grid(controls, W0, steps, tableau, layout, keep)
 
     batch, heads = W0.shape[:2]
@@ -357,8 +467,9 @@ def solve_fixed_grid(
             raise ValueError(f"backend: the compiled kernel runs CPU float32/float64 tensors, "
                              f"got {W0.dtype} on {W0.device}")
         if not kernel_runs(rule):
-            raise ValueError(f"backend: the compiled kernel has no {rule!r} rule; use 'fast'")
-        spec = RecurrenceSpec(_NONLINEARITIES[rule], tableau, layout, keep,
+            raise ValueError(f"backend: the compiled kernel has no {rule.name!r} rule; "
+                             "use 'fast'")
+        spec = RecurrenceSpec(rule.correction, tableau, layout, keep,
                               checkpoint_every or KERNEL_CHECKPOINT_EVERY)
         states = kernels.KernelRecurrence.apply(
             fixed.contiguous(), target.contiguous(), rate.contiguous(), M0.contiguous(), steps,
@@ -367,10 +478,10 @@ def solve_fixed_grid(
         fixed, target, rate = (activate(a, x) for a, x in zip(activations, (fixed, target, rate),
                                                                strict=True))
         if backend == "stepwise":
-            states = _stepwise_recurrence(fixed, target, rate, M0, steps, _NONLINEARITIES[rule],
+            states = _stepwise_recurrence(fixed, target, rate, M0, steps, rule.correction,
                                           tableau, layout, keep)
         else:
-            spec = RecurrenceSpec(_NONLINEARITIES[rule], tableau, layout, keep, checkpoint_every)
+            spec = RecurrenceSpec(rule.correction, tableau, layout, keep, checkpoint_every)
             states = _FastRecurrence.apply(fixed.contiguous(), target.contiguous(),
                                            rate.contiguous(), M0.contiguous(), steps, spec)
     states = states.reshape(len(keep), batch, heads, *M0.shape[-2:])
@@ -417,14 +528,6 @@ def _hebb_fixed_grid(controls, W0, steps, tableau, layout, keep):
     return states[torch.tensor(keep, device=states.device)]
 
 
-def _apply_nonlinearity(nonlinearity: str, z: Tensor) -> Tensor:
-    if nonlinearity == "linear":
-        return z
-    if nonlinearity == "tanh":
-        return torch.tanh(z)
-    return torch.softmax(z, -1)
-
-
 def _stepwise_recurrence(fixed, target, rate, M0, steps, nonlinearity, tableau, layout, keep):
     """The recurrence of the module docstring, every operation recorded by autograd.
 
@@ -445,7 +548,7 @@ def _stepwise_recurrence(fixed, target, rate, M0, steps, nonlinearity, tableau, 
             for j, a_ij in enumerate(tableau.a[i]):
                 if a_ij != 0.0:
                     u = u + (h * a_ij) * gram[n][:, j, i].unsqueeze(-1) * factors[j]
-            factors.append(beta[n][i] * _apply_nonlinearity(nonlinearity, c[n][i] - u))
+            factors.append(beta[n][i] * CORRECTIONS[nonlinearity](c[n][i] - u))
         update = sum((h * b_i) * r.unsqueeze(-1) * f[n][i].unsqueeze(-2)
                      for i, (r, b_i) in enumerate(zip(factors, tableau.b, strict=True))
                      if b_i != 0.0)

@@ -309,7 +309,7 @@ def test_shape_errors_are_clear():
         fast_weight_recurrent(keys[:, :0], values[:, :0], queries[:, :0])
     with pytest.raises(TypeError, match="values must be a torch.Tensor"):
         fast_weight_recurrent(keys, values.tolist(), queries)
-    with pytest.raises(ValueError, match="rule must be one of"):
+    with pytest.raises(ValueError, match="rule: expected one of"):
         fast_weight_recurrent(keys, values, queries, rule="hopfield")
     with pytest.raises(ValueError, match="feature_map must be one of"):
         fast_weight_attention(keys, values, queries, feature_map="relu")

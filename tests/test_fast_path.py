@@ -239,7 +239,7 @@ def test_solve_fixed_grid_rejects_bad_arguments():
     controls = solvers.StageControls(torch.zeros(7, 1, 1, 2), torch.zeros(7, 1, 1, 2),
                                      torch.zeros(7, 1, 1, 1))
     W0, steps = torch.zeros(1, 1, 2, 2), torch.ones(2)
-    with pytest.raises(ValueError, match="rule: expected one of"):
+    with pytest.raises(ValueError, match="rule: expected one of .*, got 'hopfield'"):
         solvers.solve_fixed_grid("hopfield", controls, W0, steps)
     with pytest.raises(ValueError, match="backend: expected one of"):
         solvers.solve_fixed_grid("delta", controls, W0, steps, backend="triton")

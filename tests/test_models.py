@@ -23,6 +23,11 @@ FWP_MODELS = [name for name, spec in MODELS.items() if spec is not None]
 TINY = dict(hidden_channels=8, num_heads=2, ff_channels=16)
 
 
+def tiny(name):
+    """TINY without ``num_heads`` for the Neural CDE (which refuses it)."""
+    return {k: v for k, v in TINY.items() if not (name == "ncde" and k == "num_heads")}
+
+
 def _series(batch=3, length=9, channels=4, seed=0):
     torch.manual_seed(seed)
     x = torch.randn(batch, length, channels)
@@ -137,7 +142,7 @@ def test_vector_field_passes_float64_gradcheck(name):
     model = fwplab.build_model(name, 4, 3, hidden_channels=4, num_heads=2).double()
     x = _series(batch=2, length=5).double()
     path = control_path(interpolation_coeffs(x), torch.arange(5.0, dtype=torch.float64))
-    field = _FastWeightField(model.slow_net, model._continuous_rule(), model.post_tanh, path)
+    field = _FastWeightField(model.slow_net, model.fast_weight_rule, path)
     W = torch.randn(2, 2, 2, 2, dtype=torch.float64, requires_grad=True)
     A = model.slow_net.input_proj.weight.detach().clone().requires_grad_()
 
@@ -178,7 +183,7 @@ def test_one_euler_step_is_one_discrete_delta_update():
 @pytest.mark.parametrize("name", list(MODELS))
 def test_each_series_is_read_out_at_its_own_end(name, interpolation):
     x, lengths = _series(), torch.tensor([9, 5, 7])
-    model = fwplab.build_model(name, 4, 3, **TINY, interpolation=interpolation).eval()
+    model = fwplab.build_model(name, 4, 3, **tiny(name), interpolation=interpolation).eval()
     with torch.no_grad():
         logits = model(x, lengths=lengths)
         changed = x.clone()
@@ -324,12 +329,20 @@ def test_bad_input_raises_clear_errors(call, message):
 @pytest.mark.parametrize(
     "name, hparams, message",
     [
-        ("delta_transformer", {}, "unknown model 'delta_transformer'"),
-        ("delta_cde", {"hidden_channels": 10, "num_heads": 4}, "divisible by num_heads"),
-        ("hebb_cde", {"post_tanh": True}, "post_tanh applies to the delta rule only"),
-        ("delta_ode", {"v_layernorm": True}, "v_layernorm applies to CDE"),
+        ("delta_transformer", {}, "name: expected one of .*, got 'delta_transformer'"),
+        ("delta_cde", {"hidden_channels": 10, "num_heads": 4},
+         r"hidden_channels: expected a multiple of num_heads \(4\), got 10"),
+        ("hebb_cde", {"post_tanh": True},
+         r"post_tanh: expected a rule that has this option \(the delta rule\), got 'hebb'"),
+        ("delta_ode", {"v_layernorm": True},
+         "v_layernorm: expected False for the ODE-driven delta_ode, got True"),
         ("oja_ode", {"layout": "keys_from_path"},
-         "layout applies to CDE-driven models only, not to oja_ode"),
+         "layout: expected None for the ODE-driven oja_ode, got 'keys_from_path'"),
+        ("ncde", {"num_heads": 4}, "ncde: .*unexpected keyword argument 'num_heads'"),
+        ("delta_cde", {"ff_channels": 0}, "ff_channels: expected a positive integer or None, "
+                                          "got 0"),
+        ("ncde", {"ff_channels": 0}, "ff_channels: expected a positive integer or None, got 0"),
+        ("delta_cde", {"rtol": -1.0}, "rtol: expected a non-negative number, got -1.0"),
         ("hebb_cde", {"layout": "keys_from_x"}, "layout: expected one of"),
         ("delta_cde", {"method": "rk5"}, "unknown torchdiffeq method 'rk5'"),
         ("delta_cde", {"step_size": -1.0}, "step_size: expected a positive number"),
@@ -346,7 +359,7 @@ def test_bad_hyperparameters_raise_clear_errors(name, hparams, message):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_cuda_matches_cpu(name):
     x = _series()
-    model = fwplab.build_model(name, 4, 3, **TINY).eval()
+    model = fwplab.build_model(name, 4, 3, **tiny(name)).eval()
     with torch.no_grad():
         cpu = model(x, lengths=torch.tensor([9, 5, 7]))
         gpu = model.cuda()(x.cuda(), lengths=torch.tensor([9, 5, 7]).cuda())

@@ -26,16 +26,20 @@ logit ``b`` scales the value directly (no sigmoid, so it may be negative) and th
 value is not squashed. Passing ``W=None`` leaves the W-dependent part out: that is
 the initial fast weight ``W(t0)`` of every continuous model (docs/maths.md, section 4.3).
 
-:data:`RULE_ACTIVATIONS` lists the activation each rule applies to the raw key,
-value and rate; the fixed-grid solvers (:mod:`fwplab.solvers`) read it from here.
+:data:`RULES` holds one :class:`~fwplab.rules.record.FastWeightRule` per rule: its
+field on activated controls, the activations of the raw key, value and rate, and the
+structure the fixed-grid solvers (:mod:`fwplab.solvers`) exploit. The functions above
+on raw controls are the readable reference each record is tested against.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
+
+from .record import FastWeightRule
 
 __all__ = [
     "hebb_update",
@@ -45,8 +49,10 @@ __all__ = [
     "unsquashed_hebb_rule",
     "oja_rule",
     "delta_rule",
+    "softmax_oja_update",
+    "post_tanh_delta_update",
+    "RULES",
     "FAST_WEIGHT_RULES",
-    "RULE_ACTIVATIONS",
     "get_rule",
 ]
 
@@ -164,37 +170,83 @@ def delta_rule(
 
 def _check_post_tanh(name: str, post_tanh: bool) -> None:
     if post_tanh:
-        raise ValueError(f"post_tanh applies to the delta rule only, not to {name!r}")
+        raise ValueError(f"post_tanh: expected a rule that has this option (the delta rule), "
+                         f"got {name!r}")
 
 
-Rule = Callable[..., Tensor]
+def softmax_oja_update(W: Optional[Tensor], key: Tensor, value: Tensor, rate: Tensor) -> Tensor:
+    """The softmax Oja rule's field on activated values and rates, raw key logits.
 
-#: The continuous learning rules of the paper's models, chosen by name.
-FAST_WEIGHT_RULES: dict[str, Rule] = {
-    "hebb": hebb_rule,
-    "hebb_unsquashed": unsquashed_hebb_rule,
-    "oja": oja_rule,
-    "delta": delta_rule,
+    ::
+
+        dW/dt = v (b softmax(k - W^T v))^T      (W = None: v (b softmax(k))^T)
+
+    Shapes as :func:`hebb_update`.
+    """
+    if W is not None:
+        key = key - _matvec(W.transpose(-1, -2), value)
+    return _outer(value, rate * torch.softmax(key, -1))
+
+
+def post_tanh_delta_update(W: Optional[Tensor], key: Tensor, value: Tensor,
+                           rate: Tensor) -> Tensor:
+    """The post-tanh delta rule's field on activated keys and rates, raw values.
+
+    ::
+
+        dW/dt = b tanh(v - W k) k^T             (W = None: b tanh(v) k^T)
+
+    Shapes as :func:`hebb_update`.
+    """
+    if W is not None:
+        value = value - _matvec(W, key)
+    return _outer(rate * torch.tanh(value), key)
+
+
+_HEBB_UNSQUASHED = FastWeightRule(
+    "hebb_unsquashed", hebb_update, value="identity", rate="identity", structure="hebb",
+    label="official Hebb: dW = (b v) k^T (b, v raw)", default_layout="keys_from_path",
+    builtin=True,
+)
+
+_DELTA_POST_TANH = FastWeightRule(
+    "delta", post_tanh_delta_update, value="identity", structure="delta", correction="tanh",
+    label="delta, post tanh: dW = b tanh(v - W k) k^T", discrete=None, builtin=True,
+)
+
+#: Every continuous fast weight rule, by name: the package's own and those registered
+#: with :func:`fwplab.rules.register_rule`.
+RULES: dict[str, FastWeightRule] = {
+    "hebb": FastWeightRule(
+        "hebb", hebb_update, structure="hebb", label="Hebb: dW = b v k^T",
+        discrete=hebb_update, options={"keys_from_path": _HEBB_UNSQUASHED},
+        default_layout="keys_from_path", builtin=True,
+    ),
+    "hebb_unsquashed": _HEBB_UNSQUASHED,
+    "oja": FastWeightRule(
+        "oja", softmax_oja_update, key="identity", structure="oja", correction="softmax",
+        label="softmax Oja: dW = v (b softmax(k - W^T v))^T", discrete=oja_update,
+        default_layout="keys_from_path", builtin=True,
+    ),
+    "delta": FastWeightRule(
+        "delta", delta_update, structure="delta", label="delta: dW = b (v - W k) k^T",
+        discrete=delta_update, options={"post_tanh": _DELTA_POST_TANH}, builtin=True,
+    ),
 }
 
-#: The activations (key, value, rate) each rule applies to the raw controls, by name
-#: (``"delta_post_tanh"``: the delta rule with ``post_tanh``). ``"identity"`` marks a
-#: control the rule uses raw or activates only after its W-dependent part: the Oja key
-#: gets its softmax after the subtraction, the post-tanh value its tanh.
-RULE_ACTIVATIONS: dict[str, tuple[str, str, str]] = {
-    "hebb": ("softmax", "tanh", "sigmoid"),
-    "hebb_unsquashed": ("softmax", "identity", "identity"),
-    "delta": ("softmax", "tanh", "sigmoid"),
-    "delta_post_tanh": ("softmax", "identity", "sigmoid"),
-    "oja": ("identity", "tanh", "sigmoid"),
-}
+#: The same registry under its former name.
+FAST_WEIGHT_RULES = RULES
 
 
-def get_rule(name: str) -> Rule:
-    """Return the continuous rule called ``name`` (one of ``FAST_WEIGHT_RULES``)."""
-    try:
-        return FAST_WEIGHT_RULES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown learning rule {name!r}; expected one of {sorted(FAST_WEIGHT_RULES)}"
-        ) from None
+def get_rule(name: str) -> FastWeightRule:
+    """Return the rule record called ``name`` (a key of :data:`RULES`).
+
+    The record is callable on the slow net's raw controls,
+    ``rule(W, key, value, rate, post_tanh=False)``, like :func:`delta_rule`.
+
+    Raises:
+        ValueError: ``name`` is not registered.
+    """
+    if not isinstance(name, str) or name not in RULES:
+        raise ValueError(f"rule: expected one of {sorted(RULES)}, got {name!r}")
+    return RULES[name]
