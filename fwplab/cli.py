@@ -1,4 +1,4 @@
-"""The ``fwplab`` command: ``fwplab train`` and ``fwplab presets``.
+"""The ``fwplab`` command: ``fwplab train``, ``fwplab compare`` and ``fwplab presets``.
 
 ::
 
@@ -7,10 +7,18 @@
     fwplab train --train A_TRAIN.ts --test A_TEST.ts --out runs/a
     fwplab train --preset speech-commands --device cuda
     fwplab train --resume runs/a                   # continue an interrupted run
+    fwplab train --model gru                       # a discrete baseline (gru, discrete_delta)
+    fwplab compare --models delta_cde,gru --data japanese-vowels A_TRAIN.ts:A_TEST.ts \
+        --seeds 0,1 --out runs/cmp                 # a grid, resumable (see fwplab.compare)
     torchrun --nproc_per_node=4 -m fwplab train --preset speech-commands
 
 Settings come from, in this order of precedence: explicit flags, the preset
 (``--preset``; default ``japanese-vowels``), :class:`fwplab.train.TrainConfig`.
+Data without a preset of its own (``--train/--test``, or a ``--dataset`` no preset
+trains on) gets settings adapted to it instead of a preset's (validation split,
+batch size, log-signature windows for long series, a step budget fitted to the
+measured speed, warm-up, patience; see :func:`fwplab.presets.adaptive_train_settings`);
+each choice is printed once and stored under ``run.adaptive`` in ``metrics.json``.
 Bad input ends the command with exit status 1 (2 for bad flags) and one line on
 stderr naming the file or argument and the problem; nothing is written.
 
@@ -40,7 +48,17 @@ from .data import DATASET_NAMES, Dataset, load_dataset, load_ts_pair
 from .data.download import DownloadError
 from .models import MODELS, build_model, count_parameters
 from .paths import INTERPOLATIONS
-from .presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
+from .presets import (
+    DEFAULT_PRESET,
+    PRESETS,
+    Choice,
+    Preset,
+    adaptive_data_options,
+    adaptive_epochs,
+    adaptive_train_settings,
+    get_preset,
+    preset_for_dataset,
+)
 from .train import (
     CHECKPOINT_NAME,
     MAX_SEED,
@@ -50,7 +68,10 @@ from .train import (
     TrainingDiverged,
     fit,
     load_checkpoint,
+    seconds_per_step,
 )
+from .data.uea_archive import log_signature_dataset
+from . import compare as _compare
 
 __all__ = ["main", "build_parser"]
 
@@ -216,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", default=None,
                      help="no progress bar")
 
+    _compare.add_parser(commands, list(MODELS))
     commands.add_parser("presets", help="list the named presets",
                         description="List the presets of fwplab train --preset.")
     return parser
@@ -283,8 +305,55 @@ def _data_spec(args: argparse.Namespace, preset: Preset, seed: int) -> dict[str,
 def _load_data(spec: dict[str, Any]) -> Dataset:
     common = dict(missing_rate=spec["missing_rate"], seed=spec["seed"], **spec["options"])
     if "train" in spec:
-        return load_ts_pair(spec["train"], spec["test"], **common)
+        depth, step = common.pop("logsig_depth", 0), common.pop("logsig_step", None)
+        dataset = load_ts_pair(spec["train"], spec["test"], **common)
+        return log_signature_dataset(dataset, depth, step) if depth else dataset
     return load_dataset(spec["dataset"], root=spec.get("root"), **common)
+
+
+def _adapts(args: argparse.Namespace) -> bool:
+    """Whether the settings adapt to the data: no --preset, and data no preset trains on."""
+    if args.preset is not None:
+        return False
+    return args.train is not None or (args.dataset is not None
+                                      and preset_for_dataset(args.dataset) is None)
+
+
+def _adapt_data(spec: dict[str, Any], dataset: Dataset) -> tuple[Dataset, list[Choice]]:
+    """Log-signature windows for long series (recorded in ``spec`` so --resume reloads them)."""
+    options, choices = adaptive_data_options(int(dataset.train.lengths.max()))
+    if options:
+        spec["options"].update(options)
+        dataset = _load_data(spec)
+    return dataset, choices
+
+
+def _adapt_training(args: argparse.Namespace, dataset: Dataset, model: torch.nn.Module
+                    ) -> tuple[TrainConfig, list[Choice]]:
+    """TrainConfig adapted to the data; explicit flags win over every adapted value."""
+    given = {_TRAIN_FLAGS[flag]: value for flag, value in _given(args, _TRAIN_FLAGS).items()}
+    counts = torch.bincount(dataset.train.y.cpu(), minlength=dataset.num_classes)
+    settings, choices = adaptive_train_settings(
+        [int(count) for count in counts if count > 0])
+    settings.update(given)
+    held = 0
+    if dataset.val is None and settings["val_fraction"]:
+        held = sum(round(settings["val_fraction"] * int(count)) for count in counts)
+    has_validation = dataset.val is not None or held > 0
+    training = len(dataset.train) - held
+    step_seconds = None
+    if "epochs" not in given:
+        # Every process must plan the same epochs: rank 0's measurement is used.
+        step_seconds = _shared(seconds_per_step(model, dataset.train, settings["batch_size"]))
+    budget, more = adaptive_epochs(training, settings["batch_size"], step_seconds,
+                                   has_validation, given.get("epochs"))
+    settings.update({key: value for key, value in budget.items()
+                     if key not in given or key == "epochs"})
+    if not has_validation:
+        settings.pop("patience", None)
+    choices = [choice for choice in choices + more
+               if not (choice.name == "batch size" and "batch_size" in given)]
+    return TrainConfig(**settings), choices
 
 
 def _model_options(args: argparse.Namespace, preset: Preset, name: str) -> dict[str, Any]:
@@ -390,6 +459,7 @@ def _shared(value: Any) -> Any:
 def _train(args: argparse.Namespace) -> int:
     device = _device(args.device)
     progress = not args.no_progress
+    adaptive = False
     if args.resume is not None:
         extra = sorted(name for name, value in vars(args).items()
                        if value is not None and name not in _RESUME_FLAGS + ("command",))
@@ -411,9 +481,12 @@ def _train(args: argparse.Namespace) -> int:
         seed = config.seed
     else:
         preset = get_preset(args.preset or DEFAULT_PRESET)
-        config = _train_config(args, preset)
-        seed = config.seed
-        run_info = {"preset": preset.name, "data": _data_spec(args, preset, seed)}
+        adaptive = _adapts(args)
+        config = None if adaptive else _train_config(args, preset)
+        seed = args.seed if adaptive and args.seed is not None else (
+            TrainConfig().seed if adaptive else config.seed)
+        run_info = {"preset": "adaptive" if adaptive else preset.name,
+                    "data": _data_spec(args, preset, seed)}
         model_name = args.model or preset.model
         model_config = {"name": model_name, **_model_options(args, preset, model_name)}
         out = None if args.out is None else Path(args.out)
@@ -423,6 +496,9 @@ def _train(args: argparse.Namespace) -> int:
     _start_processes(device)
     try:
         dataset = _load_data(run_info["data"])
+        choices: list[Choice] = []
+        if args.resume is None and adaptive:
+            dataset, choices = _adapt_data(run_info["data"], dataset)
         torch.manual_seed(seed)
         if args.resume is None:
             _check_model_size(model_config, dataset.input_channels, dataset.num_classes, device)
@@ -438,9 +514,18 @@ def _train(args: argparse.Namespace) -> int:
                                  f"{dataset.num_classes} classes, the checkpoint's model "
                                  f"{model.input_channels} and {model.output_channels}")
         model.to(device)
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        if args.resume is None and adaptive:
+            config, more = _adapt_training(args, dataset, model)
+            choices += more
+            run_info["adaptive"] = {choice.name: {"value": str(choice.value),
+                                                  "reason": choice.reason}
+                                    for choice in choices}
+        leader = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+        if leader:
             print(f"fwplab train: {model.config['name']} ({count_parameters(model)} parameters) "
                   f"on {dataset.name}, {device}, run folder {out}", flush=True)
+            for choice in choices:
+                print(f"fwplab train: adapted to the data: {choice.line()}", flush=True)
         try:
             with _stop_signals_interrupt():
                 history = fit(model, dataset, config, out=out, resume=args.resume is not None,
@@ -526,9 +611,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "presets":
         return _presets()
     try:
+        if args.command == "compare":
+            return _compare.run(args, main, DATASET_NAMES, list(MODELS))
         return _train(args)
     except (ValueError, TrainingDiverged, DownloadError, OSError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
-        print(f"fwplab train: error: {message}", file=sys.stderr)
+        print(f"fwplab {args.command}: error: {message}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -23,15 +23,22 @@ Commands and sepsis code derives from Kidger et al.'s NeuralCDE):
   on two logits.
 
 Each paper preset lists what it does not reproduce in :attr:`Preset.differences`.
+
+Data without a preset of its own (``--train/--test`` pairs, named datasets other than
+the presets') gets settings that adapt to it: :func:`adaptive_data_options` and
+:func:`adaptive_train_settings` decide them from the training split, and every
+decision comes with the reason that is printed and stored in ``metrics.json``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 __all__ = ["Preset", "ReportedResult", "PRESETS", "DEFAULT_PRESET", "get_preset",
-           "preset_argv", "preset_command"]
+           "preset_argv", "preset_command", "preset_for_dataset", "Choice",
+           "adaptive_data_options", "adaptive_train_settings", "adaptive_epochs"]
 
 
 @dataclass(frozen=True)
@@ -262,3 +269,187 @@ def preset_argv(name: str, device: Optional[str] = "cuda", **flags: Any) -> list
 def preset_command(name: str, device: Optional[str] = "cuda", **flags: Any) -> str:
     """The shell command that trains preset ``name``: ``"fwplab " + " ".join(preset_argv(...))``."""
     return " ".join(["fwplab", *preset_argv(name, device, **flags)])
+
+
+def preset_for_dataset(dataset: str) -> Optional[Preset]:
+    """The first preset trained on the named dataset, or None (then settings adapt)."""
+    return next((preset for preset in PRESETS.values() if preset.dataset == dataset), None)
+
+
+# ------------------------------------------------------------------ adaptive settings
+#: Series longer than this are summarised by log-signature windows (speed and richer keys).
+LONG_SERIES = 128
+#: Number of log-signature windows a long series is cut into (about).
+TARGET_WINDOWS = 64
+#: Depth of the log-signature of each window (increments and signed areas).
+ADAPTIVE_LOGSIG_DEPTH = 2
+#: Optimisation steps of an adaptive run, whatever the size of the data set.
+TARGET_STEPS = 2000
+#: Seconds of training an adaptive run may take (the whole command stays within 5 minutes).
+TIME_BUDGET = 200.0
+#: Share of the time budget planned for; the rest absorbs validation and a slower machine.
+PLANNED_SHARE = 0.8
+#: Smallest number of training series of every class for a validation split to be carved.
+MIN_SERIES_PER_CLASS = 5
+#: Fewest validation series worth carving: fewer rank epochs by noise, and the series
+#: they take from training cost more than the selection gains.
+MIN_VAL_SERIES = 40
+#: Fraction of each class held out for validation (model selection and early stopping).
+ADAPTIVE_VAL_FRACTION = 0.2
+#: Batch sizes an adaptive run chooses between: about a tenth of the training series.
+BATCH_RANGE = (8, 32)
+#: Share of the optimisation steps spent warming the learning rate up.
+WARMUP_SHARE = 0.05
+#: Share of the planned epochs without a better validation score that stops the run.
+PATIENCE_SHARE = 0.3
+#: Fewest epochs of patience.
+MIN_PATIENCE = 10
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One setting chosen for the data, and why (printed once, stored in ``metrics.json``)."""
+
+    name: str
+    value: Any
+    reason: str
+
+    def line(self) -> str:
+        """``name = value (reason)``."""
+        return f"{self.name} = {self.value} ({self.reason})"
+
+
+def adaptive_data_options(longest: int) -> tuple[dict[str, Any], list[Choice]]:
+    """Data options for series of ``longest`` steps: log-signature windows when long.
+
+    A series longer than :data:`LONG_SERIES` steps is replaced by the depth-2
+    log-signature of windows of ``step = ceil(longest / TARGET_WINDOWS)`` increments::
+
+        window j:  (X(t_{j+1}) - X(t_j),  1/2 int (X - X(t_j)) (x) dX - transpose)
+
+    so the solver takes about :data:`TARGET_WINDOWS` steps instead of ``longest``
+    (the training time shrinks by ``step``), and the keys see the signed areas
+    between channels (with the time channel: how the values move within a window).
+
+    Args:
+        longest: the longest training series, in time steps.
+
+    Returns:
+        ``({"logsig_depth", "logsig_step"}` or ``{}``, the choices made).
+    """
+    if longest <= LONG_SERIES:
+        return {}, [Choice("log-signature", "off", f"series of at most {longest} steps are "
+                           f"short enough (<= {LONG_SERIES})")]
+    step = math.ceil(longest / TARGET_WINDOWS)
+    return ({"logsig_depth": ADAPTIVE_LOGSIG_DEPTH, "logsig_step": step},
+            [Choice("log-signature", f"depth {ADAPTIVE_LOGSIG_DEPTH}, windows of {step} steps",
+                    f"series of up to {longest} steps (> {LONG_SERIES}) become about "
+                    f"{math.ceil(longest / step)} windows")])
+
+
+def adaptive_train_settings(class_counts: Sequence[int]) -> tuple[dict[str, Any], list[Choice]]:
+    """Training settings for a training split with ``class_counts`` series per class.
+
+    - validation: :data:`ADAPTIVE_VAL_FRACTION` of every class (stratified) when every
+      class has at least :data:`MIN_SERIES_PER_CLASS` series (so each class is seen
+      in both parts) and that makes at least :data:`MIN_VAL_SERIES` series;
+      otherwise none (all series train, the last epoch of the cosine schedule is
+      kept) and the reason says which condition failed;
+    - batch size: about a tenth of the training series, a power of two in
+      :data:`BATCH_RANGE` (small data sets get more, noisier steps);
+    - the best epoch by validation accuracy, ties broken by the lower loss.
+
+    The epochs, warm-up and patience follow from the step budget and the measured
+    speed (:func:`adaptive_epochs`).
+
+    Returns:
+        ``(TrainConfig fields, choices)``.
+    """
+    counts = [int(count) for count in class_counts]
+    if not counts or min(counts) < 1:
+        raise ValueError(f"class_counts: expected a positive count per class, got {counts}")
+    settings: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine"}
+    choices = []
+    smallest = min(counts)
+    held = sum(round(ADAPTIVE_VAL_FRACTION * count) for count in counts)
+    if smallest >= MIN_SERIES_PER_CLASS and held >= MIN_VAL_SERIES:
+        settings.update(val_fraction=ADAPTIVE_VAL_FRACTION, monitor="accuracy_then_loss")
+        choices.append(Choice("validation", f"{held} of {sum(counts)} series",
+                              f"a stratified {ADAPTIVE_VAL_FRACTION:.0%} of every class selects "
+                              "the best epoch (accuracy, then loss) and stops early"))
+    else:
+        if smallest < MIN_SERIES_PER_CLASS:
+            why = (f"no stratified split is possible: the smallest class has {smallest} "
+                   f"training series (< {MIN_SERIES_PER_CLASS})")
+        else:
+            why = (f"{ADAPTIVE_VAL_FRACTION:.0%} of {sum(counts)} series would be {held}, too "
+                   f"few to select epochs by (< {MIN_VAL_SERIES})")
+        settings.update(val_fraction=0.0)
+        choices.append(Choice("validation", "none",
+                              f"{why}; trains on all series and keeps the last epoch"))
+    training = sum(counts) - (sum(round(ADAPTIVE_VAL_FRACTION * count) for count in counts)
+                              if settings["val_fraction"] else 0)
+    low, high = BATCH_RANGE
+    batch = min(high, max(low, 2 ** round(math.log2(max(1, training) / 10))))
+    settings["batch_size"] = batch
+    choices.append(Choice("batch size", batch, f"about a tenth of the {training} training "
+                          f"series, within {list(BATCH_RANGE)}"))
+    return settings, choices
+
+
+def adaptive_epochs(training_series: int, batch_size: int, step_seconds: Optional[float],
+                    has_validation: bool, epochs: Optional[int] = None
+                    ) -> tuple[dict[str, Any], list[Choice]]:
+    """Epochs, warm-up and patience from the step budget and the measured step time.
+
+    ::
+
+        steps  = min(TARGET_STEPS, PLANNED_SHARE * TIME_BUDGET / step_seconds)
+        epochs = max(1, round(steps / ceil(training_series / batch_size)))
+
+    The run also stops after :data:`TIME_BUDGET` seconds of training whatever happens
+    (``time_limit``); warm-up takes :data:`WARMUP_SHARE` of the steps; with a
+    validation split, :data:`PATIENCE_SHARE` of the epochs without improvement (at
+    least :data:`MIN_PATIENCE`) stop the run.
+
+    Args:
+        training_series: series in the training part (validation excluded).
+        batch_size: series per step.
+        step_seconds: measured seconds per step (:func:`fwplab.train.seconds_per_step`);
+            only needed without ``epochs``.
+        has_validation: whether a validation split is carved (then patience is set).
+        epochs: epochs given by the user; None derives them from the budget.
+
+    Returns:
+        ``(TrainConfig fields, choices)``.
+    """
+    if training_series < 1 or batch_size < 1:
+        raise ValueError(f"expected positive training_series and batch_size, got "
+                         f"{training_series} and {batch_size}")
+    per_epoch = math.ceil(training_series / batch_size)
+    if epochs is None:
+        if step_seconds is None or not step_seconds > 0:
+            raise ValueError(f"step_seconds: expected a positive number without epochs, got "
+                             f"{step_seconds!r}")
+        affordable = int(PLANNED_SHARE * TIME_BUDGET / step_seconds)
+        steps = max(1, min(TARGET_STEPS, affordable))
+        epochs = max(1, round(steps / per_epoch))
+        why = (f"budget of {TARGET_STEPS} steps" if affordable >= TARGET_STEPS else
+               f"{affordable} steps fit {PLANNED_SHARE:.0%} of {TIME_BUDGET:.0f} s at "
+               f"{step_seconds * 1000:.0f} ms per step")
+    else:
+        why = "given"
+    total = epochs * per_epoch
+    settings: dict[str, Any] = {"epochs": epochs, "time_limit": TIME_BUDGET,
+                                "warmup_steps": max(1, round(WARMUP_SHARE * total))}
+    choices = [Choice("epochs", epochs, f"{why}; {per_epoch} steps per epoch"),
+               Choice("time limit", f"{TIME_BUDGET:.0f} s", "stops after the epoch that "
+                      "passes it"),
+               Choice("warm-up", f"{settings['warmup_steps']} steps",
+                      f"{WARMUP_SHARE:.0%} of {total} steps, then cosine decay")]
+    if has_validation:
+        settings["patience"] = max(MIN_PATIENCE, math.ceil(PATIENCE_SHARE * epochs))
+        choices.append(Choice("patience", f"{settings['patience']} epochs",
+                              f"{PATIENCE_SHARE:.0%} of the epochs (at least {MIN_PATIENCE}) "
+                              "without a better validation score"))
+    return settings, choices

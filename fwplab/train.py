@@ -14,12 +14,13 @@ What :func:`fit` does, in order:
   (:func:`fwplab.paths.interpolation_coeffs`; torchcde's missing-value handling
   is slow) and indexes them per batch, cutting each batch to its longest series;
 - minimises the cross-entropy with AdamW, a cosine (or constant, or plateau)
-  learning-rate schedule and gradient clipping::
+  learning-rate schedule after an optional linear warm-up, and gradient clipping::
 
       loss = - mean_b w_{y_b} log softmax(logits_b)_{y_b} / mean_b w_{y_b}
 
 - evaluates on the validation split after every epoch, keeps the best weights
-  (``monitor``), stops early after ``patience`` epochs without improvement;
+  (``monitor``), stops early after ``patience`` epochs without improvement, or
+  after the epoch in which the training time passes ``time_limit`` seconds;
 - stops at the first non-finite loss, gradient or weight and says where;
 - with ``out``: takes the run folder's lock (one writer per folder, released by the
   operating system when the process dies), writes a trial checkpoint of the full size
@@ -85,13 +86,17 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "dataset_fingerprint",
+    "seconds_per_step",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
 CHECKPOINT_FORMAT = 1
 SCHEDULES = ("cosine", "constant", "plateau")
-MONITORS = ("accuracy", "loss", "auroc")
+MONITORS = ("accuracy", "loss", "auroc", "accuracy_then_loss")
+#: Weight of the validation loss in the ``"accuracy_then_loss"`` score: small enough never to
+#: outweigh one series of accuracy (it only breaks ties between equal accuracies).
+TIE_BREAK_WEIGHT = 1e-9
 #: Learning-rate factor of ReduceLROnPlateau (the schedule of Kidger et al. and the paper).
 PLATEAU_FACTOR = 0.1
 #: The lock file that makes one process the only writer of a run folder.
@@ -120,6 +125,9 @@ class TrainConfig:
         schedule: ``"cosine"`` (per step, from ``lr`` to ``lr * min_lr_ratio``),
             ``"constant"``, or ``"plateau"`` (divide by 10 when the training loss
             has not improved for ``plateau_patience`` epochs).
+        warmup_steps: optimisation steps over which the learning rate rises linearly
+            from ``lr / warmup_steps`` to ``lr`` before the schedule (``"cosine"`` then
+            decays over the remaining steps); 0 starts at ``lr``. Not with ``"plateau"``.
         min_lr_ratio: final learning rate of the cosine schedule, relative to ``lr``.
         plateau_patience: epochs of the ``"plateau"`` schedule.
         grad_clip: clip the global gradient norm to this value; None disables.
@@ -131,7 +139,10 @@ class TrainConfig:
         patience: stop after this many epochs without a better validation score;
             None trains all epochs.
         monitor: validation score that selects the best epoch: ``"accuracy"``,
-            ``"loss"`` or ``"auroc"`` (two classes only).
+            ``"loss"``, ``"auroc"`` (two classes only) or ``"accuracy_then_loss"``
+            (accuracy; among equal accuracies the lower loss wins).
+        time_limit: seconds of training after which the run stops at the end of the
+            current epoch (recorded as stopped early); None trains every epoch.
         class_weights: weight of each class in the loss (e.g. ``(1, 10)`` for sepsis).
         eval_batch_size: series per evaluation batch.
         seed: seeds the validation split, the batch order and dropout.
@@ -142,6 +153,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     schedule: str = "cosine"
+    warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     plateau_patience: int = 10
     grad_clip: Optional[float] = 1.0
@@ -152,6 +164,7 @@ class TrainConfig:
     class_weights: Optional[tuple[float, ...]] = None
     eval_batch_size: int = 256
     seed: int = 0
+    time_limit: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.class_weights is not None:
@@ -190,6 +203,18 @@ class TrainConfig:
         if not (isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0):
             raise ValueError(f"val_fraction: expected a fraction in [0, 1), got "
                              f"{self.val_fraction!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
+                or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps: expected a non-negative integer, got "
+                             f"{self.warmup_steps!r}")
+        if self.warmup_steps and self.schedule == "plateau":
+            raise ValueError("warmup_steps: the plateau schedule has no warm-up; use the cosine "
+                             "or constant schedule, or warmup_steps=0")
+        if self.time_limit is not None and not (
+                isinstance(self.time_limit, (int, float)) and not isinstance(self.time_limit, bool)
+                and math.isfinite(self.time_limit) and self.time_limit > 0):
+            raise ValueError(f"time_limit: expected a positive number of seconds or None, got "
+                             f"{self.time_limit!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ValueError(f"patience: expected a positive integer or None, got "
                              f"{self.patience!r}")
@@ -222,7 +247,8 @@ class History:
     Attributes:
         records: one :class:`EpochRecord` per completed epoch.
         best_epoch: the epoch whose weights the model holds at the end.
-        stopped_early: whether ``patience`` ended training before ``epochs``.
+        stopped_early: whether ``patience`` or ``time_limit`` ended training before
+            ``epochs``.
         seconds: wall time of :func:`fit` (interpolation coefficients, training,
             evaluation), summed over resumed sessions.
         train, val, test: metrics of the final (best) weights on each split:
@@ -844,7 +870,26 @@ def _carve_validation(dataset: Dataset, config: TrainConfig) -> tuple[Split, Opt
     return select(parts[0]), select(parts[1])
 
 
+def _warmup_factor(step: int, config: TrainConfig, total_steps: int) -> float:
+    """Learning-rate factor after ``step`` steps: linear warm-up, then cosine or constant::
+
+        factor = (step + 1) / warmup                                    step < warmup
+        factor = r + (1 - r) (1 + cos(pi (step - warmup) / (total - warmup))) / 2   cosine
+    """
+    warmup = config.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    ratio = config.min_lr_ratio
+    return ratio + (1.0 - ratio) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    if config.warmup_steps:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: _warmup_factor(step, config, total_steps))
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=total_steps, eta_min=config.lr * config.min_lr_ratio)
@@ -858,6 +903,8 @@ def _score(metrics: Optional[dict[str, float]], monitor: str) -> float:
     """Larger is better; NaN (e.g. AUROC of a one-class split) never wins."""
     if metrics is None:
         return -math.inf
+    if monitor == "accuracy_then_loss":
+        return metrics["accuracy"] - TIE_BREAK_WEIGHT * math.atan(metrics["loss"])
     value = metrics[monitor]
     if math.isnan(value):
         return -math.inf
@@ -1232,6 +1279,9 @@ def fit(
                 record = trainer.train_epoch(bar)
                 history.seconds += time.perf_counter() - session_start
                 session_start = time.perf_counter()
+                if config.time_limit is not None and history.seconds >= config.time_limit \
+                        and not trainer.finished:
+                    history.stopped_early = trainer.finished = True
                 trainer.save()
                 if callback is not None and trainer.rank == 0:
                     callback(record)
@@ -1244,6 +1294,48 @@ def fit(
             _write_json(out_dir / METRICS_NAME, _metrics_document(
                 model, trainer.model_config, dataset, config, history, trainer.world, run_info))
     return history
+
+
+def seconds_per_step(model: nn.Module, split: Split, batch_size: int, steps: int = 3) -> float:
+    """Wall seconds of one training step (forward, backward) on ``batch_size`` series.
+
+    Times ``steps`` steps on the longest series of ``split`` after one warm-up step,
+    with gradients discarded afterwards and the random generators restored, so the
+    model and later draws are as before. Used to fit a step budget into a time budget.
+
+    Args:
+        model: a model of :func:`fwplab.build_model`.
+        split: series to time on (the longest ``batch_size`` of them are used).
+        batch_size: series per step.
+        steps: timed steps (the median is returned).
+
+    Returns:
+        The median seconds per step.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+    if len(split) == 0:
+        raise ValueError("split: expected at least one series, got an empty split")
+    split = _on_device(split, _device_of(model))
+    index = split.lengths.argsort(descending=True)[:batch_size]
+    y, inputs = _batch(split, None, index)
+    if _uses_coeffs(model):
+        inputs["coeffs"] = interpolation_coeffs(inputs["x"], inputs["times"], inputs["lengths"],
+                                                model.interpolation)
+    state = _rng_state()
+    was_training = model.training
+    model.train()
+    timings = []
+    try:
+        for _ in range(steps + 1):
+            started = time.perf_counter()
+            F.cross_entropy(model(**inputs), y).backward()
+            timings.append(time.perf_counter() - started)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        _set_rng_state(state)
+    return sorted(timings[1:])[steps // 2]
 
 
 def _evaluation_logits(model: nn.Module, split: Split, coeffs: Optional[Tensor],

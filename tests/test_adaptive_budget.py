@@ -1,0 +1,126 @@
+"""Settings that adapt to the data: the split, batch and budget rules on tiny synthetic
+sets, the warm-up schedule, the time limit, and a ``--train/--test`` run that prints and
+records every choice."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from fwplab.cli import main
+from fwplab.presets import (
+    ADAPTIVE_VAL_FRACTION,
+    LONG_SERIES,
+    MIN_VAL_SERIES,
+    TARGET_STEPS,
+    TIME_BUDGET,
+    adaptive_data_options,
+    adaptive_epochs,
+    adaptive_train_settings,
+    preset_for_dataset,
+)
+from fwplab.train import TrainConfig, _warmup_factor, fit, seconds_per_step
+from test_train import one_thread, tiny_dataset, tiny_model, write_ts_pair  # noqa: F401
+
+
+def test_a_class_with_one_series_means_no_validation_split_and_says_so():
+    settings, choices = adaptive_train_settings([300, 1])
+    assert settings["val_fraction"] == 0.0
+    reason = next(choice.reason for choice in choices if choice.name == "validation")
+    assert "no stratified split is possible" in reason and "1 training series" in reason
+
+
+def test_a_large_enough_training_set_gets_a_stratified_validation_split():
+    settings, choices = adaptive_train_settings([120, 100, 80])
+    assert settings["val_fraction"] == ADAPTIVE_VAL_FRACTION
+    assert settings["monitor"] == "accuracy_then_loss"
+    held = sum(round(ADAPTIVE_VAL_FRACTION * n) for n in (120, 100, 80))
+    assert held >= MIN_VAL_SERIES
+    assert next(c.value for c in choices if c.name == "validation") == f"{held} of 300 series"
+
+
+def test_a_small_training_set_trains_on_everything():
+    settings, choices = adaptive_train_settings([18, 18])  # 7 validation series: too few
+    assert settings["val_fraction"] == 0.0
+    assert "too few" in next(c.reason for c in choices if c.name == "validation")
+
+
+@pytest.mark.parametrize("counts, batch", [([20, 16], 8), ([100, 100], 16), ([5000], 32)])
+def test_the_batch_is_about_a_tenth_of_the_training_series(counts, batch):
+    assert adaptive_train_settings(counts)[0]["batch_size"] == batch
+
+
+def test_the_budget_is_counted_in_steps_and_bounded_in_time():
+    fast, _ = adaptive_epochs(40, 8, step_seconds=0.001, has_validation=False)
+    assert fast["epochs"] * 5 == TARGET_STEPS  # 5 steps per epoch
+    assert fast["time_limit"] == TIME_BUDGET and "patience" not in fast
+    slow, choices = adaptive_epochs(40, 8, step_seconds=1.0, has_validation=True)
+    assert slow["epochs"] * 5 * 1.0 <= TIME_BUDGET  # planned steps fit the time budget
+    assert slow["patience"] >= 10
+    assert "ms per step" in next(c.reason for c in choices if c.name == "epochs")
+    given, _ = adaptive_epochs(40, 8, None, False, epochs=3)
+    assert given["epochs"] == 3 and given["warmup_steps"] == 1
+
+
+def test_long_series_become_log_signature_windows():
+    assert adaptive_data_options(LONG_SERIES)[0] == {}
+    options, choices = adaptive_data_options(1460)
+    assert options["logsig_depth"] == 2
+    assert math.ceil(1460 / options["logsig_step"]) <= 64
+    assert "1460 steps" in choices[0].reason
+
+
+def test_warm_up_rises_linearly_then_decays_by_cosine():
+    config = TrainConfig(warmup_steps=4, min_lr_ratio=0.0)
+    factors = [_warmup_factor(step, config, 14) for step in range(15)]
+    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert factors[4] == pytest.approx(1.0) and factors[9] == pytest.approx(0.5)
+    assert factors[14] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="warmup_steps: the plateau schedule"):
+        TrainConfig(warmup_steps=2, schedule="plateau")
+
+
+def test_the_time_limit_stops_after_the_epoch_that_passes_it():
+    dataset = tiny_dataset()
+    history = fit(tiny_model(dataset), dataset, epochs=50, time_limit=1e-9, progress=False)
+    assert len(history.records) == 1 and history.stopped_early
+
+
+def test_ties_in_validation_accuracy_go_to_the_lower_loss():
+    from fwplab.train import _score
+    better = _score({"accuracy": 0.5, "loss": 0.3}, "accuracy_then_loss")
+    worse = _score({"accuracy": 0.5, "loss": 0.9}, "accuracy_then_loss")
+    assert better > worse > _score({"accuracy": 0.49, "loss": 0.0}, "accuracy_then_loss")
+
+
+def test_seconds_per_step_leaves_the_model_and_the_generator_as_they_were():
+    dataset = tiny_dataset()
+    model = tiny_model(dataset)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.get_rng_state()
+    assert seconds_per_step(model, dataset.train, batch_size=4) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(state, torch.get_rng_state())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_only_data_without_a_preset_adapts():
+    assert preset_for_dataset("japanese-vowels").name == "japanese-vowels"
+    assert preset_for_dataset("spirals") is None
+
+
+def test_a_ts_pair_run_prints_and_records_every_choice(tmp_path, capsys):
+    train, test = write_ts_pair(tmp_path, n_train=13, classes="abc")  # class c: 4 series
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(train), "--test", str(test), "--hidden", "8",
+                 "--heads", "2", "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    adaptive = metrics["run"]["adaptive"]
+    assert {"validation", "batch size", "epochs", "warm-up", "log-signature"} <= set(adaptive)
+    for name, choice in adaptive.items():
+        assert printed.count(f"adapted to the data: {name} = {choice['value']}") == 1
+    assert metrics["val_accuracy"] is None and metrics["epochs"] == 2
+    assert metrics["train_config"]["batch_size"] == 8
+    assert metrics["train_config"]["warmup_steps"] == 1
