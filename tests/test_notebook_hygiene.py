@@ -1,14 +1,26 @@
 """The committed notebooks: one frame for all, no stale outputs, no personal metadata."""
 
+import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from conftest import STDERR_EXPECTED, stderr_text
-
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _root_conftest():
+    """The repository's top-level conftest.py, which holds nbval's stderr rule
+    (``tests/conftest.py`` is another module of the same name)."""
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_NBVAL_RULES = _root_conftest()
+STDERR_EXPECTED, stderr_text = _NBVAL_RULES.STDERR_EXPECTED, _NBVAL_RULES.stderr_text
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 

@@ -8,7 +8,6 @@ inputs and compared with the package (:mod:`fwplab.discrete`,
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -178,7 +177,7 @@ def _judge_delta_step(answer: Any) -> Optional[str]:
     return None
 
 
-# ---------------------------------------------------------------- 02.orthonormal-capacity
+# ---------------------------------------------------------------- 02.orthonormal-rate
 
 
 def _orthonormal_pairs(num_pairs: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -190,36 +189,46 @@ def _orthonormal_pairs(num_pairs: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     return basis.T[:num_pairs].unsqueeze(0), values
 
 
-def _exact_recall(num_pairs: int) -> bool:
-    keys, values = _orthonormal_pairs(num_pairs)
-    weight = store_pairs(keys, values, "delta", rate=1.0)
-    return retrieval_error(weight, keys, values).item() < 1e-20
+#: Pairs stored in exercise 02.orthonormal-rate, and the (rate, sweeps) the judge tries.
+ORTHONORMAL_PAIRS = 10
+RATE_SWEEP_CASES = ((0.5, 1), (0.3, 3), (1.5, 2), (1.0, 1), (0.8, 2))
+
+
+def _measured_error(rate: float, sweeps: int) -> float:
+    keys, values = _orthonormal_pairs(ORTHONORMAL_PAIRS)
+    weight = store_pairs(keys, values, "delta", rate=rate, sweeps=sweeps)
+    return retrieval_error(weight, keys, values).item()
+
+
+def _orthonormal_rate_solution(beta: float, sweeps: int) -> float:
+    return (1 - beta) ** (2 * sweeps)
 
 
 @exercise(
-    "02.orthonormal-capacity",
-    f"A {MEMORY_DIM} x {MEMORY_DIM} delta-rule fast weight writes pairs with orthonormal "
-    "keys (and arbitrary values) once each at beta = 1. What is the largest number of "
-    "pairs it can recall exactly? Answer with an integer.",
-    solution=lambda: MEMORY_DIM,
-    wrong_answers=lambda: [8, 15, 17, MEMORY_DIM**2, 2.5],
+    "02.orthonormal-rate",
+    f"A {MEMORY_DIM} x {MEMORY_DIM} delta-rule fast weight starts at W = 0 and writes "
+    f"N <= {MEMORY_DIM} pairs with orthonormal keys at the rate beta, the whole list `sweeps` "
+    "times over. Write error(beta, sweeps) returning its normalised retrieval error "
+    "sum_i |W k_i - v_i|^2 / sum_i |v_i|^2.",
+    solution=lambda: _orthonormal_rate_solution,
+    wrong_answers=lambda: [lambda beta, sweeps: (1 - beta) ** sweeps,
+                           lambda beta, sweeps: (1 - beta) ** 2,
+                           lambda beta, sweeps: 0.0,
+                           lambda beta, sweeps: beta ** (2 * sweeps)],
 )
-def _judge_orthonormal_capacity(answer: Any) -> Optional[str]:
-    if isinstance(answer, bool) or not isinstance(answer, numbers.Real):
-        return f"answer with a number, got {type(answer).__name__}."
-    if answer != int(answer) or answer < 1:
-        return "a number of pairs is a positive integer."
-    count = int(answer)
-    if count > MEMORY_DIM:
-        return (
-            f"how many vectors of length {MEMORY_DIM} can be orthonormal at once? "
-            "(torch.linalg.qr of a square matrix gives a full set)"
-        )
-    if count < MEMORY_DIM and _exact_recall(count + 1):
-        return (
-            f"store {count + 1} orthonormal pairs with fwplab.discrete.store_pairs(..., "
-            "'delta') and measure retrieval_error: more fit."
-        )
+def _judge_orthonormal_rate(answer: Any) -> Optional[str]:
+    if not callable(answer):
+        return "pass a function error(beta, sweeps)."
+    for rate, sweeps in RATE_SWEEP_CASES:
+        given = float(answer(rate, sweeps))
+        expected = _measured_error(rate, sweeps)
+        if abs(given - expected) > 1e-9 * (1 + expected):
+            return (
+                f"at beta = {rate} and {sweeps} sweep(s) store_pairs measures an error of "
+                f"{expected:.4g}, you said {given:.4g}. With orthonormal keys a write of "
+                "pair i leaves every other pair's read-out alone: follow W k_i through the "
+                "writes of pair i only."
+            )
     return None
 
 
