@@ -72,6 +72,7 @@ from .train import (
 )
 from .data.uea_archive import log_signature_dataset
 from . import compare as _compare
+from .rules import load_rules_from
 
 __all__ = ["main", "build_parser"]
 
@@ -112,7 +113,9 @@ _TRAIN_FLAGS = {
     "seed": "seed",
 }
 #: Flags that may accompany ``--resume`` (everything else comes from the checkpoint).
-_RESUME_FLAGS = ("resume", "device", "no_progress", "allow_changed_data")
+_RESUME_FLAGS = ("resume", "device", "no_progress", "allow_changed_data", "rules_from")
+#: Rule files already run in this process (a second run would register the rules twice).
+_LOADED_RULE_FILES: set[str] = set()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -236,11 +239,34 @@ def build_parser() -> argparse.ArgumentParser:
                           "the run started on")
     run.add_argument("--no-progress", action="store_true", default=None,
                      help="no progress bar")
+    _add_rules_from(train)
 
-    _compare.add_parser(commands, list(MODELS))
+    _add_rules_from(_compare.add_parser(commands, list(MODELS)))
     commands.add_parser("presets", help="list the named presets",
                         description="List the presets of fwplab train --preset.")
     return parser
+
+
+def _add_rules_from(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rules-from", metavar="FILE", action="append",
+                        help="a Python file that registers learning rules "
+                             "(fwplab.rules.register_rule); their NAME_cde and NAME_ode models "
+                             "can then be trained (repeatable; give it again with --resume)")
+
+
+def _rule_files(argv: Sequence[str]) -> list[str]:
+    """The values of every ``--rules-from`` in ``argv`` (before parsing: they add models)."""
+    files = [value for flag, value in zip(argv, argv[1:]) if flag == "--rules-from"]
+    return files + [item.split("=", 1)[1] for item in argv if item.startswith("--rules-from=")]
+
+
+def _load_rule_files(files: Sequence[str]) -> None:
+    """Run each rules file once per process (``fwplab.rules.load_rules_from``)."""
+    for file in files:
+        key = str(Path(file).resolve())
+        if key not in _LOADED_RULE_FILES:
+            load_rules_from(file)
+            _LOADED_RULE_FILES.add(key)
 
 
 # ------------------------------------------------------------------------ resolution
@@ -357,9 +383,15 @@ def _adapt_training(args: argparse.Namespace, dataset: Dataset, model: torch.nn.
 
 
 def _model_options(args: argparse.Namespace, preset: Preset, name: str) -> dict[str, Any]:
+    """The preset's model options (only its sizes for another model), then the flags.
+
+    The preset's number of heads carries over to other continuous FWPs only: the
+    Neural CDE and the GRU have no heads, the discrete FWP keeps its own default.
+    """
+    carried = ("hidden_channels", "num_heads") if isinstance(MODELS.get(name), tuple) else (
+        "hidden_channels",)
     options = dict(preset.model_options) if name == preset.model else {
-        key: value for key, value in preset.model_options.items()
-        if key in ("hidden_channels", "num_heads")}
+        key: value for key, value in preset.model_options.items() if key in carried}
     options.update({_MODEL_FLAGS[flag]: value
                     for flag, value in _given(args, _MODEL_FLAGS).items()})
     return options
@@ -607,6 +639,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Args:
         argv: the arguments after ``fwplab``; default ``sys.argv[1:]``.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _load_rule_files(_rule_files(argv))
+    except ValueError as error:
+        print(f"fwplab: error: --rules-from: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_ERROR
     args = build_parser().parse_args(argv)
     if args.command == "presets":
         return _presets()

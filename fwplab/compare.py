@@ -221,8 +221,8 @@ def _comma_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return parse
 
 
-def add_parser(commands: Any, model_names: Sequence[str]) -> None:
-    """Add the ``compare`` sub-command to the ``fwplab`` parser."""
+def add_parser(commands: Any, model_names: Sequence[str]) -> argparse.ArgumentParser:
+    """Add the ``compare`` sub-command to the ``fwplab`` parser and return it."""
     parser = commands.add_parser(
         "compare", help="train models x data sets x seeds; write a CSV, a Markdown table, a plot",
         description="Train every model on every data set with every seed (resumable: run the "
@@ -239,6 +239,7 @@ def add_parser(commands: Any, model_names: Sequence[str]) -> None:
     parser.add_argument("--missing-rate", metavar="R", help="fwplab train --missing-rate")
     parser.add_argument("--device", metavar="DEVICE", help="fwplab train --device")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
 
 
 def run(args: argparse.Namespace, train_main: Callable[[list[str]], int],
@@ -259,6 +260,8 @@ def run(args: argparse.Namespace, train_main: Callable[[list[str]], int],
     for flag in ("epochs", "missing_rate", "device"):
         if getattr(args, flag) is not None:
             extra += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    for file in args.rules_from or ():
+        extra += ["--rules-from", file]
     out = Path(args.out)
     rows, failures = compare(args.models, data, args.seeds, out, train_main, extra,
                              progress=not args.no_progress)

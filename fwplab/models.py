@@ -45,6 +45,7 @@ import torchcde
 from torch import Tensor, nn
 
 from . import solvers
+from .baselines import DiscreteDeltaFWP, GRUBaseline
 from .paths import (
     INTERPOLATIONS,
     ObservedBatch,
@@ -717,6 +718,8 @@ MODELS: dict[str, object] = {
     "hebb_ode": ("hebb", "ode"),
     "oja_ode": ("oja", "ode"),
     "ncde": None,
+    "gru": GRUBaseline,  # discrete baselines on the observations (fwplab.baselines)
+    "discrete_delta": DiscreteDeltaFWP,
 }
 
 
