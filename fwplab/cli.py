@@ -32,6 +32,7 @@ refuses data that changed since the run started unless ``--allow-changed-data``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import signal
 import sys
@@ -394,7 +395,16 @@ def _model_options(args: argparse.Namespace, preset: Preset, name: str) -> dict[
         key: value for key, value in preset.model_options.items() if key in carried}
     options.update({_MODEL_FLAGS[flag]: value
                     for flag, value in _given(args, _MODEL_FLAGS).items()})
+    if "num_heads" in options and not _has_heads(name):
+        raise ValueError(f"--heads: {name} has no fast-weight heads; drop --heads")
     return options
+
+
+def _has_heads(name: str) -> bool:
+    """Whether model ``name`` takes ``num_heads`` (continuous FWPs, the discrete FWP)."""
+    entry = MODELS.get(name)
+    return isinstance(entry, tuple) or (
+        callable(entry) and "num_heads" in inspect.signature(entry).parameters)
 
 
 def _train_config(args: argparse.Namespace, preset: Preset) -> TrainConfig:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fwplab.cli import _data_spec, _model_options, _train_config, build_parser, main
+from fwplab.rules import unregister_rule
 from fwplab.presets import DEFAULT_PRESET, PRESETS, get_preset
 from fwplab.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig
 from test_train import METRICS_KEYS, one_thread, write_ts_pair  # noqa: F401 (autouse fixture)
@@ -57,10 +58,52 @@ def test_train_on_a_user_ts_pair_with_missing_values_and_variable_lengths(tmp_pa
 def test_the_neural_cde_baseline_trains_from_the_command_line(tmp_path):
     train, test = write_ts_pair(tmp_path, classes="ab")
     out = tmp_path / "ncde"
+    flags = [flag for flag in TINY_FLAGS if flag not in ("--heads", "2")]  # no heads
     assert main(["train", "--train", str(train), "--test", str(test), "--model", "ncde",
-                 "--epochs", "1", "--out", str(out), *TINY_FLAGS]) == 0
+                 "--epochs", "1", "--out", str(out), *flags]) == 0
     metrics = json.loads((out / METRICS_NAME).read_text())
     assert metrics["model"] == "ncde" and "test_auroc" in metrics  # two classes: AUROC too
+
+
+def test_heads_for_a_model_without_heads_is_one_clear_error(tmp_path, capsys):
+    train, test = write_ts_pair(tmp_path)
+    for model in ("ncde", "gru"):
+        assert main(["train", "--train", str(train), "--test", str(test), "--model", model,
+                     "--out", str(tmp_path / model), *TINY_FLAGS]) == 1
+        assert f"--heads: {model} has no fast-weight heads" in capsys.readouterr().err
+        assert not (tmp_path / model).exists()
+
+
+@pytest.mark.parametrize("model", ["gru", "discrete_delta"])
+def test_the_discrete_baselines_train_and_resume_from_the_command_line(tmp_path, model):
+    train, test = write_ts_pair(tmp_path)
+    out = tmp_path / model
+    flags = [flag for flag in TINY_FLAGS if flag not in ("--heads", "2")]
+    assert main(["train", "--train", str(train), "--test", str(test), "--model", model,
+                 "--epochs", "2", "--out", str(out), *flags]) == 0
+    metrics = json.loads((out / METRICS_NAME).read_text())
+    assert metrics["model"] == model and metrics["epochs"] == 2
+    assert metrics["model_config"]["hidden_channels"] == 8
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # finished: no-op
+
+
+def test_rules_from_a_file_adds_their_models(tmp_path):
+    rules = tmp_path / "my_rules.py"
+    rules.write_text(
+        "from fwplab.rules import register_rule, RULES\n"
+        "if 'cli_test_hebb' not in RULES:\n"
+        "    register_rule('cli_test_hebb', lambda W, k, v, b: (b * v).unsqueeze(-1) * "
+        "k.unsqueeze(-2))\n")
+    train, test = write_ts_pair(tmp_path)
+    out = tmp_path / "rule"
+    try:
+        assert main(["train", "--rules-from", str(rules), "--train", str(train), "--test",
+                     str(test), "--model", "cli_test_hebb_cde", "--epochs", "1", "--out",
+                     str(out), *TINY_FLAGS]) == 0
+    finally:
+        unregister_rule("cli_test_hebb")
+    assert json.loads((out / METRICS_NAME).read_text())["model"] == "cli_test_hebb_cde"
+    assert main(["train", "--rules-from", str(tmp_path / "none.py")]) == 1
 
 
 def test_presets_are_listed_and_valid(capsys):
