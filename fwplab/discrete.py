@@ -125,7 +125,7 @@ def _check_feature_map(feature_map: str) -> Callable[[Tensor], Tensor]:
         return FEATURE_MAPS[feature_map]
     except KeyError:
         raise ValueError(
-            f"feature_map must be one of {sorted(FEATURE_MAPS)}, got {feature_map!r}"
+            f"feature_map: expected one of {sorted(FEATURE_MAPS)}, got {feature_map!r}"
         ) from None
 
 
@@ -147,42 +147,42 @@ def _check_sequences(
     """Validate the shapes of the inputs; return the rates as ``(batch, time, heads, 1)``."""
     for name, x in (("keys", keys), ("values", values), ("queries", queries)):
         if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
             raise ValueError(
-                f"{name} must have shape (batch, time, heads, dim), got {tuple(x.shape)}"
+                f"{name}: expected shape (batch, time, heads, dim), got {tuple(x.shape)}"
             )
     batch, time, heads, d_k = keys.shape
     if time == 0:
-        raise ValueError("keys must have at least one time step, got time = 0")
+        raise ValueError("keys: expected at least one time step, got time = 0")
     if queries.shape != keys.shape:
         raise ValueError(
-            f"queries must have the shape of keys {tuple(keys.shape)}, got {tuple(queries.shape)}"
+            f"queries: expected the shape of keys {tuple(keys.shape)}, got {tuple(queries.shape)}"
         )
     if values.shape[:3] != keys.shape[:3]:
         raise ValueError(
-            f"values must have shape ({batch}, {time}, {heads}, d_v) like keys, "
+            f"values: expected shape ({batch}, {time}, {heads}, d_v) like keys, "
             f"got {tuple(values.shape)}"
         )
     d_v = values.shape[-1]
     if rates is None:
         rates = keys.new_ones(batch, time, heads, 1)
     elif not isinstance(rates, Tensor):
-        raise TypeError(f"rates must be a torch.Tensor or None, got {type(rates).__name__}")
+        raise TypeError(f"rates: expected a torch.Tensor or None, got {type(rates).__name__}")
     elif rates.shape == (batch, time, heads):
         rates = rates.unsqueeze(-1)
     elif rates.shape != (batch, time, heads, 1):
         raise ValueError(
-            f"rates must have shape ({batch}, {time}, {heads}) or ({batch}, {time}, {heads}, 1),"
+            f"rates: expected shape ({batch}, {time}, {heads}) or ({batch}, {time}, {heads}, 1),"
             f" got {tuple(rates.shape)}"
         )
     if initial_weight is not None and not isinstance(initial_weight, Tensor):
         raise TypeError(
-            f"initial_weight must be a torch.Tensor or None, got {type(initial_weight).__name__}"
+            f"initial_weight: expected a torch.Tensor or None, got {type(initial_weight).__name__}"
         )
     if initial_weight is not None and initial_weight.shape != (batch, heads, d_v, d_k):
         raise ValueError(
-            f"initial_weight must have shape (batch, heads, d_v, d_k) = "
+            f"initial_weight: expected shape (batch, heads, d_v, d_k) = "
             f"({batch}, {heads}, {d_v}, {d_k}), got {tuple(initial_weight.shape)}"
         )
     return rates
@@ -410,11 +410,11 @@ class FastWeightLayer(nn.Module):
         """
         if x.dim() != 3 or x.shape[-1] != self.slow.in_features:
             raise ValueError(
-                f"x must have shape (batch, time, {self.slow.in_features}), got {tuple(x.shape)}"
+                f"x: expected shape (batch, time, {self.slow.in_features}), got {tuple(x.shape)}"
             )
         forms = {"recurrent": fast_weight_recurrent, "attention": fast_weight_attention}
         if form not in forms:
-            raise ValueError(f"form must be one of {sorted(forms)}, got {form!r}")
+            raise ValueError(f"form: expected one of {sorted(forms)}, got {form!r}")
         batch, time, _ = x.shape
         slow = self.slow(x).view(batch, time, self.num_heads, 3 * self.head_dim + 1)
         keys, values, queries, rate_logits = slow.split(
@@ -434,7 +434,7 @@ class FastWeightLayer(nn.Module):
 def _check_pairs(keys: Tensor, values: Tensor) -> None:
     if keys.dim() != 3 or values.dim() != 3 or keys.shape[:2] != values.shape[:2]:
         raise ValueError(
-            "keys and values must have shapes (batch, pairs, d_k) and (batch, pairs, d_v), "
+            "keys and values: expected shapes (batch, pairs, d_k) and (batch, pairs, d_v), "
             f"got {tuple(keys.shape)} and {tuple(values.shape)}"
         )
 
@@ -465,13 +465,13 @@ def store_pairs(
     update = _check_rule(rule)
     _check_pairs(keys, values)
     if sweeps < 1:
-        raise ValueError(f"sweeps must be >= 1, got {sweeps}")
+        raise ValueError(f"sweeps: expected an integer >= 1, got {sweeps}")
     batch, pairs, d_k = keys.shape
     if not isinstance(rate, Tensor):
         rate = keys.new_full((batch, pairs), float(rate))
     elif rate.shape != (batch, pairs):
         raise ValueError(
-            f"rate must be a number or of shape ({batch}, {pairs}), got {tuple(rate.shape)}"
+            f"rate: expected a number or shape ({batch}, {pairs}), got {tuple(rate.shape)}"
         )
     weight = keys.new_zeros(batch, values.shape[-1], d_k)
     _, weight = _write_sequence(
@@ -510,7 +510,7 @@ def retrieval_error(weight: Tensor, keys: Tensor, values: Tensor) -> Tensor:
     _check_pairs(keys, values)
     if weight.shape != (keys.shape[0], values.shape[-1], keys.shape[-1]):
         raise ValueError(
-            f"weight must have shape (batch, d_v, d_k) = "
+            f"weight: expected shape (batch, d_v, d_k) = "
             f"({keys.shape[0]}, {values.shape[-1]}, {keys.shape[-1]}), got {tuple(weight.shape)}"
         )
     return _squared_errors(weight, keys, values).sum(-1) / values.pow(2).sum((-1, -2))
@@ -548,7 +548,7 @@ def random_keys(
         ``(trials, pairs, dim)``.
     """
     if key_features not in CAPACITY_KEYS:
-        raise ValueError(f"key_features must be one of {CAPACITY_KEYS}, got {key_features!r}")
+        raise ValueError(f"key_features: expected one of {CAPACITY_KEYS}, got {key_features!r}")
     logits = torch.randn(trials, pairs, dim, generator=generator, dtype=dtype)
     if key_features == "unit":
         return F.normalize(logits, dim=-1)
@@ -657,9 +657,9 @@ def capacity_experiment(
         ("sweeps", sweeps),
     ):
         if number < 1:
-            raise ValueError(f"{name} must be >= 1, got {number}")
+            raise ValueError(f"{name}: expected an integer >= 1, got {number}")
     if not 0.0 < delta_rate < 2.0:
-        raise ValueError(f"delta_rate must be in (0, 2), got {delta_rate}")
+        raise ValueError(f"delta_rate: expected a number in (0, 2), got {delta_rate}")
     generator = torch.Generator().manual_seed(seed)
     keys = random_keys(trials, max_pairs, dim, key_features, generator, dtype)
     values = torch.randn(trials, max_pairs, dim, generator=generator, dtype=dtype)

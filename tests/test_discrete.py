@@ -293,50 +293,50 @@ def test_fast_weight_layer_forms_agree_and_train_slow_weights(rule):
 
 def test_shape_errors_are_clear():
     keys, values, queries, rates, w0 = random_sequences(2, 4, 3, 5, 6, torch.float64)
-    with pytest.raises(ValueError, match=r"keys must have shape \(batch, time, heads, dim\)"):
+    with pytest.raises(ValueError, match=r"keys: expected shape \(batch, time, heads, dim\)"):
         fast_weight_recurrent(keys[0], values, queries)
-    with pytest.raises(ValueError, match="queries must have the shape of keys"):
+    with pytest.raises(ValueError, match="queries: expected the shape of keys"):
         fast_weight_attention(keys, values, queries[..., :4])
-    with pytest.raises(ValueError, match=r"values must have shape \(2, 4, 3, d_v\)"):
+    with pytest.raises(ValueError, match=r"values: expected shape \(2, 4, 3, d_v\)"):
         fast_weight_recurrent(keys, values[:, :3], queries)
-    with pytest.raises(ValueError, match=r"rates must have shape \(2, 4, 3\)"):
+    with pytest.raises(ValueError, match=r"rates: expected shape \(2, 4, 3\)"):
         fast_weight_recurrent(keys, values, queries, rates[:, :, :2])
-    with pytest.raises(ValueError, match=r"initial_weight must have shape .* \(2, 3, 6, 5\)"):
+    with pytest.raises(ValueError, match=r"initial_weight: expected shape .* \(2, 3, 6, 5\)"):
         fast_weight_attention(keys, values, queries, initial_weight=w0.transpose(-1, -2))
-    with pytest.raises(TypeError, match="initial_weight must be a torch.Tensor or None"):
+    with pytest.raises(TypeError, match="initial_weight: expected a torch.Tensor or None"):
         fast_weight_recurrent(keys, values, queries, initial_weight=w0.tolist())
     with pytest.raises(ValueError, match="at least one time step"):
         fast_weight_recurrent(keys[:, :0], values[:, :0], queries[:, :0])
-    with pytest.raises(TypeError, match="values must be a torch.Tensor"):
+    with pytest.raises(TypeError, match="values: expected a torch.Tensor"):
         fast_weight_recurrent(keys, values.tolist(), queries)
     with pytest.raises(ValueError, match="rule: expected one of"):
         fast_weight_recurrent(keys, values, queries, rule="hopfield")
-    with pytest.raises(ValueError, match="feature_map must be one of"):
+    with pytest.raises(ValueError, match="feature_map: expected one of"):
         fast_weight_attention(keys, values, queries, feature_map="relu")
 
 
 def test_memory_and_layer_errors_are_clear():
     keys, values = orthonormal_pairs(3, 4)
-    with pytest.raises(ValueError, match="sweeps must be >= 1"):
+    with pytest.raises(ValueError, match="sweeps: expected an integer >= 1"):
         store_pairs(keys, values, "delta", sweeps=0)
-    with pytest.raises(ValueError, match=r"rate must be a number or of shape \(1, 3\)"):
+    with pytest.raises(ValueError, match=r"rate: expected a number or shape \(1, 3\)"):
         store_pairs(keys, values, "delta", rate=torch.ones(3))
-    with pytest.raises(ValueError, match=r"keys and values must have shapes"):
+    with pytest.raises(ValueError, match=r"keys and values: expected shapes"):
         store_pairs(keys, values[:, :2], "hebb")
-    with pytest.raises(ValueError, match=r"weight must have shape \(batch, d_v, d_k\)"):
+    with pytest.raises(ValueError, match=r"weight: expected shape \(batch, d_v, d_k\)"):
         retrieval_error(torch.zeros(1, 4, 3), keys, values)
-    with pytest.raises(ValueError, match="delta_rate must be in"):
+    with pytest.raises(ValueError, match="delta_rate: expected a number in"):
         capacity_experiment(4, 8, delta_rate=2.0)
-    with pytest.raises(ValueError, match="dim must be >= 1"):
+    with pytest.raises(ValueError, match="dim: expected an integer >= 1"):
         capacity_experiment(0, 8)
-    with pytest.raises(ValueError, match="sweeps must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="sweeps: expected an integer >= 1, got 0"):
         capacity_experiment(4, 8, sweeps=0)
-    with pytest.raises(ValueError, match=r"key_features must be one of \('unit', 'softmax'\)"):
+    with pytest.raises(ValueError, match=r"key_features: expected one of \('unit', 'softmax'\)"):
         capacity_experiment(4, 8, key_features="gaussian")
     layer = FastWeightLayer(5, num_heads=2, head_dim=3)
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, 5\)"):
+    with pytest.raises(ValueError, match=r"x: expected shape \(batch, time, 5\)"):
         layer(torch.randn(2, 4, 4))
-    with pytest.raises(ValueError, match="form must be one of"):
+    with pytest.raises(ValueError, match="form: expected one of"):
         layer(torch.randn(2, 4, 5), form="chunked")
-    with pytest.raises(ValueError, match="feature_map must be one of"):
+    with pytest.raises(ValueError, match="feature_map: expected one of"):
         FastWeightLayer(5, num_heads=2, head_dim=3, feature_map="relu")

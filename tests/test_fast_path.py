@@ -5,15 +5,13 @@ import torch
 import torchdiffeq
 
 import fwplab
+from parity import GRAD_RTOL, LOGITS_ATOL, TINY, logits_and_grads
 from fwplab import solvers
 from fwplab.models import MODELS
 
-LOGITS_ATOL = 1e-5  # fast forms vs torchdiffeq, max abs (performance issue)
-GRAD_RTOL = 1e-4  # parameter gradients, relative to the largest entry
 STATES_ATOL_FLOAT64 = 1e-12  # checkpointed vs stored states, float64
 STAGE_TIME_ATOL = 1e-12
-FWP_MODELS = [name for name, spec in MODELS.items() if spec is not None]
-TINY = dict(hidden_channels=8, num_heads=2, ff_channels=16)
+FWP_MODELS = [name for name, spec in MODELS.items() if isinstance(spec, tuple)]
 FAST_FORMS = [("stepwise", None), ("fast", None), ("fast", 2), ("fast", 3)]
 #: Each CDE model in the layout it does not default to (docs/maths.md, section 4.4).
 OTHER_LAYOUT = {"delta_cde": "keys_from_path", "hebb_cde": "keys_from_derivative",
@@ -28,26 +26,19 @@ def _series(batch=3, length=9, channels=4, seed=0):
     return x
 
 
-def _logits_and_grads(model, x, lengths=None, times=None):
-    model.zero_grad()
-    logits = model(x, times=times, lengths=lengths)
-    logits.square().sum().backward()
-    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                             if p.grad is not None}
-
 
 def assert_fast_forms_equal_reference(name, x, lengths=None, times=None, forms=FAST_FORMS,
                                       **options):
     """Every fast form: logits within LOGITS_ATOL, parameter gradients within GRAD_RTOL."""
     torch.manual_seed(1)
     reference = fwplab.build_model(name, 4, 3, **TINY, **options, solver="reference")
-    ref_logits, ref_grads = _logits_and_grads(reference, x, lengths, times)
+    ref_logits, ref_grads = logits_and_grads(reference, x, lengths, times)
     for solver, checkpoint_every in forms:
         model = fwplab.build_model(name, 4, 3, **TINY, **options, solver=solver,
                                    checkpoint_every=checkpoint_every)
         model.load_state_dict(reference.state_dict())
         assert model.selected_solver() == solver
-        logits, grads = _logits_and_grads(model, x, lengths, times)
+        logits, grads = logits_and_grads(model, x, lengths, times)
         torch.testing.assert_close(logits, ref_logits, atol=LOGITS_ATOL, rtol=0)
         assert grads.keys() == ref_grads.keys()
         for key, grad in ref_grads.items():
@@ -211,8 +202,8 @@ def test_checkpointing_bounds_the_memory_kept_for_backward():
 def test_fast_path_on_cuda_matches_cpu(name, checkpoint_every):
     model, _ = _pair(name, "fast", checkpoint_every)
     x = _series()
-    cpu = _logits_and_grads(model, x)
-    cuda = _logits_and_grads(model.cuda(), x.cuda())
+    cpu = logits_and_grads(model, x)
+    cuda = logits_and_grads(model.cuda(), x.cuda())
     torch.testing.assert_close(cuda[0].cpu(), cpu[0], atol=LOGITS_ATOL, rtol=0)
     for key, grad in cpu[1].items():
         scale = grad.abs().max().clamp(min=1e-6)

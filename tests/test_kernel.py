@@ -9,18 +9,18 @@ import pytest
 import torch
 
 import fwplab
+from parity import GRAD_RTOL, LOGITS_ATOL, OFFICIAL_ATOL, TINY, logits_and_grads
 from fwplab import kernels, solvers
 from fwplab.models import MODELS
+from fwplab.rules import RULES
 
-LOGITS_ATOL = 1e-5  # kernel vs torchdiffeq, float32 logits, max abs
-GRAD_RTOL = 1e-4  # parameter gradients, relative to the largest entry
 FLOAT64_ATOL = 1e-10  # kernel vs torchdiffeq in float64
 STATES_ATOL = 1e-6  # kernel vs the pure-PyTorch fast path, float32 states
-TINY = dict(hidden_channels=8, num_heads=2, ff_channels=16)
-OFFICIAL_ATOL = 1e-5  # float32 round-off (docs/maths.md, section 4.4)
 GOLDEN_CDE = Path(__file__).parent / "fixtures" / "official_cde_variants.pt"
 OTHER_LAYOUT = {"delta_cde": "keys_from_path", "oja_cde": "keys_from_derivative"}
-LOOP_MODELS = [name for name, spec in MODELS.items() if spec is not None and spec[0] != "hebb"]
+#: Models whose rule depends on W (a time loop for the kernel), read from the rule records.
+LOOP_MODELS = [name for name, spec in MODELS.items()
+               if isinstance(spec, tuple) and RULES[spec[0]].has_time_loop]
 KERNEL_ACTIVATIONS = [("softmax", "tanh", "sigmoid"), ("softmax", "identity", "sigmoid"),
                       ("tanh", "identity", "sigmoid"), ("identity", "identity", "identity")]
 
@@ -49,25 +49,18 @@ def _series(batch=3, length=9, channels=4, seed=0, dtype=torch.float32):
     return x
 
 
-def _logits_and_grads(model, x, lengths=None, times=None):
-    model.zero_grad()
-    logits = model(x, times=times, lengths=lengths)
-    logits.square().sum().backward()
-    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                             if p.grad is not None}
-
 
 def _compare(name, x, lengths=None, times=None, atol=LOGITS_ATOL, dtype=torch.float32,
              checkpoints=(None,), **options):
     """The kernel (at each checkpoint interval) against torchdiffeq: logits and gradients."""
     torch.manual_seed(1)
     reference = fwplab.build_model(name, 4, 3, **TINY, **options, solver="reference").to(dtype)
-    ref_logits, ref_grads = _logits_and_grads(reference, x, lengths, times)
+    ref_logits, ref_grads = logits_and_grads(reference, x, lengths, times)
     for checkpoint_every in checkpoints:
         kernel = fwplab.build_model(name, 4, 3, **TINY, **options, solver="kernel",
                                     checkpoint_every=checkpoint_every).to(dtype)
         kernel.load_state_dict(reference.state_dict())
-        logits, grads = _logits_and_grads(kernel, x, lengths, times)
+        logits, grads = logits_and_grads(kernel, x, lengths, times)
         torch.testing.assert_close(logits, ref_logits, atol=atol, rtol=0)
         for key, grad in ref_grads.items():
             scale = grad.abs().max().clamp(min=1e-6)

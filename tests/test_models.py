@@ -7,6 +7,7 @@ import torch
 from torch.func import functional_call
 
 import fwplab
+from parity import GRAD_RTOL, LOGITS_ATOL, OFFICIAL_ATOL, TINY, logits_and_grads
 from fwplab.models import LAYOUTS, MODELS, ContinuousFWP, _FastWeightField
 from fwplab.paths import control_path, interpolation_coeffs
 from fwplab.rules.fast_weight import unsquashed_hebb_rule
@@ -15,12 +16,10 @@ from fwplab.widgets.explorer import with_rule
 GOLDEN = Path(__file__).parent / "fixtures" / "official_fwp_logits.pt"
 #: The official FastWeightCDE (hebb_cde, oja_cde): state_dicts and logits on GOLDEN's x.
 GOLDEN_CDE = Path(__file__).parent / "fixtures" / "official_cde_variants.pt"
-OFFICIAL_ATOL = 1e-5  # float32 round-off (docs/maths.md, section 4.4)
-LOGITS_ATOL = 1e-5  # fast vs reference logits, max abs (performance issue)
-GRAD_RTOL = 1e-4  # fast vs reference parameter gradients, relative
 ADJOINT_RTOL = 1e-2  # continuous adjoint vs exact discrete gradients
-FWP_MODELS = [name for name, spec in MODELS.items() if spec is not None]
-TINY = dict(hidden_channels=8, num_heads=2, ff_channels=16)
+FWP_MODELS = [name for name, spec in MODELS.items() if isinstance(spec, tuple)]
+#: The models on an interpolated path: the continuous FWPs and the Neural CDE.
+PATH_MODELS = [*FWP_MODELS, "ncde"]
 
 
 def tiny(name):
@@ -91,13 +90,6 @@ def test_wrong_official_state_dict_names_every_problem(golden):
         fwplab.load_official_state_dict(wrong_model, golden["delta_cde"]["state_dict"])
 
 
-def _logits_and_grads(model, x, lengths):
-    model.zero_grad()
-    logits = model(x, lengths=lengths)
-    logits.square().sum().backward()
-    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                             if p.grad is not None}
-
 
 @pytest.mark.parametrize("options", [{}, {"post_tanh": True}, {"v_layernorm": True}],
                          ids=["plain", "post_tanh", "v_layernorm"])
@@ -113,8 +105,8 @@ def test_fast_path_equals_reference(name, options):
     fast = fwplab.build_model(name, 4, 3, **TINY, **options, solver="fast")
     fast.load_state_dict(reference.state_dict())
     assert fast.uses_fast_path() and not reference.uses_fast_path()
-    ref_logits, ref_grads = _logits_and_grads(reference, x, lengths)
-    fast_logits, fast_grads = _logits_and_grads(fast, x, lengths)
+    ref_logits, ref_grads = logits_and_grads(reference, x, lengths)
+    fast_logits, fast_grads = logits_and_grads(fast, x, lengths)
     torch.testing.assert_close(fast_logits, ref_logits, atol=LOGITS_ATOL, rtol=0)
     assert ref_grads.keys() == fast_grads.keys()
     for key, grad in ref_grads.items():
@@ -159,8 +151,8 @@ def test_adjoint_gradients_agree_with_backprop(name):
     direct = fwplab.build_model(name, 4, 3, **TINY, step_size=0.25, solver="reference")
     adjoint = fwplab.build_model(name, 4, 3, **TINY, step_size=0.25, adjoint=True)
     adjoint.load_state_dict(direct.state_dict())
-    _, direct_grads = _logits_and_grads(direct, x, None)
-    _, adjoint_grads = _logits_and_grads(adjoint, x, None)
+    _, direct_grads = logits_and_grads(direct, x, None)
+    _, adjoint_grads = logits_and_grads(adjoint, x, None)
     for key, grad in direct_grads.items():
         assert adjoint_grads[key].abs().sum() > 0, f"adjoint gradient of {key} is zero"
         relative = (adjoint_grads[key] - grad).norm() / grad.norm().clamp(min=1e-8)
@@ -180,7 +172,7 @@ def test_one_euler_step_is_one_discrete_delta_update():
 
 
 @pytest.mark.parametrize("interpolation", ["natural_cubic", "hermite_cubic", "linear"])
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", PATH_MODELS)
 def test_each_series_is_read_out_at_its_own_end(name, interpolation):
     x, lengths = _series(), torch.tensor([9, 5, 7])
     model = fwplab.build_model(name, 4, 3, **tiny(name), interpolation=interpolation).eval()
@@ -356,7 +348,7 @@ def test_bad_hyperparameters_raise_clear_errors(name, hparams, message):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", PATH_MODELS)
 def test_cuda_matches_cpu(name):
     x = _series()
     model = fwplab.build_model(name, 4, 3, **tiny(name)).eval()

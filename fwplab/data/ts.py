@@ -45,7 +45,16 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-__all__ = ["DataFormatError", "TsFile", "parse_ts", "read_ts", "read_ts_pair", "check_ts_pair"]
+__all__ = [
+    "DataFormatError",
+    "TsFile",
+    "parse_ts",
+    "read_ts",
+    "read_ts_pair",
+    "check_ts_pair",
+    "decode_ts_bytes",
+    "require_labels",
+]
 
 PathLike = Union[str, Path]
 
@@ -403,11 +412,19 @@ def _check_time_resolution(stamps: list[float], source: str, number: int) -> Non
                     "as time since the series' first timestamp; rescale the timestamps")
 
 
-def _decode(data: bytes, source: str = "<bytes>") -> str:
-    """UTF-8 text; Latin-1 is accepted on comment lines only (some archive files use it).
+def decode_ts_bytes(data: bytes, source: str = "<bytes>") -> str:
+    """The text of a ``.ts`` file's bytes: UTF-8, Latin-1 accepted on comment lines only.
 
-    A byte that is not UTF-8 on any other line is an error naming the line: decoding
-    the whole file as Latin-1 would silently garble every non-ASCII label.
+    Some archive files use Latin-1 in their comments. A byte that is not UTF-8 on any
+    other line is an error naming the line: decoding the whole file as Latin-1 would
+    silently garble every non-ASCII label.
+
+    Args:
+        data: the file's bytes.
+        source: the name errors give the file.
+
+    Raises:
+        DataFormatError: a non-UTF-8 byte outside a comment line.
     """
     try:
         return data.decode("utf-8-sig")
@@ -436,10 +453,15 @@ def read_ts(path: PathLike, class_names: Optional[Sequence[str]] = None) -> TsFi
     path = Path(path)
     if not path.is_file():
         raise _fail(str(path), None, "file not found")
-    return parse_ts(_decode(path.read_bytes(), str(path)), str(path), class_names)
+    return parse_ts(decode_ts_bytes(path.read_bytes(), str(path)), str(path), class_names)
 
 
-def _require_labels(ts: TsFile, role: str) -> None:
+def require_labels(ts: TsFile, role: str) -> None:
+    """Refuse a file without class labels; ``role`` (``"TRAIN"``, ``"TEST"``) names it.
+
+    Raises:
+        DataFormatError: ``ts`` has no labels.
+    """
     if ts.y is None:
         raise _fail(ts.source, None, f"@classLabel false: the {role} file has no class labels")
 
@@ -450,8 +472,8 @@ def check_ts_pair(train: TsFile, test: TsFile) -> None:
     Raises:
         DataFormatError: an unlabelled file, or a different number of channels.
     """
-    _require_labels(train, "TRAIN")
-    _require_labels(test, "TEST")
+    require_labels(train, "TRAIN")
+    require_labels(test, "TEST")
     if train.x.shape[-1] != test.x.shape[-1]:
         raise _fail(test.source, None, f"has {test.x.shape[-1]} dimensions but the TRAIN file "
                     f"{train.source} has {train.x.shape[-1]}")
@@ -467,7 +489,7 @@ def read_ts_pair(train_path: PathLike, test_path: PathLike) -> tuple[TsFile, TsF
         (train, test): two :class:`TsFile` whose ``y`` index the same ``class_names``.
     """
     train = read_ts(train_path)
-    _require_labels(train, "TRAIN")
+    require_labels(train, "TRAIN")
     test = read_ts(test_path, class_names=train.class_names)
     check_ts_pair(train, test)
     return train, test

@@ -28,7 +28,14 @@ import torch
 from torch import Tensor
 
 from .dataset import Dataset, Split
-from .ts import DataFormatError, TsFile, _decode, _require_labels, check_ts_pair, parse_ts
+from .ts import (
+    DataFormatError,
+    TsFile,
+    check_ts_pair,
+    decode_ts_bytes,
+    parse_ts,
+    require_labels,
+)
 
 __all__ = [
     "read_uea_problem",
@@ -59,12 +66,14 @@ def read_uea_problem(source: Union[str, Path], problem: str) -> tuple[TsFile, Ts
         with zipfile.ZipFile(source) as archive:
             names = [info.filename for info in archive.infolist() if not info.is_dir()]
             members = [_find_member(names, name) for name in wanted]
-            texts = [None if m is None else _decode(archive.read(m), f"{source}!{m}") for m in members]
+            texts = [None if m is None else decode_ts_bytes(archive.read(m), f"{source}!{m}")
+                     for m in members]
         sources = [f"{source}!{member}" for member in members]
     elif source.is_dir():
         files = [str(path) for path in source.rglob("*.ts")]
         members = [_find_member(files, name) for name in wanted]
-        texts = [None if m is None else _decode(Path(m).read_bytes(), str(m)) for m in members]
+        texts = [None if m is None else decode_ts_bytes(Path(m).read_bytes(), str(m))
+                 for m in members]
         sources = [str(member) for member in members]
     else:
         raise DataFormatError(f"{source}: not a zip file or folder holding {wanted[0]}")
@@ -72,7 +81,7 @@ def read_uea_problem(source: Union[str, Path], problem: str) -> tuple[TsFile, Ts
         if text is None:
             raise DataFormatError(f"{source}: {name} not found inside")
     train = parse_ts(texts[0], sources[0])
-    _require_labels(train, "TRAIN")
+    require_labels(train, "TRAIN")
     test = parse_ts(texts[1], sources[1], class_names=train.class_names)
     check_ts_pair(train, test)
     return train, test

@@ -7,7 +7,7 @@ A record says everything the rest of the package needs to know about a rule:
   W-independent part that gives the initial fast weight ``W(t0)``;
 * the activations the slow net's raw controls go through first (``key``,
   ``value``, ``rate``: names of :data:`ACTIVATIONS`);
-* the ``structure`` the fixed-grid solvers may exploit (docs/maths.md, section 4.3)::
+* the ``structure`` the fixed-grid solvers may exploit (docs/maths.md, section 4.6)::
 
       "hebb":    dW/dt = b v k^T                      (no W: a sum, no time loop)
       "delta":   dW/dt = b g(v - W k) k^T             (rank one through W k)

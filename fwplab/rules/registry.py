@@ -1,4 +1,4 @@
-"""Register your own fast weight learning rule (docs/maths.md, section 4.3).
+"""Register your own fast weight learning rule (docs/maths.md, section 4.6).
 
 ::
 
