@@ -122,12 +122,11 @@ def _wrong_oja_fields() -> list[Callable]:
     def transposed(W, key, value, rate):
         return _oja_style_field(W, key, value, rate).transpose(-1, -2)
 
-    def unbatched_transpose(W, key, value, rate):
-        if W is not None:
-            key = key - torch.matmul(W.T, value.unsqueeze(-1)).squeeze(-1)
+    def ignores_none(W, key, value, rate):
+        key = key - torch.matmul(W.transpose(-1, -2), value.unsqueeze(-1)).squeeze(-1)
         return rate.unsqueeze(-1) * _outer(value, key)
 
-    return [through_W_k, no_rate, transposed, unbatched_transpose]
+    return [through_W_k, no_rate, transposed, ignores_none]
 
 
 @exercise(
@@ -161,48 +160,52 @@ def _judge_oja_field(answer: Any) -> Optional[str]:
 
 
 # ------------------------------------------------------------------ 08.structure
-#: The rules of "08.structure": name -> (formula, structure).
+#: The rules of "08.structure": name -> (formula, structure, hint for a wrong structure).
 STRUCTURE_QUIZ = {
-    "anti_hebb": ("dW/dt = -beta v k^T", "hebb"),
-    "hebb_decay": ("dW/dt = beta v k^T - lambda W", "general"),
-    "my_delta": ("dW/dt = beta (v - W k) k^T", "delta"),
-    "oja_style": ("dW/dt = beta v (k - W^T v)^T", "oja"),
-    "sanger": ("dW/dt = beta (v k^T - lower(v v^T) W)", "general"),
+    "anti_hebb": ("-beta v k^T", "general",
+                  "the 'hebb' fast path computes exactly +beta v k^T with the declared "
+                  "activations; would a sign flip pass the registry's check?"),
+    "hebb_decay": ("beta v k^T - lambda W", "general",
+                   "-lambda W depends on W, and it is not a rank-one correction through W k "
+                   "or W^T v"),
+    "my_delta": ("beta (v - W k) k^T", "delta",
+                 "a rank-one correction through W k: 'general' would run, but slowly"),
+    "oja_style": ("beta v (k - W^T v)^T", "oja",
+                  "a rank-one correction through W^T v: 'general' would run, but slowly"),
+    "sanger": ("beta (v k^T - tril(v v^T) W)", "general",
+               "tril(v v^T) has rank up to d, so its correction is not rank one"),
 }
 
 
 def _structure_solution() -> dict[str, str]:
-    return {name: structure for name, (_, structure) in STRUCTURE_QUIZ.items()}
+    return {name: structure for name, (_, structure, _) in STRUCTURE_QUIZ.items()}
 
 
 def _wrong_structures() -> list[dict[str, str]]:
     right = _structure_solution()
     return [
+        {**right, "anti_hebb": "hebb"},
         {**right, "hebb_decay": "hebb"},
         {**right, "sanger": "oja"},
-        {**right, "anti_hebb": "general"},
         {name: "general" for name in right},
     ]
 
 
 @exercise(
     "08.structure",
-    "Give the structure ('hebb', 'delta', 'oja' or 'general') the fast paths may use for each "
-    "rule, as a dict name -> structure: "
-    + "; ".join(f"{name}: {formula}" for name, (formula, _) in STRUCTURE_QUIZ.items()) + ".",
+    "For each rule (default activations), give the most specific structure ('hebb', 'delta', "
+    "'oja' or 'general') the registry accepts for it, as a dict name -> structure: "
+    + "; ".join(f"{name}: dW/dt = {formula}" for name, (formula, _, _) in STRUCTURE_QUIZ.items())
+    + ".",
     solution=_structure_solution,
     wrong_answers=_wrong_structures,
 )
 def _judge_structure(answer: Any) -> Optional[str]:
     if not isinstance(answer, dict) or set(answer) != set(STRUCTURE_QUIZ):
         return f"expected a dict with the keys {sorted(STRUCTURE_QUIZ)}"
-    for name, (formula, structure) in STRUCTURE_QUIZ.items():
+    for name, (formula, structure, hint) in STRUCTURE_QUIZ.items():
         if answer[name] not in STRUCTURES:
             return f"{name}: expected one of {STRUCTURES}, got {answer[name]!r}"
         if answer[name] != structure:
-            if structure == "general":
-                return (f"{name} ({formula}): is its W-dependent part a rank-one correction "
-                        "through W k or W^T v? A solver told a wrong structure is silently wrong")
-            return (f"{name} ({formula}): 'general' would run correctly but slowly; the question "
-                    "asks for the most specific structure: how does W enter the formula?")
+            return f"{name} (dW/dt = {formula}): {hint}"
     return None
