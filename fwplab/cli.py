@@ -367,7 +367,7 @@ def _adapt_training(args: argparse.Namespace, dataset: Dataset, model: torch.nn.
     if dataset.val is None and settings["val_fraction"]:
         held = sum(round(settings["val_fraction"] * int(count)) for count in counts)
     has_validation = dataset.val is not None or held > 0
-    training = len(dataset.train) - held
+    training = max(1, len(dataset.train) - held)  # fit refuses an empty training part
     step_seconds = None
     if "epochs" not in given:
         # Every process must plan the same epochs: rank 0's measurement is used.
@@ -376,7 +376,7 @@ def _adapt_training(args: argparse.Namespace, dataset: Dataset, model: torch.nn.
                                    has_validation, given.get("epochs"))
     settings.update({key: value for key, value in budget.items()
                      if key not in given or key == "epochs"})
-    if not has_validation:
+    if not has_validation and "patience" not in given:  # given: fit explains the conflict
         settings.pop("patience", None)
     choices = [choice for choice in choices + more
                if not (choice.name == "batch size" and "batch_size" in given)]

@@ -376,17 +376,17 @@ def adaptive_train_settings(class_counts: Sequence[int]) -> tuple[dict[str, Any]
         settings.update(val_fraction=ADAPTIVE_VAL_FRACTION, monitor="accuracy_then_loss")
         choices.append(Choice("validation", f"{held} of {sum(counts)} series",
                               f"a stratified {ADAPTIVE_VAL_FRACTION:.0%} of every class selects "
-                              "the best epoch (accuracy, then loss) and stops early"))
+                              "the best weights (accuracy, then loss) and stops early"))
     else:
         if smallest < MIN_SERIES_PER_CLASS:
             why = (f"no stratified split is possible: the smallest class has {smallest} "
                    f"training series (< {MIN_SERIES_PER_CLASS})")
         else:
             why = (f"{ADAPTIVE_VAL_FRACTION:.0%} of {sum(counts)} series would be {held}, too "
-                   f"few to select epochs by (< {MIN_VAL_SERIES})")
+                   f"few to choose the weights by (< {MIN_VAL_SERIES})")
         settings.update(val_fraction=0.0)
         choices.append(Choice("validation", "none",
-                              f"{why}; trains on all series and keeps the last epoch"))
+                              f"{why}; trains on all series and keeps the final weights"))
     training = sum(counts) - (sum(round(ADAPTIVE_VAL_FRACTION * count) for count in counts)
                               if settings["val_fraction"] else 0)
     low, high = BATCH_RANGE
@@ -442,14 +442,16 @@ def adaptive_epochs(training_series: int, batch_size: int, step_seconds: Optiona
     total = epochs * per_epoch
     settings: dict[str, Any] = {"epochs": epochs, "time_limit": TIME_BUDGET,
                                 "warmup_steps": max(1, round(WARMUP_SHARE * total))}
-    choices = [Choice("epochs", epochs, f"{why}; {per_epoch} steps per epoch"),
-               Choice("time limit", f"{TIME_BUDGET:.0f} s", "stops after the epoch that "
-                      "passes it"),
+    # Printed before training starts: the words say "passes" (an epoch is one pass).
+    choices = [Choice("passes", epochs, f"{why}; {per_epoch} steps per pass over the "
+                      "training series"),
+               Choice("time limit", f"{TIME_BUDGET:.0f} s", "training stops at the end of the "
+                      "pass that crosses it"),
                Choice("warm-up", f"{settings['warmup_steps']} steps",
                       f"{WARMUP_SHARE:.0%} of {total} steps, then cosine decay")]
     if has_validation:
         settings["patience"] = max(MIN_PATIENCE, math.ceil(PATIENCE_SHARE * epochs))
-        choices.append(Choice("patience", f"{settings['patience']} epochs",
-                              f"{PATIENCE_SHARE:.0%} of the epochs (at least {MIN_PATIENCE}) "
-                              "without a better validation score"))
+        choices.append(Choice("patience", f"{settings['patience']} passes",
+                              f"{PATIENCE_SHARE:.0%} of the passes (at least {MIN_PATIENCE}) "
+                              "without a better validation score stop the run"))
     return settings, choices

@@ -58,7 +58,7 @@ def test_the_budget_is_counted_in_steps_and_bounded_in_time():
     slow, choices = adaptive_epochs(40, 8, step_seconds=1.0, has_validation=True)
     assert slow["epochs"] * 5 * 1.0 <= TIME_BUDGET  # planned steps fit the time budget
     assert slow["patience"] >= 10
-    assert "ms per step" in next(c.reason for c in choices if c.name == "epochs")
+    assert "ms per step" in next(c.reason for c in choices if c.name == "passes")
     given, _ = adaptive_epochs(40, 8, None, False, epochs=3)
     assert given["epochs"] == 3 and given["warmup_steps"] == 1
 
@@ -118,7 +118,7 @@ def test_a_ts_pair_run_prints_and_records_every_choice(tmp_path, capsys):
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     adaptive = metrics["run"]["adaptive"]
-    assert {"validation", "batch size", "epochs", "warm-up", "log-signature"} <= set(adaptive)
+    assert {"validation", "batch size", "passes", "warm-up", "log-signature"} <= set(adaptive)
     for name, choice in adaptive.items():
         assert printed.count(f"adapted to the data: {name} = {choice['value']}") == 1
     assert metrics["val_accuracy"] is None and metrics["epochs"] == 2
