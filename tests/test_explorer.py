@@ -25,6 +25,7 @@ from fwplab.widgets.explorer import (
     hermite_dense_output,
     observed_points,
     rule_menu,
+    shown_activations,
     shown_controls,
     recall_error_rate,
     stored_pair_error,
@@ -533,6 +534,8 @@ def test_shown_controls_squash_what_the_rule_squashes_after_its_subtraction():
     torch.testing.assert_close(shown_controls(post_tanh, key, value, rate)[1], torch.tanh(value))
     torch.testing.assert_close(shown_controls(RULES["delta"], key, value, rate)[2],
                                torch.sigmoid(rate))
+    assert shown_activations(RULES["oja"]) == ("softmax", "tanh", "sigmoid")
+    assert shown_activations(post_tanh) == ("softmax", "tanh", "sigmoid")
     assert control_limits("softmax", key) == (0.0, 1.0)
     assert control_limits("tanh", value) == (-1.0, 1.0)
     assert control_limits("identity", value)[1] >= float(value.abs().max())

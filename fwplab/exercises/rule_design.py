@@ -87,7 +87,8 @@ def _wrong_decays() -> list[Callable]:
 )
 def _judge_decay(answer: Any) -> Optional[str]:
     if not callable(answer):
-        return f"expected a function W_at(W0, key, value, rate, decay, t), got {type(answer).__name__}"
+        return ("expected a function W_at(W0, key, value, rate, decay, t), got "
+                f"{type(answer).__name__}")
     generator = torch.Generator().manual_seed(8)
     W0 = torch.randn(SIZE, SIZE, generator=generator, dtype=torch.float64)
     key = torch.softmax(torch.randn(SIZE, generator=generator, dtype=torch.float64), -1)

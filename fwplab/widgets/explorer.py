@@ -28,8 +28,9 @@ spline through all observations lets the path before ``t_i`` depend on later
 observations, so the streamed read-out at ``t_i`` can see the future.
 
 (for ``oja``, the softmax Oja rule, the key shown is the softmax of the slow net's
-key, before the rule subtracts ``W^T v``: :func:`shown_controls`). :class:`FastWeightFigure` draws one head
-at one time and only updates its artists when the time moves;
+key, before the rule subtracts ``W^T v``: :func:`shown_controls`).
+:class:`FastWeightFigure` draws one head at one time and only updates its artists
+when the time moves;
 :class:`FastWeightExplorer` puts a time slider and selectors for the series, the
 head, the learning rule and the fraction of observations dropped on top, with a
 cache so that each (series, rule, fraction) is computed once and a slider move
@@ -136,7 +137,8 @@ class FastWeightTrace(NamedTuple):
             :func:`shown_controls`) of shape ``(points, heads, d)``.
         values: the activated value ``v(t)`` (``tanh`` for the built-in rules)
             of shape ``(points, heads, d)``.
-        rates: the activated rate ``b(t)`` (``sigma``) of shape ``(points, heads)``.
+        rates: the activated rate ``b(t)`` (``sigma`` for the built-in rules) of shape
+            ``(points, heads)``.
         updates: what the rule writes, ``dW/dt`` at ``t``, of shape ``(points, heads, d, d)``.
         query: the final query ``q(T)`` of shape ``(heads, d)``.
         readouts: ``W(t) q(T)`` of shape ``(points, heads, d)``.
@@ -660,11 +662,12 @@ class FastWeightFigure:
 
         activations = shown_activations(get_rule(trace.rule))
         self.key_bars = self.key_axes.bar(components, [0.0] * d, color=KEY_COLOR)
-        self.key_axes.set(ylim=control_limits(activations[0], trace.keys[:, head]), xlabel="key component")
+        self.key_axes.set(ylim=control_limits(activations[0], trace.keys[:, head]),
+                          xlabel="key component")
         self.key_axes.set_title(f"key {_symbol(activations[0], 'k')}", fontsize="medium")
         self.value_bars = self.value_axes.barh(components, [0.0] * d, color=VALUE_COLOR)
-        self.value_axes.set(xlim=control_limits(activations[1], trace.values[:, head]), ylim=(d - 0.5, -0.5),
-                            ylabel="value component")
+        self.value_axes.set(xlim=control_limits(activations[1], trace.values[:, head]),
+                            ylim=(d - 0.5, -0.5), ylabel="value component")
         self.value_axes.set_title(f"value {_symbol(activations[1], 'v')}", fontsize="medium")
         self.rate_bars = self.rate_axes.bar([0], [0.0], color=RATE_COLOR)
         self.rate_axes.set(ylim=control_limits(activations[2], trace.rates[:, head]), xticks=[])

@@ -607,7 +607,8 @@ def rule_playground(problem: PlaygroundProblem):
     """Build the ipywidgets control: rule, learning rate and solver step redraw the figure.
 
     The rule menu offers the classic Hebb, Oja and delta rules and every rule of
-    :func:`plane_rules`, read when the control is built. The figure is recomputed only when a control is released (``continuous_update=False``).
+    :func:`plane_rules`, read when the control is built. The figure is recomputed only
+    when a control is released (``continuous_update=False``).
 
     Args:
         problem: the data, from :func:`sample_problem`.
