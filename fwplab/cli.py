@@ -71,7 +71,6 @@ from .train import (
     load_checkpoint,
     seconds_per_step,
 )
-from .data.dataset import standardise_channels
 from .data.uea_archive import log_signature_dataset
 from . import compare as _compare
 from .rules import load_rules_from
@@ -332,14 +331,11 @@ def _data_spec(args: argparse.Namespace, preset: Preset, seed: int) -> dict[str,
 
 def _load_data(spec: dict[str, Any]) -> Dataset:
     common = dict(missing_rate=spec["missing_rate"], seed=spec["seed"], **spec["options"])
-    standardise = common.pop("standardise_channels", False)
     if "train" in spec:
         depth, step = common.pop("logsig_depth", 0), common.pop("logsig_step", None)
         dataset = load_ts_pair(spec["train"], spec["test"], **common)
-        dataset = log_signature_dataset(dataset, depth, step) if depth else dataset
-    else:
-        dataset = load_dataset(spec["dataset"], root=spec.get("root"), **common)
-    return standardise_channels(dataset) if standardise else dataset
+        return log_signature_dataset(dataset, depth, step) if depth else dataset
+    return load_dataset(spec["dataset"], root=spec.get("root"), **common)
 
 
 def _adapts(args: argparse.Namespace) -> bool:
@@ -351,13 +347,12 @@ def _adapts(args: argparse.Namespace) -> bool:
 
 
 def _adapt_data(spec: dict[str, Any], dataset: Dataset) -> tuple[Dataset, list[Choice]]:
-    """Log-signature windows for long series, every channel standardised (recorded in
-    ``spec`` so --resume reloads the same data)."""
+    """Log-signature windows for long series (recorded in ``spec`` so --resume reloads them)."""
     options, choices = adaptive_data_options(int(dataset.train.lengths.max()))
-    spec["options"].update(options, standardise_channels=True)
-    choices.append(Choice("standardised channels", "all, time included",
-                          "paths that grow with time stay within a few units"))
-    return _load_data(spec), choices
+    if options:
+        spec["options"].update(options)
+        dataset = _load_data(spec)
+    return dataset, choices
 
 
 def _adapt_training(args: argparse.Namespace, dataset: Dataset, model: torch.nn.Module
@@ -451,7 +446,7 @@ def _check_data_spec(spec: Any, path: Path) -> None:
     if isinstance(spec["seed"], bool) or not isinstance(spec["seed"], int):
         raise ValueError(f"{where}.seed must be an integer")
     if not isinstance(spec["options"], dict) or set(spec["options"]) - {
-            "intensity", "val_fraction", "logsig_depth", "logsig_step", "standardise_channels"}:
+            "intensity", "val_fraction", "logsig_depth", "logsig_step"}:
         raise ValueError(f"{where}.options must be a dict of data options")
     files = {"train", "test"} & set(spec)
     if files:

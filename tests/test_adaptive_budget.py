@@ -126,28 +126,10 @@ def test_a_ts_pair_run_prints_and_records_every_choice(tmp_path, capsys):
     assert metrics["train_config"]["warmup_steps"] == 1
 
 
-def test_standardised_channels_use_the_training_statistics_for_every_split():
-    from fwplab.data.dataset import standardise_channels
-    dataset = tiny_dataset()
-    done = standardise_channels(dataset)
-    flat = done.train.x.reshape(-1, done.train.x.shape[-1]).double()
-    assert torch.allclose(torch.nanmean(flat, 0), torch.zeros(3, dtype=torch.float64), atol=1e-5)
-    spread = torch.nanmean((flat - torch.nanmean(flat, 0)) ** 2, 0).sqrt()
-    assert torch.allclose(spread, torch.ones(3, dtype=torch.float64), atol=1e-5)
-    raw = dataset.train.x.reshape(-1, 3).double()
-    mean = torch.nanmean(raw, 0)
-    std = torch.nanmean((raw - mean) ** 2, 0).sqrt()
-    expected = ((dataset.test.x.double() - mean) / std).float()
-    assert torch.allclose(done.test.x, expected, atol=1e-5, equal_nan=True)
-    assert torch.equal(done.test.lengths, dataset.test.lengths)
-
-
-def test_an_adapted_run_resumes_on_the_same_derived_data(tmp_path):
+def test_an_adapted_run_resumes(tmp_path):
     train, test = write_ts_pair(tmp_path)
     out = tmp_path / "run"
     flags = ["--hidden", "8", "--heads", "2", "--no-progress"]
     assert main(["train", "--train", str(train), "--test", str(test), "--epochs", "1",
                  "--out", str(out), *flags]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["run"]["data"]["options"]["standardise_channels"] is True
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0

@@ -23,8 +23,7 @@ from torch import Tensor
 
 from .irregular import augment_channels, drop_observations
 
-__all__ = ["Split", "Dataset", "RawSplit", "assemble_dataset", "stratified_split", "split_generator",
-           "standardise_channels"]
+__all__ = ["Split", "Dataset", "RawSplit", "assemble_dataset", "stratified_split", "split_generator"]
 
 
 @dataclass
@@ -258,27 +257,3 @@ def assemble_dataset(
     return Dataset(name, processed["train"], processed.get("val"), processed["test"],
                    tuple(class_names), tuple(names), tuple(static_names))
 
-
-
-def standardise_channels(dataset: Dataset) -> Dataset:
-    """Every channel of ``x`` (the time channel and derived channels too) standardised.
-
-    ::
-
-        x_c <- (x_c - mean_c) / std_c      mean, std over the observed training values
-
-    For paths whose channels grow with time (the time index, the running sums of a
-    log-signature path), this keeps the values a model reads in a range of a few
-    units, while the times, lengths and missing values stay as they are.
-    """
-    mean, std = _mean_std(dataset.train.x, dataset.channel_names, dataset.name)
-    mean, std = mean.to(dataset.train.x.device), std.to(dataset.train.x.device)
-
-    def convert(split: Optional[Split]) -> Optional[Split]:
-        if split is None:
-            return None
-        return replace(split, x=_standardise(split.x, mean.to(split.x.device),
-                                             std.to(split.x.device)))
-
-    return replace(dataset, train=convert(dataset.train), val=convert(dataset.val),
-                   test=convert(dataset.test))
