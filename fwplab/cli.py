@@ -115,6 +115,9 @@ _TRAIN_FLAGS = {
 }
 #: Flags that may accompany ``--resume`` (everything else comes from the checkpoint).
 _RESUME_FLAGS = ("resume", "device", "no_progress", "allow_changed_data", "rules_from")
+#: Adapted choices a flag overrides (then the choice is not reported): name -> TrainConfig field.
+_CHOICE_FIELDS = {"validation": "val_fraction", "batch size": "batch_size",
+                  "warm-up": "warmup_steps", "patience": "patience"}
 #: Rule files already run in this process (a second run would register the rules twice).
 _LOADED_RULE_FILES: set[str] = set()
 
@@ -378,8 +381,8 @@ def _adapt_training(args: argparse.Namespace, dataset: Dataset, model: torch.nn.
                      if key not in given or key == "epochs"})
     if not has_validation and "patience" not in given:  # given: fit explains the conflict
         settings.pop("patience", None)
-    choices = [choice for choice in choices + more
-               if not (choice.name == "batch size" and "batch_size" in given)]
+    overridden = {name for name, key in _CHOICE_FIELDS.items() if key in given}
+    choices = [choice for choice in choices + more if choice.name not in overridden]
     return TrainConfig(**settings), choices
 
 

@@ -133,3 +133,31 @@ def test_an_adapted_run_resumes(tmp_path):
     assert main(["train", "--train", str(train), "--test", str(test), "--epochs", "1",
                  "--out", str(out), *flags]) == 0
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+
+
+def test_flags_win_over_adapted_values_and_are_not_reported_as_adapted(tmp_path, capsys):
+    train, test = write_ts_pair(tmp_path, n_train=30)
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(train), "--test", str(test), "--hidden", "8",
+                 "--heads", "2", "--epochs", "2", "--batch-size", "4", "--val-fraction", "0.3",
+                 "--patience", "5", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_config"]["batch_size"] == 4
+    assert metrics["train_config"]["val_fraction"] == 0.3
+    assert metrics["train_config"]["patience"] == 5
+    assert metrics["val_accuracy"] is not None
+    for name in ("validation", "batch size", "patience"):
+        assert f"adapted to the data: {name} =" not in printed
+        assert name not in metrics["run"]["adaptive"]
+
+
+def test_a_class_with_one_series_trains_without_validation_and_says_so(tmp_path, capsys):
+    train, test = write_ts_pair(tmp_path, n_train=4, n_test=3, classes="abc")  # c: 1 series
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(train), "--test", str(test), "--hidden", "8",
+                 "--heads", "2", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert "no stratified split is possible: the smallest class has 1 training series" \
+        in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_accuracy"] is None and metrics["train_config"]["val_fraction"] == 0.0
