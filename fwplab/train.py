@@ -1279,8 +1279,8 @@ def fit(
                 record = trainer.train_epoch(bar)
                 history.seconds += time.perf_counter() - session_start
                 session_start = time.perf_counter()
-                if config.time_limit is not None and history.seconds >= config.time_limit \
-                        and not trainer.finished:
+                if config.time_limit is not None and not trainer.finished \
+                        and _past_time_limit(history.seconds, config.time_limit, trainer):
                     history.stopped_early = trainer.finished = True
                 trainer.save()
                 if callback is not None and trainer.rank == 0:
@@ -1294,6 +1294,15 @@ def fit(
             _write_json(out_dir / METRICS_NAME, _metrics_document(
                 model, trainer.model_config, dataset, config, history, trainer.world, run_info))
     return history
+
+
+def _past_time_limit(seconds: float, limit: float, trainer: "_Trainer") -> bool:
+    """Whether training time passed ``limit``; under torchrun, whether it did on any process
+    (all processes stop after the same epoch)."""
+    past = torch.tensor(float(seconds >= limit), device=trainer.device)
+    if trainer.world > 1:
+        dist.all_reduce(past, op=dist.ReduceOp.MAX)
+    return bool(past)
 
 
 def seconds_per_step(model: nn.Module, split: Split, batch_size: int, steps: int = 3) -> float:
