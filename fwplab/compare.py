@@ -200,7 +200,7 @@ def plot_results(rows: list[dict[str, Any]], out: Path) -> Path:
                     datasets)
     axes.set_ylabel("test accuracy")
     axes.set_ylim(0, 1)
-    axes.legend(fontsize="small")
+    axes.legend(fontsize="small", bbox_to_anchor=(1.02, 1.0), loc="upper left")
     figure.tight_layout()
     path = out / "results.png"
     figure.savefig(path, dpi=120)
