@@ -69,19 +69,20 @@ def parity(device: torch.device, shape: dict) -> list[dict]:
     rows = []
     for name in fwplab.MODELS:
         torch.manual_seed(0)
-        options = {} if name == "ncde" else dict(num_heads=shape["num_heads"],
-                                                 ff_channels=shape["ff_channels"])
+        fast_weights = isinstance(fwplab.MODELS[name], tuple)  # a continuous FWP
+        options = dict(num_heads=shape["num_heads"],
+                       ff_channels=shape["ff_channels"]) if fast_weights else {}
         reference = fwplab.build_model(name, shape["channels"], shape["classes"],
                                        hidden_channels=shape["hidden_channels"], **options)
         on_device = fwplab.build_model(**reference.config).to(device)
         on_device.load_state_dict(reference.state_dict())
-        if name != "ncde":
+        if fast_weights:
             reference.solver = "reference"
         with torch.no_grad():
             expected = reference(x, lengths=lengths)
             got = on_device(x.to(device), lengths=lengths.to(device)).cpu()
         difference = float((got - expected).abs().max())
-        solver = on_device.selected_solver() if name != "ncde" else "torchcde"
+        solver = on_device.selected_solver() if fast_weights else "own"
         rows.append({"model": name, "solver": solver, "max_abs_difference": difference,
                      "ok": difference <= PARITY_ATOL})
     return rows

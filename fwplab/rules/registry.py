@@ -5,7 +5,7 @@
     import torch, fwplab
 
     def decaying_hebb(W, key, value, rate):
-        update = rate * value.unsqueeze(-1) * key.unsqueeze(-2)    # b v k^T
+        update = (rate * value).unsqueeze(-1) * key.unsqueeze(-2)  # b v k^T
         return update if W is None else update - 0.1 * W           # W = None: W(t0)
 
     fwplab.register_rule("decaying_hebb", decaying_hebb)
