@@ -20,6 +20,7 @@ from .data import (
     observational_intensity,
     read_ts,
 )
+from .baselines import DiscreteDeltaFWP, GRUBaseline
 from .devices import pick_device
 from .discrete import (
     DISCRETE_UPDATES,
@@ -174,6 +175,8 @@ __all__ = [
     "LAYOUTS",
     "MODELS",
     "ContinuousFWP",
+    "DiscreteDeltaFWP",
+    "GRUBaseline",
     "NeuralCDE",
     "NonFiniteOutputError",
     "build_model",
