@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import os
 import signal
 import sys
@@ -45,7 +46,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from .data import DATASET_NAMES, Dataset, load_dataset, load_ts_pair
+from .data import DATASET_NAMES, Dataset, Split, load_dataset, load_ts_pair
 from .data.download import DownloadError
 from .models import MODELS, build_model, count_parameters
 from .paths import INTERPOLATIONS
@@ -334,11 +335,44 @@ def _data_spec(args: argparse.Namespace, preset: Preset, seed: int) -> dict[str,
 
 def _load_data(spec: dict[str, Any]) -> Dataset:
     common = dict(missing_rate=spec["missing_rate"], seed=spec["seed"], **spec["options"])
-    if "train" in spec:
-        depth, step = common.pop("logsig_depth", 0), common.pop("logsig_step", None)
-        dataset = load_ts_pair(spec["train"], spec["test"], **common)
-        return log_signature_dataset(dataset, depth, step) if depth else dataset
-    return load_dataset(spec["dataset"], root=spec.get("root"), **common)
+    delays = common.pop("delays", ())
+    if "train" not in spec and not delays:
+        return load_dataset(spec["dataset"], root=spec.get("root"), **common)
+    # Delayed copies come before the log-signature windows, which summarise them too.
+    depth, step = common.pop("logsig_depth", 0), common.pop("logsig_step", None)
+    dataset = (load_ts_pair(spec["train"], spec["test"], **common) if "train" in spec else
+               load_dataset(spec["dataset"], root=spec.get("root"), logsig_depth=0, **common))
+    dataset = _with_delays(dataset, delays) if delays else dataset
+    return log_signature_dataset(dataset, depth, step) if depth else dataset
+
+
+def _data_channels(dataset: Dataset) -> list[int]:
+    """Indices of the data channels of ``x`` (neither time nor intensity)."""
+    return [index for index, name in enumerate(dataset.channel_names)
+            if name != "time" and not name.startswith("intensity:")]
+
+
+def _with_delays(dataset: Dataset, delays: Sequence[int]) -> Dataset:
+    """``dataset`` with a copy of every data channel delayed by each lag appended.
+
+    Copy for lag ``l`` at step ``t``: the channel at step ``max(t - l, 0)`` (the first
+    observation before the start); NaN after each series' end, as the channel.
+    """
+    channels = _data_channels(dataset)
+
+    def convert(split: Split) -> Split:
+        steps = torch.arange(split.x.shape[1], device=split.x.device)
+        after = (steps >= split.lengths.to(split.x.device).unsqueeze(-1)).unsqueeze(-1)
+        copies = [split.x[:, (steps - lag).clamp(min=0)][..., channels].masked_fill(
+            after, math.nan) for lag in delays]
+        return Split(torch.cat([split.x, *copies], dim=-1), split.lengths, split.y, split.times,
+                     split.static)
+
+    names = tuple(f"{dataset.channel_names[index]}(t-{lag})" for lag in delays
+                  for index in channels)
+    return Dataset(dataset.name, convert(dataset.train),
+                   None if dataset.val is None else convert(dataset.val), convert(dataset.test),
+                   dataset.class_names, dataset.channel_names + names, dataset.static_names)
 
 
 def _adapts(args: argparse.Namespace) -> bool:
@@ -350,8 +384,10 @@ def _adapts(args: argparse.Namespace) -> bool:
 
 
 def _adapt_data(spec: dict[str, Any], dataset: Dataset) -> tuple[Dataset, list[Choice]]:
-    """Log-signature windows for long series (recorded in ``spec`` so --resume reloads them)."""
-    options, choices = adaptive_data_options(int(dataset.train.lengths.max()))
+    """Log-signature windows for long series, with delayed copies when univariate (recorded
+    in ``spec`` so --resume reloads them)."""
+    options, choices = adaptive_data_options(int(dataset.train.lengths.max()),
+                                             len(_data_channels(dataset)))
     if options:
         spec["options"].update(options)
         dataset = _load_data(spec)
@@ -449,7 +485,7 @@ def _check_data_spec(spec: Any, path: Path) -> None:
     if isinstance(spec["seed"], bool) or not isinstance(spec["seed"], int):
         raise ValueError(f"{where}.seed must be an integer")
     if not isinstance(spec["options"], dict) or set(spec["options"]) - {
-            "intensity", "val_fraction", "logsig_depth", "logsig_step"}:
+            "intensity", "val_fraction", "logsig_depth", "logsig_step", "delays"}:
         raise ValueError(f"{where}.options must be a dict of data options")
     files = {"train", "test"} & set(spec)
     if files:

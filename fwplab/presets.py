@@ -283,6 +283,8 @@ LONG_SERIES = 128
 TARGET_WINDOWS = 64
 #: Depth of the log-signature of each window (increments and signed areas).
 ADAPTIVE_LOGSIG_DEPTH = 2
+#: Delayed copies of a long univariate series added as channels (lags of 1, 2, ... windows).
+DELAY_COPIES = 2
 #: Optimisation steps of an adaptive run, whatever the size of the data set.
 TARGET_STEPS = 2000
 #: Seconds of training an adaptive run may take (the whole command stays within 5 minutes).
@@ -319,7 +321,8 @@ class Choice:
         return f"{self.name} = {self.value} ({self.reason})"
 
 
-def adaptive_data_options(longest: int) -> tuple[dict[str, Any], list[Choice]]:
+def adaptive_data_options(longest: int, data_channels: int
+                          ) -> tuple[dict[str, Any], list[Choice]]:
     """Data options for series of ``longest`` steps: log-signature windows when long.
 
     A series longer than :data:`LONG_SERIES` steps is replaced by the depth-2
@@ -331,20 +334,39 @@ def adaptive_data_options(longest: int) -> tuple[dict[str, Any], list[Choice]]:
     (the training time shrinks by ``step``), and the keys see the signed areas
     between channels (with the time channel: how the values move within a window).
 
+    A long univariate series first gets :data:`DELAY_COPIES` delayed copies of itself
+    as extra channels (a delay embedding), lagged by multiples of ``step``::
+
+        x(t),  x(t - step),  x(t - 2 step),  ...      (x(t0) before the start)
+
+    With one data channel the keys (computed from the window increments) vary along
+    the time and value directions only; with the copies, increments and signed areas
+    describe the path's shape over the last few windows. (Short univariate series keep
+    their one channel: on ItalyPowerDemand, 24 steps, copies lagged by 1 and 2 steps
+    lowered the test accuracy from 0.955 to 0.874.)
+
     Args:
         longest: the longest training series, in time steps.
+        data_channels: channels of the series (time and intensity channels excluded).
 
     Returns:
-        ``({"logsig_depth", "logsig_step"}` or ``{}``, the choices made).
+        ``({"delays", "logsig_depth", "logsig_step"}`` or ``{}``, the choices made).
     """
     if longest <= LONG_SERIES:
         return {}, [Choice("log-signature", "off", f"series of at most {longest} steps are "
                            f"short enough (<= {LONG_SERIES})")]
     step = math.ceil(longest / TARGET_WINDOWS)
-    return ({"logsig_depth": ADAPTIVE_LOGSIG_DEPTH, "logsig_step": step},
-            [Choice("log-signature", f"depth {ADAPTIVE_LOGSIG_DEPTH}, windows of {step} steps",
-                    f"series of up to {longest} steps (> {LONG_SERIES}) become about "
-                    f"{math.ceil(longest / step)} windows")])
+    options: dict[str, Any] = {"logsig_depth": ADAPTIVE_LOGSIG_DEPTH, "logsig_step": step}
+    choices = [Choice("log-signature", f"depth {ADAPTIVE_LOGSIG_DEPTH}, windows of {step} steps",
+                      f"series of up to {longest} steps (> {LONG_SERIES}) become about "
+                      f"{math.ceil(longest / step)} windows")]
+    if data_channels == 1:
+        options["delays"] = [step * copy for copy in range(1, DELAY_COPIES + 1)]
+        choices.append(Choice("delayed copies", f"lags of {options['delays']} steps",
+                              "one long series gives the window increments two directions "
+                              "(time, value); delayed copies add its shape over the last "
+                              f"{DELAY_COPIES} windows"))
+    return options, choices
 
 
 def adaptive_train_settings(class_counts: Sequence[int]) -> tuple[dict[str, Any], list[Choice]]:

@@ -8,9 +8,11 @@ import math
 import pytest
 import torch
 
-from fwplab.cli import main
+from fwplab.cli import _with_delays, main
+from fwplab.data import load_ts_pair
 from fwplab.presets import (
     ADAPTIVE_VAL_FRACTION,
+    DELAY_COPIES,
     LONG_SERIES,
     MIN_VAL_SERIES,
     TARGET_STEPS,
@@ -64,11 +66,56 @@ def test_the_budget_is_counted_in_steps_and_bounded_in_time():
 
 
 def test_long_series_become_log_signature_windows():
-    assert adaptive_data_options(LONG_SERIES)[0] == {}
-    options, choices = adaptive_data_options(1460)
+    assert adaptive_data_options(LONG_SERIES, 2)[0] == {}
+    options, choices = adaptive_data_options(1460, 2)
     assert options["logsig_depth"] == 2
     assert math.ceil(1460 / options["logsig_step"]) <= 64
-    assert "1460 steps" in choices[0].reason
+    assert "1460 steps" in next(c.reason for c in choices if c.name == "log-signature")
+
+
+def test_only_long_univariate_series_get_delayed_copies_lagged_by_the_window():
+    options, choices = adaptive_data_options(1460, 1)
+    assert options["delays"] == [options["logsig_step"] * k for k in range(1, DELAY_COPIES + 1)]
+    assert next(c.value for c in choices if c.name == "delayed copies") == \
+        f"lags of {options['delays']} steps"
+    assert "delays" not in adaptive_data_options(1460, 3)[0]
+    assert adaptive_data_options(LONG_SERIES, 1)[0] == {}
+
+
+def write_univariate_pair(folder, n_train=12, n_test=6, length=5):
+    """A univariate .ts pair (classes a and b) of ``length`` to ``length + 2`` steps; the
+    '?' missing values are left out of runs of the log-signature (longer than
+    LONG_SERIES steps), which needs complete series."""
+    header = ["@problemName Uni", "@timeStamps false", "@missing true", "@univariate true",
+              "@equalLength false", "@classLabel true a b", "@data"]
+    paths = []
+    for name, count in (("TRAIN", n_train), ("TEST", n_test)):
+        lines = [",".join("?" if t == 2 and length <= LONG_SERIES else
+                          f"{(i % 2) * math.sin(t / 9) + 0.1 * i:.2f}"
+                          for t in range(length + i % 3)) + ":" + "ab"[i % 2]
+                 for i in range(count)]
+        path = folder / f"Uni_{name}.ts"
+        path.write_text("\n".join(header + lines) + "\n")
+        paths.append(path)
+    return paths
+
+
+def test_delayed_copies_repeat_the_series_later_and_end_with_it(tmp_path):
+    train, test = write_univariate_pair(tmp_path)
+    plain = load_ts_pair(train, test)
+    delayed = _with_delays(plain, [1, 3])
+    assert delayed.channel_names == ("time", "dim0", "dim0(t-1)", "dim0(t-3)")
+    for split, before in ((delayed.train, plain.train), (delayed.test, plain.test)):
+        value = before.x[..., 1]
+        for channel, lag in ((2, 1), (3, 3)):
+            for b, length in enumerate(before.lengths.tolist()):
+                expected = [value[b, max(t - lag, 0)] for t in range(length)]
+                assert torch.equal(split.x[b, :length, channel].isnan(),
+                                   torch.stack(expected).isnan())
+                assert torch.allclose(split.x[b, :length, channel].nan_to_num(),
+                                      torch.stack(expected).nan_to_num())
+                assert split.x[b, length:, channel].isnan().all()
+        assert torch.equal(split.x[..., :2].nan_to_num(), before.x.nan_to_num())
 
 
 def test_warm_up_rises_linearly_then_decays_by_cosine():
@@ -161,3 +208,19 @@ def test_a_class_with_one_series_trains_without_validation_and_says_so(tmp_path,
         in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["val_accuracy"] is None and metrics["train_config"]["val_fraction"] == 0.0
+
+
+def test_a_long_univariate_run_records_its_delayed_copies_and_resumes_with_them(
+        tmp_path, capsys):
+    train, test = write_univariate_pair(tmp_path, length=LONG_SERIES + 3)
+    out = tmp_path / "run"
+    flags = ["--hidden", "8", "--heads", "2", "--no-progress"]
+    assert main(["train", "--train", str(train), "--test", str(test), "--epochs", "1",
+                 "--out", str(out), *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "adapted to the data: delayed copies = lags of [3, 6] steps" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["data"]["options"]["delays"] == [3, 6]
+    # depth-2 log-signature of (time, series, two copies): 4 increments and 6 areas
+    assert metrics["model_config"]["input_channels"] == 10
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
