@@ -33,7 +33,7 @@ import statistics
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
