@@ -10,7 +10,8 @@ accuracy, the seconds, the ratio to 1-NN DTW and the adapted choices to a JSON f
         --out benchmarks/results/adaptive_ucr_cpu.json
 
 The data are the UCR archive's TRAIN/TEST splits as the aeon 1.6.0 wheel ships them
-(not a dependency of fwplab). Development sets (used while choosing the defaults) and
+(not a dependency of fwplab). The fwplab this Python imports is run (``python -m fwplab``;
+``PYTHONPATH`` chooses another copy). Development sets (used while choosing the defaults) and
 held-out sets (only evaluated with the final defaults) are reported apart. An existing
 output file is updated set by set, so ``--sets`` reruns a few.
 """
@@ -48,15 +49,15 @@ TARGET_MEAN, TARGET_FLOOR = 1.0, 0.8
 WALL_LIMIT = 300.0
 
 
-def run_set(name: str, data: Path, fwplab: str) -> dict:
+def run_set(name: str, data: Path) -> dict:
     """Train the default on one set; its measurements."""
     folder, stem = FILES.get(name, (name, name))
     train, test = data / folder / f"{stem}_TRAIN.ts", data / folder / f"{stem}_TEST.ts"
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "run"
         start = time.perf_counter()
-        subprocess.run([fwplab, "train", "--train", str(train), "--test", str(test),
-                        "--out", str(out), "--no-progress"], check=True)
+        subprocess.run([sys.executable, "-m", "fwplab", "train", "--train", str(train),
+                        "--test", str(test), "--out", str(out), "--no-progress"], check=True)
         wall = time.perf_counter() - start
         metrics = json.loads((out / "metrics.json").read_text())
     dtw = round(1 - DTW_ERROR[name], 4)
@@ -93,8 +94,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write or update")
     parser.add_argument("--sets", default=",".join(DEVELOPMENT + HELD_OUT),
                         help="comma-separated set names (default: all)")
-    parser.add_argument("--fwplab", default=str(Path(sys.executable).with_name("fwplab")),
-                        help="the fwplab command")
     args = parser.parse_args()
     names = [name for name in args.sets.split(",") if name]
     unknown = sorted(set(names) - set(DTW_ERROR))
@@ -105,7 +104,7 @@ def main() -> None:
     sets = results.get("sets", {})
     for name in names:
         print(f"adaptive_ucr: {name}", flush=True)
-        sets[name] = run_set(name, args.data, args.fwplab)
+        sets[name] = run_set(name, args.data)
         print(f"adaptive_ucr: {name}: {json.dumps(sets[name])}", flush=True)
         results.update({
             "what": "fwplab train --train X_TRAIN.ts --test X_TEST.ts (adaptive defaults, "
