@@ -206,12 +206,13 @@ class SlowNet(nn.Module):
         """
         u = self.features(x, dx)
         heads, d = self.num_heads, self.head_dim
-        # Each control is projected by its own rows of the shared projection, so keys,
-        # values and rates come out as separate contiguous tensors (no slicing copies).
+        # One matrix product for the joint projection; the controls are column slices of
+        # it, which the compiled kernel reads in place (and returns one gradient for).
         if self.driver == "ode":
-            key, value, rate = _split_projection(self.kvb_proj, u, heads, (d, d, 1))
+            key, value, rate = self.kvb_proj(u).unflatten(-1, (heads, 2 * d + 1)).split(
+                (d, d, 1), -1)
             return key, value, rate
-        key, rate = _split_projection(self.kb_proj, u, heads, (d, 1))
+        key, rate = self.kb_proj(u).unflatten(-1, (heads, d + 1)).split((d, 1), -1)
         return key, self.values(x, dx).unflatten(-1, (heads, d)), rate
 
 
@@ -245,26 +246,6 @@ class _FastWeightField(nn.Module):
         dx = self.path.derivative(t) if self.slow_net.uses_derivative else None
         key, value, rate = self.slow_net(self.path.evaluate(t), dx)
         return self.rule(W, key, value, rate)
-
-
-def _split_projection(linear: nn.Linear, u: Tensor, heads: int, sizes: tuple[int, ...]):
-    """``linear(u)`` as ``(..., heads, sum(sizes))`` split on the last dimension.
-
-    Each piece is computed by its own rows of the weight, so each is contiguous.
-
-    Returns:
-        One tensor ``(..., heads, size)`` per entry of ``sizes``.
-    """
-    total = sum(sizes)
-    weight = linear.weight.unflatten(0, (heads, total))
-    bias = linear.bias.unflatten(0, (heads, total))
-    pieces, start = [], 0
-    for size in sizes:
-        rows = slice(start, start + size)
-        piece = nn.functional.linear(u, weight[:, rows].flatten(0, 1), bias[:, rows].flatten())
-        pieces.append(piece.unflatten(-1, (heads, size)))
-        start += size
-    return pieces
 
 
 class ContinuousFWP(nn.Module):

@@ -471,9 +471,7 @@ def solve_fixed_grid(
                              "use 'fast'")
         spec = RecurrenceSpec(rule.correction, tableau, layout, keep,
                               checkpoint_every or KERNEL_CHECKPOINT_EVERY)
-        states = kernels.KernelRecurrence.apply(
-            fixed.contiguous(), target.contiguous(), rate.contiguous(), M0.contiguous(), steps,
-            spec, activations)
+        states = kernels.recurrence(fixed, target, rate, M0, steps, spec, activations)
     else:
         fixed, target, rate = (activate(a, x) for a, x in zip(activations, (fixed, target, rate),
                                                                strict=True))

@@ -129,8 +129,58 @@ def test_kernel_backward_passes_float64_gradcheck(nonlinearity, activations, met
     spec = solvers.RecurrenceSpec(nonlinearity, solvers.TABLEAUS[method],
                                   solvers.stage_layout(method), (0, 3, 5), checkpoint_every)
     assert torch.autograd.gradcheck(
-        lambda *t: kernels.KernelRecurrence.apply(*t, steps, spec, activations), tuple(tensors),
+        lambda *t: kernels.recurrence(*t, steps, spec, activations), tuple(tensors),
         fast_mode=True)
+
+
+@pytest.mark.parametrize("method", ["rk4", "midpoint"])
+def test_kernel_reads_column_slices_in_place_float64_gradcheck(method):
+    """Keys and rates as columns of one array (the slow net's joint projection)."""
+    *_, steps = _kernel_inputs(KERNEL_ACTIVATIONS[0], flat=3, method=method)
+    points, d = steps.shape[0] * solvers.stage_layout(method).per_step + 1, 3
+    torch.manual_seed(2)
+    joint = torch.randn(points, 3, d + 1, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(points, 3, d, dtype=torch.float64, requires_grad=True)
+    M0 = (0.3 * torch.randn(3, d, d, dtype=torch.float64)).requires_grad_()
+    spec = solvers.RecurrenceSpec("linear", solvers.TABLEAUS[method],
+                                  solvers.stage_layout(method), (0, 2, 5), 2)
+    arrays, operands = kernels.row_operands((joint[..., :d], target, joint[..., d:]))
+    assert arrays[0] is joint and arrays[1] is target
+    assert operands == (kernels.RowOperand(0, 0, d + 1), kernels.RowOperand(1, 0, d),
+                        kernels.RowOperand(0, d, d + 1))
+    assert torch.autograd.gradcheck(
+        lambda j, c, m: kernels.recurrence(j[..., :d], c, j[..., d:], m, steps, spec,
+                                           KERNEL_ACTIVATIONS[0]), (joint, target, M0),
+        fast_mode=True)
+
+
+def test_kernel_copies_controls_it_cannot_read_in_place():
+    """A strided time slice is copied; columns that do not tile their array get zeros."""
+    joint = torch.randn(9, 2, 8)
+    every_other = joint[::2]
+    arrays, operands = kernels.row_operands((every_other[..., :3], every_other[..., 3:6],
+                                             every_other[..., 7:]))
+    assert len(arrays) == 3 and all(a.is_contiguous() and a._base is None for a in arrays)
+    assert operands == (kernels.RowOperand(0, 0, 3), kernels.RowOperand(1, 0, 3),
+                        kernels.RowOperand(2, 0, 1))
+    assert not kernels._covers_rows(
+        (kernels.RowOperand(0, 0, 8), kernels.RowOperand(0, 5, 8), kernels.RowOperand(0, 7, 8)),
+        (3, 2, 1), 0)
+
+
+def test_delta_cde_kernel_reads_the_joint_projection_in_place(monkeypatch):
+    seen = []
+    row_operands = kernels.row_operands
+
+    def spy(controls):
+        arrays, operands = row_operands(controls)
+        seen.append((controls, arrays))
+        return arrays, operands
+
+    monkeypatch.setattr(kernels, "row_operands", spy)
+    fwplab.build_model("delta_cde", 4, 3, **TINY, solver="kernel")(_series())
+    (key, _, rate), arrays = seen[0]
+    assert len(arrays) == 2 and key._base is arrays[0] and rate._base is arrays[0]
 
 
 @pytest.mark.parametrize("flat", [1, 17, 40])
@@ -148,8 +198,8 @@ def test_kernel_states_equal_the_fast_path_for_any_number_of_recurrences(flat):
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            states = kernels.KernelRecurrence.apply(fixed, target, rate, M0, steps,
-                                                    spec._replace(checkpoint_every=7), activations)
+            states = kernels.recurrence(fixed, target, rate, M0, steps,
+                                        spec._replace(checkpoint_every=7), activations)
             torch.testing.assert_close(states, expected, atol=STATES_ATOL, rtol=0)
     finally:
         torch.set_num_threads(threads)

@@ -34,7 +34,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -50,6 +50,9 @@ __all__ = [
     "supports",
     "supports_rule",
     "KernelRecurrence",
+    "RowOperand",
+    "recurrence",
+    "row_operands",
 ]
 
 #: The C++ source of the kernel.
@@ -225,10 +228,10 @@ def _declare(library: ctypes.CDLL) -> None:
     pointer, integer = ctypes.c_void_p, ctypes.c_int64
     for suffix in ("f32", "f64"):
         forward = getattr(library, f"fwplab_forward_{suffix}")
-        forward.argtypes = [pointer] * 10 + [integer] * 8 + [pointer] * 2 + [integer]
+        forward.argtypes = [pointer] * 11 + [integer] * 8 + [pointer] * 2 + [integer]
         forward.restype = ctypes.c_int
         backward = getattr(library, f"fwplab_backward_{suffix}")
-        backward.argtypes = [pointer] * 9 + [integer] * 8 + [pointer] * 6 + [integer]
+        backward.argtypes = [pointer] * 10 + [integer] * 8 + [pointer] * 6 + [integer]
         backward.restype = ctypes.c_int
 
 
@@ -236,7 +239,7 @@ def _address(tensor: Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(tensor.data_ptr())
 
 
-def _tables(spec, activations, steps: Tensor) -> tuple[Tensor, ...]:
+def _tables(spec, activations, steps: Tensor, strides: tuple[int, ...]) -> tuple[Tensor, ...]:
     """The non-tensor arguments as contiguous CPU arrays the C entry points read."""
     stages = len(spec.tableau.c)
     a = torch.zeros(stages, stages, dtype=torch.float64)
@@ -248,7 +251,8 @@ def _tables(spec, activations, steps: Tensor) -> tuple[Tensor, ...]:
     keep_position = torch.full((steps.shape[0] + 1,), -1, dtype=torch.int64)
     keep_position[torch.tensor(spec.keep, dtype=torch.int64)] = torch.arange(len(spec.keep))
     codes = torch.tensor([_ACTIVATION_CODES[name] for name in activations], dtype=torch.int64)
-    return (steps.detach().to(torch.float64).contiguous(), a, b, offsets, keep_position, codes)
+    return (steps.detach().to(torch.float64).contiguous(), a, b, offsets, keep_position, codes,
+            torch.tensor(strides, dtype=torch.int64))
 
 
 def _sizes(spec, steps: Tensor, flat: int, d_out: int, d_in: int) -> tuple[int, ...]:
@@ -263,23 +267,77 @@ def _check(status: int, what: str) -> None:
                            f"{'out of memory' if status == 1 else 'unsupported stage count'})")
 
 
+class RowOperand(NamedTuple):
+    """Where the rows of one control lie in one of the arrays handed to the kernel.
+
+    Row ``r = point * flat + recurrence`` starts at element ``offset + r * stride`` of
+    ``arrays[array]``; the gradient lies at the same place in that array's gradient.
+    """
+
+    array: int
+    offset: int
+    stride: int
+
+
+def row_operands(controls: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], tuple[RowOperand, ...]]:
+    """The arrays the kernel reads ``controls`` from, without copies where possible.
+
+    A control that is a column slice of a contiguous array (as the slow net's joint
+    key-and-rate projection produces them) is read in place from that array, which
+    then also receives its gradient in one piece; any other control is made contiguous.
+
+    Args:
+        controls: ``(points, flat, width)`` each.
+
+    Returns:
+        The distinct arrays and one :class:`RowOperand` per control.
+    """
+    arrays: list[Tensor] = []
+    operands = []
+    for x in controls:
+        points, flat, width = x.shape
+        base, stride = x._base, x.stride(1)
+        offset = None if base is None else x.storage_offset() - base.storage_offset()
+        in_place = (base is not None and base.is_contiguous() and base.dtype == x.dtype
+                    and base.numel() == points * flat * stride and x.stride(0) == flat * stride
+                    and (width == 1 or x.stride(2) == 1) and 0 <= offset
+                    and offset + width <= stride)
+        if not in_place:
+            base, offset, stride = x.contiguous(), 0, width
+        index = next((i for i, seen in enumerate(arrays) if seen is base), len(arrays))
+        if index == len(arrays):
+            arrays.append(base)
+        operands.append(RowOperand(index, offset, stride))
+    return tuple(arrays), tuple(operands)
+
+
+def _covers_rows(operands: tuple[RowOperand, ...], widths: tuple[int, ...], array: int) -> bool:
+    """Whether the controls read from ``arrays[array]`` tile its rows exactly."""
+    spans = sorted((o.offset, o.offset + w) for o, w in zip(operands, widths, strict=True)
+                   if o.array == array)
+    stride = next(o.stride for o in operands if o.array == array)
+    return spans[0][0] == 0 and spans[-1][1] == stride and all(
+        end == start for (_, end), (start, _) in zip(spans, spans[1:]))
+
+
 class KernelRecurrence(torch.autograd.Function):
     """The recurrence of :class:`fwplab.solvers._FastRecurrence`, run by the compiled kernel.
 
-    Inputs as there, except that the controls come before their activations and the
-    kernel applies them: ``fixed (points, N, d_in)``, ``target (points, N, d_out)``,
-    ``rate (points, N, 1)``, ``M0 (N, d_out, d_in)`` (contiguous CPU float32 or
-    float64), ``steps (steps,)``, a :class:`fwplab.solvers.RecurrenceSpec` whose
-    ``checkpoint_every`` is set, and ``activations``: the names (``"identity"``,
-    ``"tanh"``, ``"softmax"`` over the last dimension, ``"sigmoid"``) of the
-    activations of ``fixed``, ``target`` and ``rate``. Returns ``M`` at the kept
-    grid indices, ``(len(keep), N, d_out, d_in)``.
+    Inputs: ``M0 (N, d_out, d_in)`` (contiguous CPU float32 or float64), ``steps
+    (steps,)``, a :class:`fwplab.solvers.RecurrenceSpec` whose ``checkpoint_every`` is
+    set, ``activations``: the names (``"identity"``, ``"tanh"``, ``"softmax"`` over the
+    last dimension, ``"sigmoid"``) of the activations of the fixed factor, the target
+    and the rate, which the kernel applies; then ``operands`` and ``*arrays`` from
+    :func:`row_operands` of the raw controls ``fixed (points, N, d_in)``, ``target
+    (points, N, d_out)`` and ``rate (points, N, 1)`` (contiguous, of ``M0``'s dtype).
+    Returns ``M`` at the kept grid indices, ``(len(keep), N, d_out, d_in)``; the
+    gradients go to ``M0`` and the arrays.
     """
 
     @staticmethod
-    def forward(ctx, fixed, target, rate, M0, steps, spec, activations):
+    def forward(ctx, M0, steps, spec, activations, operands, *arrays):
         library = load()
-        tensors = (fixed, target, rate, M0)
+        tensors = (*arrays, M0)
         if not all(supports(t.device, t.dtype) and t.dtype == M0.dtype and t.is_contiguous()
                    for t in tensors):
             raise ValueError("the kernel takes contiguous CPU tensors of one dtype, float32 or "
@@ -292,31 +350,54 @@ class KernelRecurrence(torch.autograd.Function):
         checkpoints = M0.new_empty(steps.shape[0] // spec.checkpoint_every + 1, flat, d_out, d_in)
         entry = library.fwplab_forward_f64 if M0.dtype == torch.float64 else \
             library.fwplab_forward_f32
-        tables = _tables(spec, activations, steps)
-        status = entry(*(_address(t) for t in (fixed, target, rate, M0, *tables)),
-                       *_sizes(spec, steps, flat, d_out, d_in), _address(kept),
-                       _address(checkpoints), torch.get_num_threads())
+        tables = _tables(spec, activations, steps, tuple(o.stride for o in operands))
+        status = entry(*_operand_addresses(arrays, operands), _address(M0),
+                       *(_address(t) for t in tables), *_sizes(spec, steps, flat, d_out, d_in),
+                       _address(kept), _address(checkpoints), torch.get_num_threads())
         _check(status, "forward")
-        ctx.save_for_backward(fixed, target, rate, steps, checkpoints)
-        ctx.spec, ctx.activations = spec, activations
+        ctx.save_for_backward(steps, checkpoints, *arrays)
+        ctx.spec, ctx.activations, ctx.operands = spec, activations, operands
         return kept
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_kept):
-        fixed, target, rate, steps, checkpoints = ctx.saved_tensors
-        spec = ctx.spec
+        steps, checkpoints, *arrays = ctx.saved_tensors
+        spec, operands = ctx.spec, ctx.operands
         flat, d_out, d_in = checkpoints.shape[1:]
-        grads = [torch.zeros_like(fixed), torch.zeros_like(target), torch.zeros_like(rate),
-                 torch.empty_like(checkpoints[0])]
+        widths = (d_in, d_out, 1)
+        grad_arrays = [torch.empty_like(a) if _covers_rows(operands, widths, i)
+                       else torch.zeros_like(a) for i, a in enumerate(arrays)]
+        grad_M0 = torch.empty_like(checkpoints[0])
         grad_kept = grad_kept.contiguous()
         library = load()
-        entry = library.fwplab_backward_f64 if fixed.dtype == torch.float64 else \
+        entry = library.fwplab_backward_f64 if checkpoints.dtype == torch.float64 else \
             library.fwplab_backward_f32
-        tables = _tables(spec, ctx.activations, steps)
-        status = entry(*(_address(t) for t in (fixed, target, rate, *tables)),
+        tables = _tables(spec, ctx.activations, steps, tuple(o.stride for o in operands))
+        status = entry(*_operand_addresses(arrays, operands), *(_address(t) for t in tables),
                        *_sizes(spec, steps, flat, d_out, d_in), _address(checkpoints),
-                       _address(grad_kept), *(_address(g) for g in grads),
-                       torch.get_num_threads())
+                       _address(grad_kept), *_operand_addresses(grad_arrays, operands),
+                       _address(grad_M0), torch.get_num_threads())
         _check(status, "backward")
-        return (*grads, None, None, None)
+        return (grad_M0, None, None, None, None, *grad_arrays)
+
+
+def recurrence(fixed: Tensor, target: Tensor, rate: Tensor, M0: Tensor, steps: Tensor, spec,
+               activations: tuple[str, str, str]) -> Tensor:
+    """Run :class:`KernelRecurrence` on raw controls, reading column slices in place.
+
+    Args:
+        fixed, target, rate: raw controls ``(points, N, d_in)``, ``(points, N, d_out)``,
+            ``(points, N, 1)``; each contiguous or a column slice of a contiguous array.
+        M0, steps, spec, activations: as :class:`KernelRecurrence`.
+
+    Returns:
+        ``(len(keep), N, d_out, d_in)``.
+    """
+    arrays, operands = row_operands((fixed, target, rate))
+    return KernelRecurrence.apply(M0.contiguous(), steps, spec, activations, operands, *arrays)
+
+
+def _operand_addresses(arrays, operands) -> list[ctypes.c_void_p]:
+    return [ctypes.c_void_p(arrays[o.array].data_ptr() + o.offset * arrays[o.array].element_size())
+            for o in operands]

@@ -142,18 +142,168 @@ void activation_vjp(int64_t code, const T* __restrict__ y, T* __restrict__ g, in
   }
 }
 
+// The step's dense work, on matrices and stage vectors in the lane layout: a matrix X is
+// (rows, cols, LANES), stage vectors are (S, size, LANES). Each routine keeps a block of
+// rows (or columns) and all S stages in registers, so every value loaded from X feeds
+// S fused multiply-adds and every stage vector loaded feeds BLOCK of them.
+constexpr int64_t kBlock = 4;
+
+// out[s][o] = sum_k X[o][k] y[s][k] (+ out[s][o] when `accumulate`).
+template <typename T, int S, int LANES>
+inline void project(const T* __restrict__ X, const T* __restrict__ y, T* __restrict__ out,
+                    int64_t rows, int64_t cols, bool accumulate) {
+  int64_t o = 0;
+  for (; o + kBlock <= rows; o += kBlock) {
+    T acc[kBlock][S][LANES];
+    for (int r = 0; r < kBlock; ++r)
+      for (int s = 0; s < S; ++s)
+        for (int l = 0; l < LANES; ++l)
+          acc[r][s][l] = accumulate ? out[(s * rows + o + r) * LANES + l] : T(0);
+    for (int64_t k = 0; k < cols; ++k)
+      for (int r = 0; r < kBlock; ++r)
+        for (int s = 0; s < S; ++s)
+          for (int l = 0; l < LANES; ++l)
+            acc[r][s][l] += X[((o + r) * cols + k) * LANES + l] * y[(s * cols + k) * LANES + l];
+    for (int r = 0; r < kBlock; ++r)
+      for (int s = 0; s < S; ++s)
+        for (int l = 0; l < LANES; ++l) out[(s * rows + o + r) * LANES + l] = acc[r][s][l];
+  }
+  for (; o < rows; ++o) {
+    T acc[S][LANES];
+    for (int s = 0; s < S; ++s)
+      for (int l = 0; l < LANES; ++l)
+        acc[s][l] = accumulate ? out[(s * rows + o) * LANES + l] : T(0);
+    for (int64_t k = 0; k < cols; ++k)
+      for (int s = 0; s < S; ++s)
+        for (int l = 0; l < LANES; ++l)
+          acc[s][l] += X[(o * cols + k) * LANES + l] * y[(s * cols + k) * LANES + l];
+    for (int s = 0; s < S; ++s)
+      for (int l = 0; l < LANES; ++l) out[(s * rows + o) * LANES + l] = acc[s][l];
+  }
+}
+
+// out[s][k] += sum_o z[s][o] X[o][k] + sum_o w[s][o] Y[o][k] (the second term when Y is
+// not null): two transposed products sharing one pass over the columns.
+template <typename T, int S, int LANES>
+inline void project_transposed(const T* __restrict__ z, const T* __restrict__ X,
+                               const T* __restrict__ w, const T* __restrict__ Y,
+                               T* __restrict__ out, int64_t rows, int64_t cols) {
+  int64_t k = 0;
+  for (; k + kBlock <= cols; k += kBlock) {
+    T acc[S][kBlock][LANES];
+    for (int s = 0; s < S; ++s)
+      for (int c = 0; c < kBlock; ++c)
+        for (int l = 0; l < LANES; ++l) acc[s][c][l] = out[(s * cols + k + c) * LANES + l];
+    for (int64_t o = 0; o < rows; ++o) {
+      for (int s = 0; s < S; ++s)
+        for (int c = 0; c < kBlock; ++c)
+          for (int l = 0; l < LANES; ++l)
+            acc[s][c][l] += z[(s * rows + o) * LANES + l] * X[(o * cols + k + c) * LANES + l];
+      if (Y != nullptr)
+        for (int s = 0; s < S; ++s)
+          for (int c = 0; c < kBlock; ++c)
+            for (int l = 0; l < LANES; ++l)
+              acc[s][c][l] += w[(s * rows + o) * LANES + l] * Y[(o * cols + k + c) * LANES + l];
+    }
+    for (int s = 0; s < S; ++s)
+      for (int c = 0; c < kBlock; ++c)
+        for (int l = 0; l < LANES; ++l) out[(s * cols + k + c) * LANES + l] = acc[s][c][l];
+  }
+  for (; k < cols; ++k) {
+    T acc[S][LANES];
+    for (int s = 0; s < S; ++s)
+      for (int l = 0; l < LANES; ++l) acc[s][l] = out[(s * cols + k) * LANES + l];
+    for (int64_t o = 0; o < rows; ++o) {
+      for (int s = 0; s < S; ++s)
+        for (int l = 0; l < LANES; ++l)
+          acc[s][l] += z[(s * rows + o) * LANES + l] * X[(o * cols + k) * LANES + l];
+      if (Y != nullptr)
+        for (int s = 0; s < S; ++s)
+          for (int l = 0; l < LANES; ++l)
+            acc[s][l] += w[(s * rows + o) * LANES + l] * Y[(o * cols + k) * LANES + l];
+    }
+    for (int s = 0; s < S; ++s)
+      for (int l = 0; l < LANES; ++l) out[(s * cols + k) * LANES + l] = acc[s][l];
+  }
+}
+
+// X[o][k] += sum_s z[s][o] y[s][k] (in place; z already carries the step weights).
+template <typename T, int S, int LANES>
+inline void rank_update(T* __restrict__ X, const T* __restrict__ z, const T* __restrict__ y,
+                        int64_t rows, int64_t cols) {
+  int64_t o = 0;
+  for (; o + kBlock <= rows; o += kBlock) {
+    T weight[kBlock][S][LANES];
+    for (int r = 0; r < kBlock; ++r)
+      for (int s = 0; s < S; ++s)
+        for (int l = 0; l < LANES; ++l) weight[r][s][l] = z[(s * rows + o + r) * LANES + l];
+    for (int64_t k = 0; k < cols; ++k)
+      for (int r = 0; r < kBlock; ++r) {
+        T value[LANES];
+        for (int l = 0; l < LANES; ++l) value[l] = X[((o + r) * cols + k) * LANES + l];
+        for (int s = 0; s < S; ++s)
+          for (int l = 0; l < LANES; ++l) value[l] += weight[r][s][l] * y[(s * cols + k) * LANES + l];
+        for (int l = 0; l < LANES; ++l) X[((o + r) * cols + k) * LANES + l] = value[l];
+      }
+  }
+  for (; o < rows; ++o) {
+    T weight[S][LANES];
+    for (int s = 0; s < S; ++s)
+      for (int l = 0; l < LANES; ++l) weight[s][l] = z[(s * rows + o) * LANES + l];
+    for (int64_t k = 0; k < cols; ++k) {
+      T value[LANES];
+      for (int l = 0; l < LANES; ++l) value[l] = X[(o * cols + k) * LANES + l];
+      for (int s = 0; s < S; ++s)
+        for (int l = 0; l < LANES; ++l) value[l] += weight[s][l] * y[(s * cols + k) * LANES + l];
+      for (int l = 0; l < LANES; ++l) X[(o * cols + k) * LANES + l] = value[l];
+    }
+  }
+}
+
+// Lane layout <-> rows: lanes[k][l] = rows[l * stride + k] for `valid` lanes of `width`
+// values (whole groups as one strided load per k that the compiler turns into gathers).
+template <typename T, int LANES>
+inline void gather_rows(const T* __restrict__ rows, int64_t stride, int64_t width, int valid,
+                        T* __restrict__ lanes) {
+  if (valid == LANES) {
+    for (int64_t k = 0; k < width; ++k)
+      for (int l = 0; l < LANES; ++l) lanes[k * LANES + l] = rows[l * stride + k];
+    return;
+  }
+  for (int l = 0; l < valid; ++l)
+    for (int64_t k = 0; k < width; ++k) lanes[k * LANES + l] = rows[l * stride + k];
+}
+
+// rows[l * stride + k] += lanes[k][l], the reverse of gather_rows.
+template <typename T, int LANES>
+inline void scatter_add_rows(const T* __restrict__ lanes, int64_t stride, int64_t width,
+                             int valid, T* __restrict__ rows) {
+  if (valid == LANES) {
+    for (int64_t k = 0; k < width; ++k)
+      for (int l = 0; l < LANES; ++l) rows[l * stride + k] += lanes[k * LANES + l];
+    return;
+  }
+  for (int l = 0; l < valid; ++l)
+    for (int64_t k = 0; k < width; ++k) rows[l * stride + k] += lanes[k * LANES + l];
+}
+
 // Everything shared by all groups of one call (read-only).
 template <typename T>
 struct Problem {
-  const T* fixed;   // (points, flat, d_in), before its activation
-  const T* target;  // (points, flat, d_out), before its activation
-  const T* rate;    // (points, flat), before its activation
+  // The controls before their activations: row r = point * flat + recurrence of each
+  // starts at r * stride (a stride wider than the row lets the controls be columns of
+  // one larger array, as the slow net's projections produce them); the gradients
+  // have the same layout.
+  const T* fixed;   // rows of d_in
+  const T* target;  // rows of d_out
+  const T* rate;    // rows of 1
   const double* steps;
   const double* a;  // (stages, stages), row i: coefficients of stage i
   const double* b;
   const int64_t* offsets;
   const int64_t* keep_position;  // (n_steps + 1,): output position of each grid index or -1
   int64_t n_steps, per_step, flat, d_out, d_in, nonlinearity, every;
+  int64_t fixed_stride, target_stride, rate_stride;
   int64_t fixed_activation, target_activation, rate_activation;
 };
 
@@ -168,7 +318,7 @@ struct Group {
   // c (S, d_out, LANES), beta (S, LANES).
   int64_t block;
   bool shares_point;  // the last stage of a step is the first of the next one
-  std::vector<T> e, grad_r, grad_e, grad_f, rate_grad;
+  std::vector<T> e, weighted, grad_r, grad_e, grad_f, rate_grad;
   std::vector<int> pair_i, pair_j;
   std::vector<T> pair_a;
 
@@ -177,6 +327,7 @@ struct Group {
         block(S * (p.d_in + p.d_out + 1) * LANES),
         shares_point(S > 1 && p.offsets[0] == 0 && p.offsets[S - 1] == p.per_step) {
     e.resize(S * d_out * LANES);
+    weighted.resize(S * d_out * LANES);
     grad_r.resize(S * d_out * LANES);
     grad_e.resize(S * d_out * LANES);
     grad_f.resize(S * d_in * LANES);
@@ -215,13 +366,12 @@ struct Group {
     }
     for (int s = first_stage; s < S; ++s) {
       const int64_t row = point(n, s) * problem.flat + first;
-      for (int l = 0; l < valid; ++l) {
-        const T* source = problem.fixed + (row + l) * d_in;
-        for (int64_t k = 0; k < d_in; ++k) f[(s * d_in + k) * LANES + l] = source[k];
-        const T* goal = problem.target + (row + l) * d_out;
-        for (int64_t o = 0; o < d_out; ++o) c[(s * d_out + o) * LANES + l] = goal[o];
-        beta[s * LANES + l] = problem.rate[row + l];
-      }
+      gather_rows<T, LANES>(problem.fixed + row * problem.fixed_stride, problem.fixed_stride,
+                            d_in, valid, f + s * d_in * LANES);
+      gather_rows<T, LANES>(problem.target + row * problem.target_stride,
+                            problem.target_stride, d_out, valid, c + s * d_out * LANES);
+      gather_rows<T, LANES>(problem.rate + row * problem.rate_stride, problem.rate_stride, 1,
+                            valid, beta + s * LANES);
       activate<T, LANES>(problem.fixed_activation, f + s * d_in * LANES, d_in);
       activate<T, LANES>(problem.target_activation, c + s * d_out * LANES, d_out);
       activate<T, LANES>(problem.rate_activation, beta + s * LANES, 1);
@@ -251,8 +401,8 @@ struct Group {
 
   // One step from M (lane layout) into M_next with the step's control block; records
   // the activations, factors r and couplings h a_ij (f_i . f_j) of the step.
-  void forward_step(int64_t n, const T* controls, const T* __restrict__ M,
-                    T* __restrict__ M_next, T* __restrict__ activation,
+  void forward_step(int64_t n, const T* controls, const T* M, T* M_next,
+                    T* __restrict__ activation,
                     T* __restrict__ factors, T* __restrict__ coupling) {
     const T h = T(problem.steps[n]);
     const T* __restrict__ f = fixed_of(controls);
@@ -268,18 +418,8 @@ struct Group {
       for (int l = 0; l < LANES; ++l) coupling[q * LANES + l] = h * pair_a[q] * dot[l];
     }
     // e_i = M f_i - c_i
-    for (int64_t o = 0; o < d_out; ++o) {
-      T acc[S][LANES];
-      for (int s = 0; s < S; ++s)
-        for (int l = 0; l < LANES; ++l) acc[s][l] = -c[(s * d_out + o) * LANES + l];
-      const T* row = M + o * d_in * LANES;
-      for (int64_t k = 0; k < d_in; ++k)
-        for (int s = 0; s < S; ++s)
-          for (int l = 0; l < LANES; ++l)
-            acc[s][l] += row[k * LANES + l] * f[(s * d_in + k) * LANES + l];
-      for (int s = 0; s < S; ++s)
-        for (int l = 0; l < LANES; ++l) e[(s * d_out + o) * LANES + l] = acc[s][l];
-    }
+    project<T, S, LANES>(M, f, e, d_out, d_in, false);
+    for (int64_t q = 0; q < S * d_out * LANES; ++q) e[q] -= c[q];
     for (int i = 0; i < S; ++i) {
       T* ei = e + i * d_out * LANES;
       for (size_t q = 0; q < pair_i.size(); ++q) {
@@ -326,22 +466,15 @@ struct Group {
           }
       }
     }
-    // M_next = M + sum_i h b_i r_i f_i^T
-    for (int64_t o = 0; o < d_out; ++o) {
-      T weighted[S][LANES];
-      for (int s = 0; s < S; ++s)
-        for (int l = 0; l < LANES; ++l)
-          weighted[s][l] = T(h * problem.b[s]) * factors[(s * d_out + o) * LANES + l];
-      const T* row = M + o * d_in * LANES;
-      T* next = M_next + o * d_in * LANES;
-      for (int64_t k = 0; k < d_in; ++k) {
-        T value[LANES];
-        for (int l = 0; l < LANES; ++l) value[l] = row[k * LANES + l];
-        for (int s = 0; s < S; ++s)
-          for (int l = 0; l < LANES; ++l) value[l] += weighted[s][l] * f[(s * d_in + k) * LANES + l];
-        for (int l = 0; l < LANES; ++l) next[k * LANES + l] = value[l];
-      }
+    // M_next = M + sum_i h b_i r_i f_i^T (M_next may be M: updated in place)
+    T* __restrict__ weighted = this->weighted.data();
+    for (int s = 0; s < S; ++s) {
+      const T weight = T(h * problem.b[s]);
+      for (int64_t q = s * d_out * LANES; q < (s + 1) * d_out * LANES; ++q)
+        weighted[q] = weight * factors[q];
     }
+    if (M_next != M) std::copy(M, M + matrix * LANES, M_next);
+    rank_update<T, S, LANES>(M_next, weighted, f, d_out, d_in);
   }
 
   // Backpropagate gM = dL/dM_{n+1} through step n into dL/dM_n (in place) and add the
@@ -358,28 +491,15 @@ struct Group {
     T* __restrict__ grad_e = this->grad_e.data();
     T* __restrict__ rate_grad = this->rate_grad.data();
     std::fill(grad_f, grad_f + S * d_in * LANES, T(0));
-    // dL/dr_s = h b_s gM f_s and dL/df_s = h b_s gM^T r_s
-    for (int64_t o = 0; o < d_out; ++o) {
-      T acc[S][LANES] = {};
-      T r[S][LANES];
-      for (int s = 0; s < S; ++s)
-        for (int l = 0; l < LANES; ++l) r[s][l] = factors[(s * d_out + o) * LANES + l];
-      const T* row = gM + o * d_in * LANES;
-      for (int64_t k = 0; k < d_in; ++k)
-        for (int s = 0; s < S; ++s)
-          for (int l = 0; l < LANES; ++l) {
-            const T g = row[k * LANES + l];
-            acc[s][l] += g * f[(s * d_in + k) * LANES + l];
-            grad_f[(s * d_in + k) * LANES + l] += r[s][l] * g;
-          }
-      for (int s = 0; s < S; ++s)
-        for (int l = 0; l < LANES; ++l)
-          grad_r[(s * d_out + o) * LANES + l] = T(h * problem.b[s]) * acc[s][l];
-    }
+    // dL/dr_s = h b_s gM f_s (dL/df_s = h b_s gM^T r_s follows below, with M^T dL/de_s)
+    project<T, S, LANES>(gM, f, grad_r, d_out, d_in, false);
+    T* __restrict__ weighted = this->weighted.data();
     for (int s = 0; s < S; ++s) {
       const T weight = T(h * problem.b[s]);
-      for (int64_t k = 0; k < d_in; ++k)
-        for (int l = 0; l < LANES; ++l) grad_f[(s * d_in + k) * LANES + l] *= weight;
+      for (int64_t q = s * d_out * LANES; q < (s + 1) * d_out * LANES; ++q) {
+        grad_r[q] *= weight;
+        weighted[q] = weight * factors[q];
+      }
     }
     for (int i = S - 1; i >= 0; --i) {
       const T* act = activation + i * d_out * LANES;
@@ -434,24 +554,9 @@ struct Group {
           }
       }
     }
-    // dL/dM_n = gM + sum_s dL/de_s f_s^T and dL/df_s += M_n^T dL/de_s
-    for (int64_t o = 0; o < d_out; ++o) {
-      T ge[S][LANES];
-      for (int s = 0; s < S; ++s)
-        for (int l = 0; l < LANES; ++l) ge[s][l] = grad_e[(s * d_out + o) * LANES + l];
-      const T* row = M + o * d_in * LANES;
-      T* grow = gM + o * d_in * LANES;
-      for (int64_t k = 0; k < d_in; ++k) {
-        T g[LANES];
-        for (int l = 0; l < LANES; ++l) g[l] = grow[k * LANES + l];
-        for (int s = 0; s < S; ++s)
-          for (int l = 0; l < LANES; ++l) {
-            g[l] += ge[s][l] * f[(s * d_in + k) * LANES + l];
-            grad_f[(s * d_in + k) * LANES + l] += ge[s][l] * row[k * LANES + l];
-          }
-        for (int l = 0; l < LANES; ++l) grow[k * LANES + l] = g[l];
-      }
-    }
+    // dL/df_s += h b_s gM^T r_s + M_n^T dL/de_s, then dL/dM_n = gM + sum_s dL/de_s f_s^T
+    project_transposed<T, S, LANES>(weighted, gM, grad_e, M, grad_f, d_out, d_in);
+    rank_update<T, S, LANES>(gM, grad_e, f, d_out, d_in);
     // Through the activations (dL/dc = -dL/de), then onto the stage points.
     for (int64_t q = 0; q < S * d_out * LANES; ++q) grad_e[q] = -grad_e[q];
     activation_vjp<T, LANES>(problem.rate_activation, beta, rate_grad, S);
@@ -461,13 +566,12 @@ struct Group {
       activation_vjp<T, LANES>(problem.target_activation, target_of(controls) + s * d_out * LANES,
                                grad_e + s * d_out * LANES, d_out);
       const int64_t row = point(n, s) * problem.flat + first;
-      for (int l = 0; l < valid; ++l) {
-        T* gf = grad_fixed + (row + l) * d_in;
-        for (int64_t k = 0; k < d_in; ++k) gf[k] += grad_f[(s * d_in + k) * LANES + l];
-        T* gc = grad_target + (row + l) * d_out;
-        for (int64_t o = 0; o < d_out; ++o) gc[o] += grad_e[(s * d_out + o) * LANES + l];
-        grad_rate[row + l] += rate_grad[s * LANES + l];
-      }
+      scatter_add_rows<T, LANES>(grad_f + s * d_in * LANES, problem.fixed_stride, d_in, valid,
+                                 grad_fixed + row * problem.fixed_stride);
+      scatter_add_rows<T, LANES>(grad_e + s * d_out * LANES, problem.target_stride, d_out, valid,
+                                 grad_target + row * problem.target_stride);
+      scatter_add_rows<T, LANES>(rate_grad + s * LANES, problem.rate_stride, 1, valid,
+                                 grad_rate + row * problem.rate_stride);
     }
   }
 };
@@ -481,7 +585,7 @@ struct Recurrence {
   static void forward_group(Group<T, S, LANES>& g, const T* M0, T* kept, T* checkpoints) {
     const Problem<T>& p = g.problem;
     const int64_t size = g.matrix * LANES;
-    std::vector<T> M(size), M_next(size), activation(S * p.d_out * LANES),
+    std::vector<T> M(size), activation(S * p.d_out * LANES),
         factors(S * p.d_out * LANES), coupling(pairs_max * LANES), controls(2 * g.block);
     g.gather_matrix(M0, M.data());
     g.scatter_matrix(M.data(), checkpoints);
@@ -489,9 +593,8 @@ struct Recurrence {
     for (int64_t n = 0; n < p.n_steps; ++n) {
       T* current = &controls[(n % 2) * g.block];
       g.load_controls(n, current, n > 0 ? &controls[((n + 1) % 2) * g.block] : nullptr);
-      g.forward_step(n, current, M.data(), M_next.data(), activation.data(), factors.data(),
+      g.forward_step(n, current, M.data(), M.data(), activation.data(), factors.data(),
                      coupling.data());
-      std::swap(M, M_next);
       if ((n + 1) % p.every == 0)
         g.scatter_matrix(M.data(), checkpoints + (n + 1) / p.every * p.flat * g.matrix);
       if (p.keep_position[n + 1] >= 0)
@@ -504,6 +607,16 @@ struct Recurrence {
     const Problem<T>& p = g.problem;
     const int64_t size = g.matrix * LANES;
     const int64_t stage_size = S * p.d_out * LANES;
+    const int64_t points = p.n_steps * p.per_step + 1;
+    for (int64_t point = 0; point < points; ++point)  // each group owns its rows: no race
+      for (int l = 0; l < g.valid; ++l) {
+        const int64_t row = point * p.flat + g.first + l;
+        std::fill(grad_fixed + row * p.fixed_stride, grad_fixed + row * p.fixed_stride + p.d_in,
+                  T(0));
+        std::fill(grad_target + row * p.target_stride,
+                  grad_target + row * p.target_stride + p.d_out, T(0));
+        grad_rate[row * p.rate_stride] = T(0);
+      }
     std::vector<T> states((p.every + 1) * size), activation(p.every * stage_size),
         factors(p.every * stage_size), coupling(p.every * pairs_max * LANES),
         controls(p.every * g.block), gM(size, T(0));
@@ -594,10 +707,10 @@ Problem<T> make_problem(const T* fixed, const T* target, const T* rate, const do
                         const double* a, const double* b, const int64_t* offsets,
                         const int64_t* keep_position, int64_t n_steps, int64_t per_step,
                         int64_t flat, int64_t d_out, int64_t d_in, int64_t nonlinearity,
-                        int64_t every, const int64_t* activations) {
+                        int64_t every, const int64_t* activations, const int64_t* strides) {
   return Problem<T>{fixed, target, rate, steps, a, b, offsets, keep_position, n_steps,
-                    per_step, flat, d_out, d_in, nonlinearity, every, activations[0],
-                    activations[1], activations[2]};
+                    per_step, flat, d_out, d_in, nonlinearity, every, strides[0],
+                    strides[1], strides[2], activations[0], activations[1], activations[2]};
 }
 
 template <typename T>
@@ -637,24 +750,26 @@ int run_backward(const Problem<T>& problem, int64_t stages, const T* checkpoints
   FWPLAB_EXPORT int fwplab_forward_##SUFFIX(                                                  \
       const T* fixed, const T* target, const T* rate, const T* M0, const double* steps,      \
       const double* a, const double* b, const int64_t* offsets,                              \
-      const int64_t* keep_position, const int64_t* activations, int64_t n_steps,             \
+      const int64_t* keep_position, const int64_t* activations, const int64_t* strides,      \
+      int64_t n_steps,                                                                       \
       int64_t stages, int64_t per_step, int64_t flat, int64_t d_out, int64_t d_in,           \
       int64_t nonlinearity, int64_t every, T* kept, T* checkpoints, int64_t threads) {       \
     auto problem = make_problem<T>(fixed, target, rate, steps, a, b, offsets, keep_position, \
                                    n_steps, per_step, flat, d_out, d_in, nonlinearity,       \
-                                   every, activations);                                      \
+                                   every, activations, strides);                             \
     return run_forward<T>(problem, stages, M0, kept, checkpoints, threads);                  \
   }                                                                                          \
   FWPLAB_EXPORT int fwplab_backward_##SUFFIX(                                                 \
       const T* fixed, const T* target, const T* rate, const double* steps, const double* a,  \
       const double* b, const int64_t* offsets, const int64_t* keep_position,                 \
-      const int64_t* activations, int64_t n_steps, int64_t stages, int64_t per_step,         \
+      const int64_t* activations, const int64_t* strides, int64_t n_steps, int64_t stages,   \
+      int64_t per_step,                                                                      \
       int64_t flat, int64_t d_out, int64_t d_in, int64_t nonlinearity, int64_t every,        \
       const T* checkpoints, const T* grad_kept, T* grad_fixed, T* grad_target,               \
       T* grad_rate, T* grad_M0, int64_t threads) {                                           \
     auto problem = make_problem<T>(fixed, target, rate, steps, a, b, offsets, keep_position, \
                                    n_steps, per_step, flat, d_out, d_in, nonlinearity,       \
-                                   every, activations);                                      \
+                                   every, activations, strides);                             \
     return run_backward<T>(problem, stages, checkpoints, grad_kept, grad_fixed, grad_target, \
                            grad_rate, grad_M0, threads);                                     \
   }
