@@ -13,10 +13,19 @@ the solver), ``adjoint`` (``odeint_adjoint``, the paper's setting), ``stepwise``
 hand-written backward), ``fast-bounded`` (the same, fast weights kept every 16
 steps and recomputed), ``kernel`` (compiled C++ recurrence, checkpoints every 16).
 
+Every result is also given as a multiple of the compute floor: the FLOP count of
+``fwplab.benchmarking.fast_path_flops`` at the float32 matrix-product rate measured
+here (with the threads in use; the rates on 1 and 2 threads are printed too).
+``--profile`` adds, per batch, a torch.profiler breakdown of the fast solvers'
+forward and backward (most expensive operators), the share of forward+backward time
+spent outside the recurrence, the recurrence's arithmetic rate per core as a fraction
+of the one-thread matrix-product rate, and the kernel on 1 and 2 threads.
+
 Examples::
 
     python benchmarks/speed.py --batch 32,128 --json benchmarks/results/speed_cpu.json
     python benchmarks/speed.py --device cuda --batch 1024 --solvers reference,fast
+    python benchmarks/speed.py --batch 32,128 --profile --json benchmarks/results/speed_cpu.json
     python benchmarks/speed.py --smoke
 """
 
@@ -38,13 +47,17 @@ from fwplab.benchmarking import (
     forward_backward,
     matmul_gflops,
     median,
+    profile_step,
     random_series,
+    recurrence_flops,
     saved_tensor_bytes,
     time_round_robin,
 )
 
 SOLVERS = {name: options for name, options in SOLVER_OPTIONS.items() if name != "auto"}
 DEFAULT_SOLVERS = "reference,adjoint,fast,fast-bounded,kernel"
+PROFILED_SOLVERS = ("fast", "kernel")  # the solvers with one autograd node for the recurrence
+PROFILED_OPERATORS = 12
 SMOKE = dict(length=12, channels=5, hidden_channels=8, num_heads=2, ff_channels=16, classes=3)
 
 
@@ -63,6 +76,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--profile", action="store_true",
+                        help="per-operator profile of the fast solvers, share outside the "
+                             "recurrence, its rate vs the matrix-product rate, 1 vs 2 threads")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes, one round: checks that the script runs")
     parser.add_argument("--measure-rss", action="store_true", help=argparse.SUPPRESS)
@@ -98,11 +114,80 @@ def forward_only(model, x, coeffs) -> None:
         model(x, coeffs=coeffs)
 
 
-def floor_flops(arguments, batch: int) -> float:
-    """Floating point operations of one forward+backward of the fast path (estimate)."""
+def floor_flops(arguments, batch: int, backward: bool = True) -> float:
+    """Floating point operations of one forward(+backward) of the fast path (estimate)."""
     size = shape(arguments)
     return fast_path_flops(arguments.model, size["channels"], size["hidden_channels"],
-                           size["num_heads"], size["length"], batch)
+                           size["num_heads"], size["length"], batch, backward=backward)
+
+
+def profile(arguments, batch: int, configs: list[str], rates: dict[int, float]) -> dict:
+    """The ``--profile`` section of one batch size (see the module docstring).
+
+    Args:
+        rates: measured matrix-product GFLOP/s by thread count (1 is required).
+    """
+    size = shape(arguments)
+    threads = torch.get_num_threads()
+    flops = recurrence_flops(arguments.model, size["hidden_channels"], size["num_heads"],
+                             size["length"], batch)
+    section = {"solvers": {}}
+    for config in (c for c in configs if c in PROFILED_SOLVERS):
+        model, x, coeffs = build(arguments, config, batch)
+        found = profile_step(model, x, coeffs, repeats=arguments.repeats,
+                             top=PROFILED_OPERATORS)
+        inside = found.recurrence_forward_s + found.recurrence_backward_s
+        per_core = flops / inside / 1e9 / threads
+        section["solvers"][config] = {
+            "forward_s": found.forward_s, "backward_s": found.backward_s,
+            "recurrence_forward_s": found.recurrence_forward_s,
+            "recurrence_backward_s": found.recurrence_backward_s,
+            "outside_share": found.outside_share, "recurrence_gflop": flops / 1e9,
+            "recurrence_gflops_per_core": per_core,
+            "recurrence_vs_matmul_per_core": per_core / rates[1],
+            "forward_ops": [list(op) for op in found.forward_ops],
+            "backward_ops": [list(op) for op in found.backward_ops]}
+        print(f"\nprofile, batch {batch}, {config} ({threads} threads; profiler running): "
+              f"forward {found.forward_s:.4f} s (recurrence {found.recurrence_forward_s:.4f} s), "
+              f"backward {found.backward_s:.4f} s (recurrence {found.recurrence_backward_s:.4f} s)")
+        print(f"  outside the recurrence: {100 * found.outside_share:.0f} % of fwd+bwd; "
+              f"recurrence {flops / 1e9:.2f} GFLOP at {per_core:.1f} GFLOP/s per core = "
+              f"{100 * per_core / rates[1]:.0f} % of the one-thread matrix-product rate "
+              f"({rates[1]:.1f} GFLOP/s)")
+        for direction, ops in (("forward", found.forward_ops), ("backward", found.backward_ops)):
+            print(f"  {direction}, most expensive operators (self time per pass):")
+            for name, shapes, seconds in ops:
+                print(f"    {1e3 * seconds:8.2f} ms  {name[:40]:40s} {shapes[:70]}")
+    if "kernel" in configs:
+        section["kernel_threads"] = kernel_threads(arguments, batch)
+    return section
+
+
+def kernel_threads(arguments, batch: int) -> list[dict]:
+    """The kernel solver's forward and forward+backward on 1 and 2 threads, in turns."""
+    model, x, coeffs = build(arguments, "kernel", batch)
+    restore = torch.get_num_threads()
+
+    def on(threads, run):
+        def timed():
+            torch.set_num_threads(threads)
+            run(model, x, coeffs)
+        return timed
+
+    runs = {(threads, name): on(threads, run) for threads in (1, 2)
+            for name, run in (("forward_s", forward_only),
+                              ("forward_backward_s", forward_backward))}
+    try:
+        times = time_round_robin(runs, arguments.repeats, arguments.warmup, arguments.device)
+    finally:
+        torch.set_num_threads(restore)
+    rows = [{"threads": threads, **{name: median(times[threads, name])
+                                    for name in ("forward_s", "forward_backward_s")}}
+            for threads in (1, 2)]
+    print(f"kernel, batch {batch}: " + "; ".join(
+        f"{row['threads']} thread(s) fwd {row['forward_s']:.4f} s, fwd+bwd "
+        f"{row['forward_backward_s']:.4f} s" for row in rows))
+    return rows
 
 
 def measure(arguments, batch: int, configs: list[str]) -> list[dict]:
@@ -179,25 +264,41 @@ def main(argv=None) -> None:
         print(f"kernel ready after {kernels.build_seconds():.1f} s (build or cache)",
               file=sys.stderr)
     gflops = matmul_gflops(arguments.device)
+    rates = ({count: matmul_gflops(arguments.device, threads=count) for count in (1, 2)}
+             if arguments.device == "cpu" else {})
+    if rates:
+        print(f"float32 matrix products: {rates[1]:.1f} GFLOP/s on 1 thread, {rates[2]:.1f} "
+              f"on 2; {gflops:.1f} with the {torch.get_num_threads()} threads in use",
+              file=sys.stderr)
     results = []
     for batch in (int(b) for b in arguments.batch.split(",")):
         rows = measure(arguments, batch, configs)
         flops = floor_flops(arguments, batch)
+        floor = flops / (gflops * 1e9)
+        forward_floor = floor_flops(arguments, batch, backward=False) / (gflops * 1e9)
+        for row in rows:
+            row["floor_x"] = row["forward_backward_s"] / floor
+            row["forward_floor_x"] = row["forward_s"] / forward_floor
         print(f"\n{arguments.model}, batch {batch}, {shape(arguments)}, "
               f"{torch.get_num_threads()} threads, device {arguments.device}")
         common.print_table(rows, [
             ("solver", "solver", "s"), ("runs", "runs", "s"),
             ("forward_s", "fwd s", ".4f"), ("forward_speedup", "fwd x", ".1f"),
+            ("forward_floor_x", "fwd/floor", ".1f"),
             ("forward_backward_s", "fwd+bwd s", ".4f"), ("speedup", "fwd+bwd x", ".1f"),
+            ("floor_x", "fwd+bwd/floor", ".1f"),
             ("saved_mb", "saved MB", ".1f"), ("peak_mb", "peak RSS MB", ".1f"),
             ("peak_vs_adjoint", "peak/adjoint", ".2f")])
-        floor = flops / (gflops * 1e9)
         best = min(r["forward_backward_s"] for r in rows)
         print(f"floor: {flops / 1e9:.2f} GFLOP at the measured {gflops:.1f} GFLOP/s matrix "
-              f"product rate = {floor:.3f} s; fastest here {best:.3f} s = {best / floor:.1f}x "
-              "the floor")
-        results.append({"batch": batch, "rows": rows, "floor_gflop": flops / 1e9,
-                        "matmul_gflops": gflops, "floor_s": floor})
+              f"product rate = {floor:.3f} s (forward only {forward_floor:.4f} s); fastest "
+              f"here {best:.3f} s = {best / floor:.1f}x the floor")
+        result = {"batch": batch, "rows": rows, "floor_gflop": flops / 1e9,
+                  "matmul_gflops": gflops, "matmul_gflops_by_threads": rates, "floor_s": floor,
+                  "forward_floor_s": forward_floor}
+        if arguments.profile:
+            result["profile"] = profile(arguments, batch, configs, rates)
+        results.append(result)
     print("\nmemory: 'saved MB' = tensors autograd keeps for the backward; 'peak RSS MB' = "
           "growth of peak resident memory during one forward+backward in a fresh process")
     common.write_json(arguments.json, {

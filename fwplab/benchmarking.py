@@ -48,6 +48,10 @@ __all__ = [
     "matmul_gflops",
     "field_outputs",
     "fast_path_flops",
+    "recurrence_flops",
+    "RECURRENCE_EVENTS",
+    "StepProfile",
+    "profile_step",
     "forward_backward",
     "time_solvers",
 ]
@@ -162,12 +166,22 @@ def saved_tensor_bytes(forward: Callable[[], Tensor]) -> int:
     return sum(storages.values())
 
 
-def matmul_gflops(device: Device = "cpu", size: int = 1024, repeats: int = 5) -> float:
+def matmul_gflops(device: Device = "cpu", size: int = 1024, repeats: int = 5,
+                  threads: Optional[int] = None) -> float:
     """The measured float32 matrix-product rate of ``device`` in GFLOP/s.
 
     The best of ``repeats`` timed products of two ``size x size`` matrices (one
     untimed product first); a product costs ``2 size^3`` floating point operations.
+    ``threads``: CPU threads for the products (default: torch's current setting, which
+    is restored afterwards).
     """
+    if threads is not None:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return matmul_gflops(device, size, repeats)
+        finally:
+            torch.set_num_threads(previous)
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     a @ b
@@ -205,7 +219,7 @@ def field_outputs(name: str, hidden: int, channels: int, heads: int) -> int:
 
 
 def fast_path_flops(name: str, channels: int, hidden: int, heads: int, length: int,
-                    batch: int, method: str = "rk4") -> float:
+                    batch: int, method: str = "rk4", backward: bool = True) -> float:
     """Floating point operations of one forward+backward of the fast path (an estimate).
 
     Counted: the slow net's linear layers at every distinct stage point of the grid
@@ -220,7 +234,22 @@ def fast_path_flops(name: str, channels: int, hidden: int, heads: int, length: i
         length: observation times (``length - 1`` solver steps).
         batch: series.
         method: fixed-grid Runge-Kutta method.
+        backward: count the backward (otherwise the forward only, a third).
     """
+    projections, recurrence = _fast_path_flop_parts(name, channels, hidden, heads, length,
+                                                    batch, method)
+    return (projections + recurrence) / (1 if backward else 3)
+
+
+def recurrence_flops(name: str, hidden: int, heads: int, length: int, batch: int,
+                     method: str = "rk4", backward: bool = True) -> float:
+    """The recurrence's share of :func:`fast_path_flops` (0 for Hebb rules: no time loop)."""
+    return _fast_path_flop_parts(name, 1, hidden, heads, length, batch, method)[1] / (
+        1 if backward else 3)
+
+
+def _fast_path_flop_parts(name, channels, hidden, heads, length, batch, method):
+    """Forward+backward FLOP of the slow net's projections and of the recurrence."""
     layout = stage_layout(method)
     steps = length - 1
     points = steps * layout.per_step + 1
@@ -234,7 +263,84 @@ def fast_path_flops(name: str, channels: int, hidden: int, heads: int, length: i
     projections = 3 * per_row * points * batch
     stages = len(layout.offsets)
     recurrence = 0 if name.startswith("hebb") else 3 * 4 * stages * d * d * heads
-    return float(projections + recurrence * steps * batch)
+    return float(projections), float(recurrence * steps * batch)
+
+
+#: Profiler event names of the recurrences' autograd nodes (forward; the backward adds
+#: ``Backward``): the compiled kernel and the pure-PyTorch fast path.
+RECURRENCE_EVENTS = ("KernelRecurrence", "_FastRecurrence")
+
+
+@dataclass(frozen=True)
+class StepProfile:
+    """Where one forward and one backward of a model spend their time (torch.profiler).
+
+    Attributes:
+        forward_s, backward_s: wall time of the profiled forward and backward (means
+            over the profiled repeats, profiler running).
+        recurrence_forward_s, recurrence_backward_s: time inside the recurrence's
+            autograd node (forward, backward), its children included.
+        forward_ops, backward_ops: the most expensive operators by self time,
+            ``(name, input shapes, seconds per call of the step)``, most expensive first.
+    """
+
+    forward_s: float
+    backward_s: float
+    recurrence_forward_s: float
+    recurrence_backward_s: float
+    forward_ops: tuple[tuple[str, str, float], ...]
+    backward_ops: tuple[tuple[str, str, float], ...]
+
+    @property
+    def outside_share(self) -> float:
+        """Share of forward+backward time spent outside the recurrence."""
+        inside = self.recurrence_forward_s + self.recurrence_backward_s
+        return 1.0 - inside / (self.forward_s + self.backward_s)
+
+
+def profile_step(model: nn.Module, x: Tensor, coeffs: Tensor, repeats: int = 3,
+                 top: int = 12) -> StepProfile:
+    """Profile the forward and the backward of ``model`` separately, per operator.
+
+    The loss is the sum of squared logits (as :func:`forward_backward`); one untimed
+    forward+backward runs first.
+
+    Args:
+        model: a model taking ``(x, coeffs=coeffs)``.
+        x, coeffs: its inputs.
+        repeats: profiled forward+backward passes (times are means over them).
+        top: operators listed per direction.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    forward_backward(model, x, coeffs)
+    spans = {"forward": 0.0, "backward": 0.0}
+    profiles = {}
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as forward_profile:
+        losses = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            losses.append(model(x, coeffs=coeffs).square().sum())
+            spans["forward"] += time.perf_counter() - start
+    profiles["forward"] = forward_profile
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as backward_profile:
+        for loss in losses:
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            loss.backward()
+            spans["backward"] += time.perf_counter() - start
+    profiles["backward"] = backward_profile
+    recurrence, ops = {}, {}
+    for direction, suffix in (("forward", ""), ("backward", "Backward")):
+        names = {name + suffix for name in RECURRENCE_EVENTS}
+        events = profiles[direction].key_averages(group_by_input_shape=True)
+        recurrence[direction] = sum(e.cpu_time_total for e in events if e.key in names) / 1e6
+        ranked = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+        ops[direction] = tuple((e.key, str(e.input_shapes), e.self_cpu_time_total / 1e6 / repeats)
+                               for e in ranked)
+    return StepProfile(spans["forward"] / repeats, spans["backward"] / repeats,
+                       recurrence["forward"] / repeats, recurrence["backward"] / repeats,
+                       ops["forward"], ops["backward"])
 
 
 def forward_backward(model: nn.Module, x: Tensor, coeffs: Tensor) -> None:

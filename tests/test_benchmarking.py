@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fwplab import build_model
+from fwplab import build_model, interpolation_coeffs
 from fwplab.benchmarking import (
     SOLVER_OPTIONS,
     fast_path_flops,
@@ -11,7 +11,9 @@ from fwplab.benchmarking import (
     matmul_gflops,
     median,
     median_seconds,
+    profile_step,
     random_series,
+    recurrence_flops,
     saved_tensor_bytes,
     time_round_robin,
     time_solvers,
@@ -62,8 +64,11 @@ def test_saved_tensor_bytes_counts_each_storage_once():
     assert saved_tensor_bytes(lambda: (a + b).sum()) == 0  # addition saves nothing
 
 
-def test_matmul_rate_is_positive():
+def test_matmul_rate_is_positive_and_keeps_the_thread_setting():
     assert matmul_gflops(size=64, repeats=2) > 0
+    threads = torch.get_num_threads()
+    assert matmul_gflops(size=64, repeats=2, threads=1) > 0
+    assert torch.get_num_threads() == threads
 
 
 def test_field_outputs():
@@ -86,8 +91,31 @@ def test_fast_path_flops():
     d, stages, steps = 20, 4, 160
     assert one - hebb == 3 * 4 * stages * d * d * 4 * steps  # the recurrence, 4 heads
     assert fast_path_flops("delta_ode", batch=1, **size) > 0
+    assert fast_path_flops("delta_cde", batch=1, backward=False, **size) == pytest.approx(one / 3)
+    recurrence = recurrence_flops("delta_cde", hidden=80, heads=4, length=161, batch=1)
+    assert recurrence == one - hebb
+    assert recurrence_flops("delta_cde", 80, 4, 161, 1, backward=False) == recurrence / 3
+    assert recurrence_flops("hebb_cde", 80, 4, 161, 1) == 0
     with pytest.raises(ValueError, match="continuous FWP"):
         fast_path_flops("ncde", batch=1, **size)
+
+
+@pytest.mark.parametrize("solver", ["fast", "kernel"])
+def test_profile_step_separates_the_recurrence(solver):
+    torch.manual_seed(0)
+    model = build_model("delta_cde", 4, 3, hidden_channels=8, num_heads=2, ff_channels=16,
+                        solver=solver)
+    x = random_series(3, 8, 4)
+    coeffs = interpolation_coeffs(x)
+    found = profile_step(model, x, coeffs, repeats=2, top=5)
+    assert 0 < found.recurrence_forward_s < found.forward_s
+    assert 0 < found.recurrence_backward_s < found.backward_s
+    assert 0 < found.outside_share < 1
+    assert len(found.forward_ops) == len(found.backward_ops) == 5
+    names = {name for name, _, _ in found.forward_ops + found.backward_ops}
+    recurrence = {"fast": "_FastRecurrence", "kernel": "KernelRecurrence"}[solver]
+    assert {recurrence, recurrence + "Backward"} & names  # the recurrence is among the costly
+    assert all(seconds >= 0 for _, _, seconds in found.forward_ops)
 
 
 def test_time_solvers_same_weights_and_speedups():

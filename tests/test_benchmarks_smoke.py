@@ -18,7 +18,7 @@ def _run(script: str, output: Path, *arguments: str) -> dict:
 
 
 def test_speed_benchmark_smoke(tmp_path):
-    results = _run("speed.py", tmp_path / "speed.json")
+    results = _run("speed.py", tmp_path / "speed.json", "--profile")
     rows = results["results"][0]["rows"]
     solvers = {row["solver"] for row in rows}
     assert {"reference", "adjoint", "fast", "fast-bounded"} <= solvers
@@ -28,6 +28,14 @@ def test_speed_benchmark_smoke(tmp_path):
     fast = next(row for row in rows if row["solver"] == "fast")
     assert fast["peak_mb"] is not None and fast["peak_mb"] >= 0  # measured in a subprocess
     assert results["results"][0]["floor_s"] > 0
+    assert all(row["floor_x"] > 0 and row["forward_floor_x"] > 0 for row in rows)
+    assert set(results["results"][0]["matmul_gflops_by_threads"]) == {"1", "2"}
+    profiled = results["results"][0]["profile"]
+    for solver in profiled["solvers"].values():
+        assert 0 < solver["outside_share"] < 1 and solver["recurrence_vs_matmul_per_core"] > 0
+        assert solver["forward_ops"] and solver["backward_ops"]
+    if "kernel" in solvers:
+        assert [row["threads"] for row in profiled["kernel_threads"]] == [1, 2]
 
 
 def test_scaling_benchmark_smoke(tmp_path):
