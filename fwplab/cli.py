@@ -16,8 +16,9 @@ Settings come from, in this order of precedence: explicit flags, the preset
 (``--preset``; default ``japanese-vowels``), :class:`fwplab.train.TrainConfig`.
 Data without a preset of its own (``--train/--test``, or a ``--dataset`` no preset
 trains on) gets settings adapted to it instead of a preset's (validation split,
-batch size, log-signature windows for long series, a step budget fitted to the
-measured speed, warm-up, patience; see :func:`fwplab.presets.adaptive_train_settings`);
+batch size, log-signature windows for long series with delayed copies of a univariate
+one, a step budget fitted to the measured speed, warm-up, patience; see
+:func:`fwplab.presets.adaptive_data_options` and :func:`~fwplab.presets.adaptive_train_settings`);
 each choice is printed once and stored under ``run.adaptive`` in ``metrics.json``.
 Bad input ends the command with exit status 1 (2 for bad flags) and one line on
 stderr naming the file or argument and the problem; nothing is written.
@@ -32,6 +33,7 @@ refuses data that changed since the run started unless ``--allow-changed-data``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import math
 import os
@@ -57,6 +59,7 @@ from .presets import (
     Preset,
     adaptive_data_options,
     adaptive_epochs,
+    adaptive_retry,
     adaptive_train_settings,
     get_preset,
     preset_for_dataset,
@@ -64,6 +67,7 @@ from .presets import (
 from .train import (
     CHECKPOINT_NAME,
     MAX_SEED,
+    History,
     METRICS_NAME,
     SCHEDULES,
     TrainConfig,
@@ -607,9 +611,14 @@ def _train(args: argparse.Namespace) -> int:
                 print(f"fwplab train: adapted to the data: {choice.line()}", flush=True)
         try:
             with _stop_signals_interrupt():
-                history = fit(model, dataset, config, out=out, resume=args.resume is not None,
-                              progress=progress, run_info=run_info,
-                              allow_changed_data=bool(args.allow_changed_data))
+                if adaptive and args.lr is None and not (dist.is_available()
+                                                         and dist.is_initialized()):
+                    history = _fit_adapted(model, dataset, config, out, run_info, progress, seed)
+                else:
+                    history = fit(model, dataset, config, out=out,
+                                  resume=args.resume is not None, progress=progress,
+                                  run_info=run_info,
+                                  allow_changed_data=bool(args.allow_changed_data))
         except KeyboardInterrupt as stop:
             signum = stop.args[0] if isinstance(stop, _Stopped) else signal.SIGINT
             print(f"fwplab train: {_interrupted_message(out, signum)}", file=sys.stderr)
@@ -621,6 +630,25 @@ def _train(args: argparse.Namespace) -> int:
               f"{history.train['accuracy']:.4f}, {len(history.records)} epochs, "
               f"{history.seconds:.1f} s; wrote {history.out / METRICS_NAME}")
     return 0
+
+
+def _fit_adapted(model: torch.nn.Module, dataset: Dataset, config: TrainConfig, out: Path,
+                 run_info: dict[str, Any], progress: bool, seed: int) -> History:
+    """:func:`fwplab.train.fit`; a run that diverges starts once more from new weights at a
+    lower learning rate (:func:`fwplab.presets.adaptive_retry`), printed and recorded."""
+    started = time.perf_counter()
+    try:
+        return fit(model, dataset, config, out=out, progress=progress, run_info=run_info)
+    except TrainingDiverged as error:
+        settings, choice = adaptive_retry(config.lr, time.perf_counter() - started,
+                                          str(error).split(";")[0])
+    print(f"fwplab train: adapted to the data: {choice.line()}", flush=True)
+    run_info["adaptive"][choice.name] = {"value": str(choice.value), "reason": choice.reason}
+    (out / CHECKPOINT_NAME).unlink(missing_ok=True)
+    torch.manual_seed(seed)
+    fresh = build_model(**model.config).to(next(model.parameters()).device)
+    return fit(fresh, dataset, dataclasses.replace(config, **settings), out=out,
+               progress=progress, run_info=run_info)
 
 
 class _Stopped(KeyboardInterrupt):

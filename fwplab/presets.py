@@ -38,7 +38,8 @@ from typing import Any, Optional, Sequence
 
 __all__ = ["Preset", "ReportedResult", "PRESETS", "DEFAULT_PRESET", "get_preset",
            "preset_argv", "preset_command", "preset_for_dataset", "Choice",
-           "adaptive_data_options", "adaptive_train_settings", "adaptive_epochs"]
+           "adaptive_data_options", "adaptive_train_settings", "adaptive_epochs",
+           "adaptive_retry"]
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,10 @@ WARMUP_SHARE = 0.05
 PATIENCE_SHARE = 0.3
 #: Fewest epochs of patience.
 MIN_PATIENCE = 10
+#: Learning-rate factor of the one new start of an adapted run that diverged.
+RETRY_LR_FACTOR = 0.5
+#: Smallest share of the time budget that new start gets.
+MIN_RETRY_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -477,3 +482,29 @@ def adaptive_epochs(training_series: int, batch_size: int, step_seconds: Optiona
                               f"{PATIENCE_SHARE:.0%} of the passes (at least {MIN_PATIENCE}) "
                               "without a better validation score stop the run"))
     return settings, choices
+
+
+def adaptive_retry(lr: float, seconds_spent: float, why: str
+                   ) -> tuple[dict[str, Any], Choice]:
+    """Settings of the one new start of an adapted run whose training diverged.
+
+    The run starts again from new weights at :data:`RETRY_LR_FACTOR` times the
+    learning rate, within what is left of :data:`TIME_BUDGET` (at least
+    :data:`MIN_RETRY_SHARE` of it).
+
+    Args:
+        lr: the peak learning rate of the run that diverged.
+        seconds_spent: seconds the run took until it diverged.
+        why: where it diverged (e.g. ``"non-finite loss at epoch 23, step 10"``).
+
+    Returns:
+        ``(TrainConfig fields, the choice)``.
+    """
+    if not lr > 0 or seconds_spent < 0:
+        raise ValueError(f"lr, seconds_spent: expected a positive rate and non-negative "
+                         f"seconds, got {lr!r} and {seconds_spent!r}")
+    limit = max(TIME_BUDGET - seconds_spent, MIN_RETRY_SHARE * TIME_BUDGET)
+    lower = lr * RETRY_LR_FACTOR
+    return ({"lr": lower, "time_limit": round(limit, 1)},
+            Choice("learning rate", f"{lower:g}", f"training at {lr:g} diverged ({why}); "
+                   f"started again from new weights with {limit:.0f} s of training left"))

@@ -1,6 +1,6 @@
 """Settings that adapt to the data: the split, batch and budget rules on tiny synthetic
-sets, the warm-up schedule, the time limit, and a ``--train/--test`` run that prints and
-records every choice."""
+sets, the warm-up schedule, the time limit, the delayed copies of long univariate series,
+and ``--train/--test`` runs that print and record every choice."""
 
 import json
 import math
@@ -10,19 +10,23 @@ import torch
 
 from fwplab.cli import _with_delays, main
 from fwplab.data import load_ts_pair
+from fwplab import cli
 from fwplab.presets import (
     ADAPTIVE_VAL_FRACTION,
     DELAY_COPIES,
+    MIN_RETRY_SHARE,
+    RETRY_LR_FACTOR,
     LONG_SERIES,
     MIN_VAL_SERIES,
     TARGET_STEPS,
     TIME_BUDGET,
     adaptive_data_options,
     adaptive_epochs,
+    adaptive_retry,
     adaptive_train_settings,
     preset_for_dataset,
 )
-from fwplab.train import TrainConfig, _warmup_factor, fit, seconds_per_step
+from fwplab.train import TrainConfig, TrainingDiverged, _warmup_factor, fit, seconds_per_step
 from test_train import one_thread, tiny_dataset, tiny_model, write_ts_pair  # noqa: F401
 
 
@@ -224,3 +228,50 @@ def test_a_long_univariate_run_records_its_delayed_copies_and_resumes_with_them(
     # depth-2 log-signature of (time, series, two copies): 4 increments and 6 areas
     assert metrics["model_config"]["input_channels"] == 10
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+
+
+def test_a_retry_halves_the_rate_within_what_is_left_of_the_time_budget():
+    settings, choice = adaptive_retry(1e-3, 50.0, "non-finite loss at epoch 3, step 2")
+    assert settings == {"lr": 1e-3 * RETRY_LR_FACTOR, "time_limit": TIME_BUDGET - 50.0}
+    assert "non-finite loss at epoch 3, step 2" in choice.reason
+    late, _ = adaptive_retry(1e-3, TIME_BUDGET, "x")
+    assert late["time_limit"] == MIN_RETRY_SHARE * TIME_BUDGET
+
+
+def _diverging_once(monkeypatch):
+    """Make the CLI's first fit raise TrainingDiverged; return the configs fit was given."""
+    configs = []
+
+    def fit_once_diverging(model, dataset, config, **options):
+        configs.append(config)
+        if len(configs) == 1:
+            raise TrainingDiverged("non-finite loss at epoch 1, step 1; kept nothing")
+        return fit(model, dataset, config, **options)
+
+    monkeypatch.setattr(cli, "fit", fit_once_diverging)
+    return configs
+
+
+def test_an_adapted_run_that_diverges_starts_once_more_at_half_the_rate_and_says_so(
+        tmp_path, capsys, monkeypatch):
+    configs = _diverging_once(monkeypatch)
+    train, test = write_ts_pair(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(train), "--test", str(test), "--hidden", "8",
+                 "--heads", "2", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert [c.lr for c in configs] == [configs[0].lr, configs[0].lr * RETRY_LR_FACTOR]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_config"]["lr"] == configs[1].lr
+    choice = metrics["run"]["adaptive"]["learning rate"]
+    assert "non-finite loss at epoch 1, step 1" in choice["reason"]
+    printed = capsys.readouterr().out
+    assert printed.count(f"adapted to the data: learning rate = {choice['value']}") == 1
+
+
+def test_a_given_learning_rate_is_not_retried(tmp_path, capsys, monkeypatch):
+    configs = _diverging_once(monkeypatch)
+    train, test = write_ts_pair(tmp_path)
+    assert main(["train", "--train", str(train), "--test", str(test), "--hidden", "8",
+                 "--heads", "2", "--epochs", "1", "--lr", "1e-3", "--out",
+                 str(tmp_path / "run"), "--no-progress"]) == 1
+    assert len(configs) == 1 and "non-finite loss" in capsys.readouterr().err
