@@ -145,117 +145,131 @@ void activation_vjp(int64_t code, const T* __restrict__ y, T* __restrict__ g, in
 // The step's dense work, on matrices and stage vectors in the lane layout: a matrix X is
 // (rows, cols, LANES), stage vectors are (S, size, LANES). Each routine keeps a block of
 // rows (or columns) and all S stages in registers, so every value loaded from X feeds
-// S fused multiply-adds and every stage vector loaded feeds BLOCK of them.
+// S fused multiply-adds and every stage vector loaded feeds BLOCK of them. The LANES
+// values of one position are one `Lanes` value: a GCC/Clang vector (which the compiler
+// keeps in a register; plain arrays of accumulators it spills to memory) or, with other
+// compilers, an array with elementwise operators.
 constexpr int64_t kBlock = 4;
+
+#if defined(__GNUC__)
+template <typename T, int LANES>
+struct LaneType {
+  typedef T type __attribute__((vector_size(LANES * sizeof(T)), aligned(sizeof(T))));
+};
+#else
+template <typename T, int LANES>
+struct LaneArray {
+  T v[LANES];
+  LaneArray& operator+=(const LaneArray& other) {
+    for (int l = 0; l < LANES; ++l) v[l] += other.v[l];
+    return *this;
+  }
+  friend LaneArray operator+(const LaneArray& a, const LaneArray& b) {
+    LaneArray sum;
+    for (int l = 0; l < LANES; ++l) sum.v[l] = a.v[l] + b.v[l];
+    return sum;
+  }
+  friend LaneArray operator*(const LaneArray& a, const LaneArray& b) {
+    LaneArray product;
+    for (int l = 0; l < LANES; ++l) product.v[l] = a.v[l] * b.v[l];
+    return product;
+  }
+};
+template <typename T, int LANES>
+struct LaneType {
+  using type = LaneArray<T, LANES>;
+};
+#endif
 
 // out[s][o] = sum_k X[o][k] y[s][k] (+ out[s][o] when `accumulate`).
 template <typename T, int S, int LANES>
-inline void project(const T* __restrict__ X, const T* __restrict__ y, T* __restrict__ out,
-                    int64_t rows, int64_t cols, bool accumulate) {
+inline void project(const T* X_, const T* y_, T* out_, int64_t rows, int64_t cols,
+                    bool accumulate) {
+  using V = typename LaneType<T, LANES>::type;
+  const V* __restrict__ X = reinterpret_cast<const V*>(X_);
+  const V* __restrict__ y = reinterpret_cast<const V*>(y_);
+  V* __restrict__ out = reinterpret_cast<V*>(out_);
   int64_t o = 0;
   for (; o + kBlock <= rows; o += kBlock) {
-    T acc[kBlock][S][LANES];
+    V acc[kBlock][S];
     for (int r = 0; r < kBlock; ++r)
-      for (int s = 0; s < S; ++s)
-        for (int l = 0; l < LANES; ++l)
-          acc[r][s][l] = accumulate ? out[(s * rows + o + r) * LANES + l] : T(0);
+      for (int s = 0; s < S; ++s) acc[r][s] = accumulate ? out[s * rows + o + r] : V{};
     for (int64_t k = 0; k < cols; ++k)
       for (int r = 0; r < kBlock; ++r)
-        for (int s = 0; s < S; ++s)
-          for (int l = 0; l < LANES; ++l)
-            acc[r][s][l] += X[((o + r) * cols + k) * LANES + l] * y[(s * cols + k) * LANES + l];
+        for (int s = 0; s < S; ++s) acc[r][s] += X[(o + r) * cols + k] * y[s * cols + k];
     for (int r = 0; r < kBlock; ++r)
-      for (int s = 0; s < S; ++s)
-        for (int l = 0; l < LANES; ++l) out[(s * rows + o + r) * LANES + l] = acc[r][s][l];
+      for (int s = 0; s < S; ++s) out[s * rows + o + r] = acc[r][s];
   }
   for (; o < rows; ++o) {
-    T acc[S][LANES];
-    for (int s = 0; s < S; ++s)
-      for (int l = 0; l < LANES; ++l)
-        acc[s][l] = accumulate ? out[(s * rows + o) * LANES + l] : T(0);
+    V acc[S];
+    for (int s = 0; s < S; ++s) acc[s] = accumulate ? out[s * rows + o] : V{};
     for (int64_t k = 0; k < cols; ++k)
-      for (int s = 0; s < S; ++s)
-        for (int l = 0; l < LANES; ++l)
-          acc[s][l] += X[(o * cols + k) * LANES + l] * y[(s * cols + k) * LANES + l];
-    for (int s = 0; s < S; ++s)
-      for (int l = 0; l < LANES; ++l) out[(s * rows + o) * LANES + l] = acc[s][l];
+      for (int s = 0; s < S; ++s) acc[s] += X[o * cols + k] * y[s * cols + k];
+    for (int s = 0; s < S; ++s) out[s * rows + o] = acc[s];
   }
 }
 
-// out[s][k] += sum_o z[s][o] X[o][k] + sum_o w[s][o] Y[o][k] (the second term when Y is
-// not null): two transposed products sharing one pass over the columns.
+// out[s][k] += sum_o z[s][o] X[o][k] + sum_o w[s][o] Y[o][k]: two transposed products
+// sharing one pass over the columns.
 template <typename T, int S, int LANES>
-inline void project_transposed(const T* __restrict__ z, const T* __restrict__ X,
-                               const T* __restrict__ w, const T* __restrict__ Y,
-                               T* __restrict__ out, int64_t rows, int64_t cols) {
+inline void project_transposed(const T* z_, const T* X_, const T* w_, const T* Y_, T* out_,
+                               int64_t rows, int64_t cols) {
+  using V = typename LaneType<T, LANES>::type;
+  const V* __restrict__ z = reinterpret_cast<const V*>(z_);
+  const V* __restrict__ X = reinterpret_cast<const V*>(X_);
+  const V* __restrict__ w = reinterpret_cast<const V*>(w_);
+  const V* __restrict__ Y = reinterpret_cast<const V*>(Y_);
+  V* __restrict__ out = reinterpret_cast<V*>(out_);
   int64_t k = 0;
   for (; k + kBlock <= cols; k += kBlock) {
-    T acc[S][kBlock][LANES];
+    V acc[S][kBlock];
     for (int s = 0; s < S; ++s)
-      for (int c = 0; c < kBlock; ++c)
-        for (int l = 0; l < LANES; ++l) acc[s][c][l] = out[(s * cols + k + c) * LANES + l];
-    for (int64_t o = 0; o < rows; ++o) {
-      for (int s = 0; s < S; ++s)
+      for (int c = 0; c < kBlock; ++c) acc[s][c] = out[s * cols + k + c];
+    for (int64_t o = 0; o < rows; ++o)
+      for (int s = 0; s < S; ++s) {
+        const V zs = z[s * rows + o], ws = w[s * rows + o];
         for (int c = 0; c < kBlock; ++c)
-          for (int l = 0; l < LANES; ++l)
-            acc[s][c][l] += z[(s * rows + o) * LANES + l] * X[(o * cols + k + c) * LANES + l];
-      if (Y != nullptr)
-        for (int s = 0; s < S; ++s)
-          for (int c = 0; c < kBlock; ++c)
-            for (int l = 0; l < LANES; ++l)
-              acc[s][c][l] += w[(s * rows + o) * LANES + l] * Y[(o * cols + k + c) * LANES + l];
-    }
+          acc[s][c] += zs * X[o * cols + k + c] + ws * Y[o * cols + k + c];
+      }
     for (int s = 0; s < S; ++s)
-      for (int c = 0; c < kBlock; ++c)
-        for (int l = 0; l < LANES; ++l) out[(s * cols + k + c) * LANES + l] = acc[s][c][l];
+      for (int c = 0; c < kBlock; ++c) out[s * cols + k + c] = acc[s][c];
   }
   for (; k < cols; ++k) {
-    T acc[S][LANES];
-    for (int s = 0; s < S; ++s)
-      for (int l = 0; l < LANES; ++l) acc[s][l] = out[(s * cols + k) * LANES + l];
-    for (int64_t o = 0; o < rows; ++o) {
+    V acc[S];
+    for (int s = 0; s < S; ++s) acc[s] = out[s * cols + k];
+    for (int64_t o = 0; o < rows; ++o)
       for (int s = 0; s < S; ++s)
-        for (int l = 0; l < LANES; ++l)
-          acc[s][l] += z[(s * rows + o) * LANES + l] * X[(o * cols + k) * LANES + l];
-      if (Y != nullptr)
-        for (int s = 0; s < S; ++s)
-          for (int l = 0; l < LANES; ++l)
-            acc[s][l] += w[(s * rows + o) * LANES + l] * Y[(o * cols + k) * LANES + l];
-    }
-    for (int s = 0; s < S; ++s)
-      for (int l = 0; l < LANES; ++l) out[(s * cols + k) * LANES + l] = acc[s][l];
+        acc[s] += z[s * rows + o] * X[o * cols + k] + w[s * rows + o] * Y[o * cols + k];
+    for (int s = 0; s < S; ++s) out[s * cols + k] = acc[s];
   }
 }
 
 // X[o][k] += sum_s z[s][o] y[s][k] (in place; z already carries the step weights).
 template <typename T, int S, int LANES>
-inline void rank_update(T* __restrict__ X, const T* __restrict__ z, const T* __restrict__ y,
-                        int64_t rows, int64_t cols) {
+inline void rank_update(T* X_, const T* z_, const T* y_, int64_t rows, int64_t cols) {
+  using V = typename LaneType<T, LANES>::type;
+  V* __restrict__ X = reinterpret_cast<V*>(X_);
+  const V* __restrict__ z = reinterpret_cast<const V*>(z_);
+  const V* __restrict__ y = reinterpret_cast<const V*>(y_);
   int64_t o = 0;
   for (; o + kBlock <= rows; o += kBlock) {
-    T weight[kBlock][S][LANES];
+    V weight[kBlock][S];
     for (int r = 0; r < kBlock; ++r)
-      for (int s = 0; s < S; ++s)
-        for (int l = 0; l < LANES; ++l) weight[r][s][l] = z[(s * rows + o + r) * LANES + l];
+      for (int s = 0; s < S; ++s) weight[r][s] = z[s * rows + o + r];
     for (int64_t k = 0; k < cols; ++k)
       for (int r = 0; r < kBlock; ++r) {
-        T value[LANES];
-        for (int l = 0; l < LANES; ++l) value[l] = X[((o + r) * cols + k) * LANES + l];
-        for (int s = 0; s < S; ++s)
-          for (int l = 0; l < LANES; ++l) value[l] += weight[r][s][l] * y[(s * cols + k) * LANES + l];
-        for (int l = 0; l < LANES; ++l) X[((o + r) * cols + k) * LANES + l] = value[l];
+        V value = X[(o + r) * cols + k];
+        for (int s = 0; s < S; ++s) value += weight[r][s] * y[s * cols + k];
+        X[(o + r) * cols + k] = value;
       }
   }
   for (; o < rows; ++o) {
-    T weight[S][LANES];
-    for (int s = 0; s < S; ++s)
-      for (int l = 0; l < LANES; ++l) weight[s][l] = z[(s * rows + o) * LANES + l];
+    V weight[S];
+    for (int s = 0; s < S; ++s) weight[s] = z[s * rows + o];
     for (int64_t k = 0; k < cols; ++k) {
-      T value[LANES];
-      for (int l = 0; l < LANES; ++l) value[l] = X[(o * cols + k) * LANES + l];
-      for (int s = 0; s < S; ++s)
-        for (int l = 0; l < LANES; ++l) value[l] += weight[s][l] * y[(s * cols + k) * LANES + l];
-      for (int l = 0; l < LANES; ++l) X[(o * cols + k) * LANES + l] = value[l];
+      V value = X[o * cols + k];
+      for (int s = 0; s < S; ++s) value += weight[s] * y[s * cols + k];
+      X[o * cols + k] = value;
     }
   }
 }
@@ -352,7 +366,7 @@ struct Group {
   // Gather the controls of step n into a block in the lane layout and activate them.
   // `previous` (the block of step n - 1, or null) provides a shared first stage.
   void load_controls(int64_t n, T* controls, const T* previous) const {
-    std::fill(controls, controls + block, T(0));
+    if (valid < LANES) std::fill(controls, controls + block, T(0));  // lanes left empty
     T* f = fixed_of(controls);
     T* c = target_of(controls);
     T* beta = rate_of(controls);
