@@ -21,6 +21,8 @@ OTHER_LAYOUT = {"delta_cde": "keys_from_path", "oja_cde": "keys_from_derivative"
 #: Models whose rule depends on W (a time loop for the kernel), read from the rule records.
 LOOP_MODELS = [name for name, spec in MODELS.items()
                if isinstance(spec, tuple) and RULES[spec[0]].has_time_loop]
+#: Every continuous FWP model.
+FWP_MODELS = [name for name, spec in MODELS.items() if isinstance(spec, tuple)]
 KERNEL_ACTIVATIONS = [("softmax", "tanh", "sigmoid"), ("softmax", "identity", "sigmoid"),
                       ("tanh", "identity", "sigmoid"), ("identity", "identity", "identity")]
 
@@ -91,8 +93,9 @@ def test_kernel_equals_torchdiffeq_for_every_method_on_irregular_times(method):
                  **options)
 
 
-@pytest.mark.parametrize("name", ["delta_cde", "oja_cde"])
-def test_kernel_handles_batch_size_one(name):
+@pytest.mark.parametrize("name", FWP_MODELS)
+def test_kernel_solver_handles_batch_size_one(name):
+    """Every FWP (Hebb rules run their loop-free path under the kernel solver)."""
     _compare(name, _series(batch=1, length=6))
 
 
