@@ -3,9 +3,13 @@
 ``recurrence.cpp`` (next to this file) runs the rank-one recurrence of
 :mod:`fwplab.solvers` for any fixed-grid tableau with up to four stages, forward
 and one hand-written backward, checkpointing the fast weights every ``K`` steps
-and recomputing the steps in between. It is plain C++ without intrinsics
-(compiled with ``-O3`` and the host's own instruction set, ``-march=native`` /
-``-mcpu=native``, so it also builds on ARM laptops), has no dependency on PyTorch
+and recomputing the steps in between, with the batch split across threads
+(``torch.get_num_threads()``). It applies the controls' activations itself and reads
+controls that are column slices of one array in place (:func:`row_operands`: the
+slow net's joint key-and-rate projection), returning that array's gradient in one
+piece. It is plain C++ without intrinsics (compiled with ``-O3`` and the host's own
+instruction set, ``-march=native`` / ``-mcpu=native``, so it also builds on ARM
+laptops; the dense loops use GCC/Clang vector types), has no dependency on PyTorch
 headers and is called through ``ctypes`` with the
 tensors' data pointers. Hebb rules need no kernel: they have no time loop.
 The build compiles this one file only (about 25 s on two cores).

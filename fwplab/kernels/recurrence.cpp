@@ -12,11 +12,15 @@
 //
 // Independent recurrences (batch x heads) are processed in groups of LANES: every local
 // array keeps the lane index innermost, so the compiler's vector instructions carry
-// independent samples and a group's fast weights stay in cache for the whole sequence.
+// independent samples and a group's fast weights stay in cache for the whole sequence
+// (updated in place in the forward). The threads split the groups; each thread also
+// zeroes the gradient rows of its own groups. The controls are read with a row stride,
+// so they may be column slices of one array (the slow net's joint projection).
 // The forward keeps M every `every` steps; the backward recomputes each segment from
 // its checkpoint and walks it in reverse (one hand-written backward for the whole
-// recurrence). Plain C++ with no intrinsics and no dependency on PyTorch headers: the
-// entry points take raw pointers and are called through ctypes.
+// recurrence). Plain C++ without intrinsics (the dense loops use GCC/Clang vector types,
+// elementwise arrays elsewhere) and no dependency on PyTorch headers: the entry points
+// take raw pointers and are called through ctypes.
 
 #include <algorithm>
 #include <atomic>
