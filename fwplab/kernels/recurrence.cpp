@@ -164,9 +164,19 @@ struct LaneType {
 template <typename T, int LANES>
 struct LaneArray {
   T v[LANES];
+  T& operator[](int l) { return v[l]; }
   LaneArray& operator+=(const LaneArray& other) {
     for (int l = 0; l < LANES; ++l) v[l] += other.v[l];
     return *this;
+  }
+  LaneArray& operator-=(const LaneArray& other) {
+    for (int l = 0; l < LANES; ++l) v[l] -= other.v[l];
+    return *this;
+  }
+  friend LaneArray operator-(const LaneArray& a, const LaneArray& b) {
+    LaneArray difference;
+    for (int l = 0; l < LANES; ++l) difference.v[l] = a.v[l] - b.v[l];
+    return difference;
   }
   friend LaneArray operator+(const LaneArray& a, const LaneArray& b) {
     LaneArray sum;
@@ -184,6 +194,14 @@ struct LaneType {
   using type = LaneArray<T, LANES>;
 };
 #endif
+
+// A Lanes value with every lane equal to x.
+template <typename V, typename T, int LANES>
+inline V splat(T x) {
+  V value;
+  for (int l = 0; l < LANES; ++l) value[l] = x;
+  return value;
+}
 
 // out[s][o] = sum_k X[o][k] y[s][k] (+ out[s][o] when `accumulate`).
 template <typename T, int S, int LANES>
@@ -519,57 +537,60 @@ struct Group {
         weighted[q] = weight * factors[q];
       }
     }
+    using V = typename LaneType<T, LANES>::type;
+    const V* act_all = reinterpret_cast<const V*>(activation);
+    const V* r_all = reinterpret_cast<const V*>(factors);
+    const V* f_all = reinterpret_cast<const V*>(f);
+    const V* beta_all = reinterpret_cast<const V*>(beta);
+    const V* coupling_all = reinterpret_cast<const V*>(coupling);
+    V* gr_all = reinterpret_cast<V*>(grad_r);
+    V* ge_all = reinterpret_cast<V*>(grad_e);
+    V* gf_all = reinterpret_cast<V*>(grad_f);
+    V* rate_grad_all = reinterpret_cast<V*>(rate_grad);
+    const V one = splat<V, T, LANES>(T(1));
     for (int i = S - 1; i >= 0; --i) {
-      const T* act = activation + i * d_out * LANES;
-      const T* ri = factors + i * d_out * LANES;
-      const T* gri = grad_r + i * d_out * LANES;
-      T* gei = grad_e + i * d_out * LANES;
-      const T* bi = beta + i * LANES;
-      T rate_sum[LANES] = {};
+      const V* act = act_all + i * d_out;
+      const V* ri = r_all + i * d_out;
+      const V* gri = gr_all + i * d_out;
+      V* gei = ge_all + i * d_out;
+      const V bi = beta_all[i];
+      V rate_sum{};
       if (problem.nonlinearity == kLinear) {  // r = -beta e
-        for (int64_t o = 0; o < d_out; ++o)
-          for (int l = 0; l < LANES; ++l) {
-            gei[o * LANES + l] = -bi[l] * gri[o * LANES + l];
-            rate_sum[l] -= gri[o * LANES + l] * act[o * LANES + l];
-          }
+        for (int64_t o = 0; o < d_out; ++o) {
+          gei[o] = V{} - bi * gri[o];
+          rate_sum -= gri[o] * act[o];
+        }
       } else if (problem.nonlinearity == kTanh) {  // r = -beta tanh(e)
-        for (int64_t o = 0; o < d_out; ++o)
-          for (int l = 0; l < LANES; ++l) {
-            const T t = act[o * LANES + l];
-            gei[o * LANES + l] = -bi[l] * (T(1) - t * t) * gri[o * LANES + l];
-            rate_sum[l] -= gri[o * LANES + l] * t;
-          }
+        for (int64_t o = 0; o < d_out; ++o) {
+          const V t = act[o];
+          gei[o] = (t * t - one) * bi * gri[o];
+          rate_sum -= gri[o] * t;
+        }
       } else {  // r = beta y, y = softmax(-e): dL/de = r (<dL/dr, y> - dL/dr)
-        for (int64_t o = 0; o < d_out; ++o)
-          for (int l = 0; l < LANES; ++l) rate_sum[l] += gri[o * LANES + l] * act[o * LANES + l];
-        for (int64_t o = 0; o < d_out; ++o)
-          for (int l = 0; l < LANES; ++l)
-            gei[o * LANES + l] = ri[o * LANES + l] * (rate_sum[l] - gri[o * LANES + l]);
+        for (int64_t o = 0; o < d_out; ++o) rate_sum += gri[o] * act[o];
+        for (int64_t o = 0; o < d_out; ++o) gei[o] = ri[o] * (rate_sum - gri[o]);
       }
-      for (int l = 0; l < LANES; ++l) rate_grad[i * LANES + l] = rate_sum[l];
+      rate_grad_all[i] = rate_sum;
       for (size_t q = 0; q < pair_i.size(); ++q) {
         if (pair_i[q] != i) continue;
         const int j = pair_j[q];
-        const T* rj = factors + j * d_out * LANES;
-        T* grj = grad_r + j * d_out * LANES;
-        const T* cq = coupling + q * LANES;
-        T coupling_grad[LANES] = {};
-        for (int64_t o = 0; o < d_out; ++o)
-          for (int l = 0; l < LANES; ++l) {
-            grj[o * LANES + l] += cq[l] * gei[o * LANES + l];
-            coupling_grad[l] += gei[o * LANES + l] * rj[o * LANES + l];
-          }
-        const T scale = h * pair_a[q];
-        T* gfi = grad_f + i * d_in * LANES;
-        T* gfj = grad_f + j * d_in * LANES;
-        const T* fi = f + i * d_in * LANES;
-        const T* fj = f + j * d_in * LANES;
-        for (int64_t k = 0; k < d_in; ++k)
-          for (int l = 0; l < LANES; ++l) {
-            const T g = scale * coupling_grad[l];
-            gfi[k * LANES + l] += g * fj[k * LANES + l];
-            gfj[k * LANES + l] += g * fi[k * LANES + l];
-          }
+        const V* rj = r_all + j * d_out;
+        V* grj = gr_all + j * d_out;
+        const V cq = coupling_all[q];
+        V coupling_grad{};
+        for (int64_t o = 0; o < d_out; ++o) {
+          grj[o] += cq * gei[o];
+          coupling_grad += gei[o] * rj[o];
+        }
+        const V g = splat<V, T, LANES>(T(h * pair_a[q])) * coupling_grad;
+        V* gfi = gf_all + i * d_in;
+        V* gfj = gf_all + j * d_in;
+        const V* fi = f_all + i * d_in;
+        const V* fj = f_all + j * d_in;
+        for (int64_t k = 0; k < d_in; ++k) {
+          gfi[k] += g * fj[k];
+          gfj[k] += g * fi[k];
+        }
       }
     }
     // dL/df_s += h b_s gM^T r_s + M_n^T dL/de_s, then dL/dM_n = gM + sum_s dL/de_s f_s^T
