@@ -292,43 +292,49 @@ def test_table_and_lookup():
 
 def test_bad_shapes_and_types_name_the_argument():
     w, C = torch.zeros(2, 3, dtype=DOUBLE), torch.eye(3, dtype=DOUBLE)
-    with pytest.raises(ValueError, match=r"w must have shape \(batch, n\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"w: expected shape \(batch, n\), got \(3,\)"):
         hebb_field(C[0], C[0])
-    with pytest.raises(ValueError, match=r"x must have shape \(n,\) or \(batch, n\)"):
+    with pytest.raises(ValueError, match=r"x: expected shape \(n,\) or \(batch, n\)"):
         hebb_field(w, torch.ones(4, dtype=DOUBLE))
-    with pytest.raises(ValueError, match=r"x must have shape .* batch = 2, n = 3, got \(5, 3\)"):
+    with pytest.raises(ValueError, match=r"x: expected shape .* batch = 2, n = 3, got \(5, 3\)"):
         oja_field(w, torch.ones(5, 3, dtype=DOUBLE))
-    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+    with pytest.raises(TypeError, match="x: expected a torch.Tensor"):
         oja_field(w, [1.0, 2.0, 3.0])
-    with pytest.raises(TypeError, match="w must be a floating point tensor"):
+    with pytest.raises(
+        TypeError, match="w: expected a floating point tensor, got dtype torch.int64"
+    ):
         oja_field(w.long(), C[0])
-    with pytest.raises(ValueError, match=r"C must have shape \(n, n\) with n = 3"):
+    with pytest.raises(ValueError, match=r"C: expected shape \(n, n\) with n = 3, got \(2, 2\)"):
         hebb_mean_field(w, torch.eye(2, dtype=DOUBLE))
-    with pytest.raises(ValueError, match=r"W must have shape \(batch, m, n\)"):
+    with pytest.raises(ValueError, match=r"W: expected shape \(batch, m, n\), got \(2, 3\)"):
         delta_field(w, C[0], C[0])
-    with pytest.raises(ValueError, match=r"y must have shape \(m,\) or \(batch, m\)"):
+    with pytest.raises(ValueError, match=r"y: expected shape \(m,\) or \(batch, m\)"):
         delta_field(w.unsqueeze(1), C[0], C[:2, 0])
-    with pytest.raises(ValueError, match=r"C_yx must have shape \(m, n\) with m = 1, n = 3"):
+    with pytest.raises(ValueError, match=r"C_yx: expected shape \(m, n\) with m = 1, n = 3"):
         delta_mean_field(w.unsqueeze(1), C, torch.ones(2, 3, dtype=DOUBLE))
-    with pytest.raises(ValueError, match=r"C_yx must have shape \(m, n\) with n = 3"):
+    with pytest.raises(ValueError, match=r"C_yx: expected shape \(m, n\) with n = 3"):
         least_squares_weights(C, torch.ones(2, 2, dtype=DOUBLE))
-    with pytest.raises(ValueError, match="C must be symmetric"):
+    with pytest.raises(
+        ValueError, match=r"C: expected a symmetric matrix, got max \|C - C\^T\| = 2.0"
+    ):
         principal_components(torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
-    with pytest.raises(ValueError, match=r"y must have shape \(samples, m\) with samples = 4"):
+    with pytest.raises(
+        ValueError, match=r"y: expected shape \(samples, m\) with samples = 4, got \(3, 1\)"
+    ):
         covariance(torch.ones(4, 2), torch.ones(3, 1))
-    with pytest.raises(ValueError, match="unknown classic rule 'sanger'"):
+    with pytest.raises(ValueError, match="rule: expected one of .*, got 'sanger'"):
         discrete_update("sanger", w, C, lr=0.1)
 
 
 def test_non_finite_data_is_refused():
     w, C = torch.zeros(2, 3, dtype=DOUBLE), torch.eye(3, dtype=DOUBLE)
-    with pytest.raises(ValueError, match="x contains NaN or infinite values"):
+    with pytest.raises(ValueError, match="x: expected finite values, got 1 of 3 NaN or infinite"):
         oja_field(w, torch.tensor([1.0, math.nan, 0.0], dtype=DOUBLE))
-    with pytest.raises(ValueError, match="C contains NaN or infinite values"):
+    with pytest.raises(ValueError, match="C: expected finite values, got 9 of 9 NaN or infinite"):
         oja_mean_field(w, C * math.inf)
-    with pytest.raises(ValueError, match="x contains NaN or infinite values"):
+    with pytest.raises(ValueError, match="x: expected finite values, got 8 of 8 NaN or infinite"):
         covariance(torch.full((4, 2), math.nan))
-    with pytest.raises(ValueError, match="t contains NaN or infinite values"):
+    with pytest.raises(ValueError, match="t: expected finite values, got 1 of 2 NaN or infinite"):
         integrate_rule("oja_mean", w, torch.tensor([0.0, math.inf]), C)
 
 
@@ -336,32 +342,43 @@ def test_non_finite_data_is_refused():
 def test_learning_rate_and_step_size_must_be_positive(bad):
     w, C = torch.zeros(2, 3, dtype=DOUBLE), torch.eye(3, dtype=DOUBLE)
     times = torch.tensor([0.0, 1.0], dtype=DOUBLE)
-    with pytest.raises(ValueError, match="lr must be a positive finite number"):
+    with pytest.raises(ValueError, match="lr: expected a positive finite number"):
         discrete_update("oja_mean", w, C, lr=bad)
-    with pytest.raises(ValueError, match="lr must be a positive finite number"):
+    with pytest.raises(ValueError, match="lr: expected a positive finite number"):
         discrete_trajectory("oja_mean", w, 3, C, lr=bad)
-    with pytest.raises(ValueError, match="step_size must be a positive finite number"):
+    with pytest.raises(ValueError, match="step_size: expected a positive finite number"):
         integrate_rule("oja_mean", w, times, C, method="rk4", step_size=bad)
 
 
 def test_solver_options_are_checked():
     w, C = torch.zeros(2, 3, dtype=DOUBLE), torch.eye(3, dtype=DOUBLE)
     times = torch.tensor([0.0, 1.0], dtype=DOUBLE)
-    with pytest.raises(ValueError, match="step_size is required for the fixed-grid method 'rk4'"):
+    with pytest.raises(
+        ValueError,
+        match="step_size: expected a positive number for the fixed-grid method 'rk4', got None",
+    ):
         integrate_rule("oja_mean", w, times, C, method="rk4")
-    with pytest.raises(ValueError, match="step_size applies to fixed-grid methods"):
+    with pytest.raises(ValueError, match=r"step_size: expected None for 'dopri5' .*, got 0.1"):
         integrate_rule("oja_mean", w, times, C, step_size=0.1)
-    with pytest.raises(ValueError, match="t must hold at least 2 strictly increasing times"):
+    with pytest.raises(
+        ValueError, match=r"t: expected at least 2 strictly increasing times, got \[1.0, 0.0\]"
+    ):
         integrate_rule("oja_mean", w, times.flip(0), C)
-    with pytest.raises(ValueError, match="num_steps must be a non-negative int"):
+    with pytest.raises(ValueError, match="num_steps: expected a non-negative int, got -1"):
         discrete_trajectory("oja_mean", w, -1, C, lr=0.1)
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="method: expected one of .*, got 'dopri5'"):
         integration_errors("oja_mean", w, 1.0, [0.1], C, method="dopri5", reference=w)
-    with pytest.raises(ValueError, match="C_xx must be positive definite"):
+    with pytest.raises(
+        ValueError, match="C_xx: expected a positive definite matrix, got largest eigenvalue -1.0"
+    ):
         delta_stability_bound(-C)
-    with pytest.raises(ValueError, match="step_sizes and errors must be positive and finite"):
+    with pytest.raises(
+        ValueError, match=r"errors: expected positive finite values, got errors\[1\] = 0.0"
+    ):
         convergence_order([0.1, 0.05], [1.0, 0.0])
-    with pytest.raises(ValueError, match="same length >= 2"):
+    with pytest.raises(
+        ValueError, match=r"step_sizes: expected shape \(k,\) with k >= 2, got \(1,\)"
+    ):
         convergence_order([0.1], [1.0])
 
 
@@ -505,17 +522,227 @@ def test_steps_to_reach():
 
 def test_online_arguments_are_checked(data):
     w = torch.zeros(2, 3, dtype=DOUBLE)
-    with pytest.raises(ValueError, match=r"lr must hold one step per sample \(4\), got 3 steps"):
+    with pytest.raises(
+        ValueError, match=r"lr: expected shape \(4,\), one step per sample, got \(3,\)"
+    ):
         online_trajectory("oja", w, data["x"][:4], lr=torch.full((3,), 0.1, dtype=DOUBLE))
-    with pytest.raises(ValueError, match="lr must hold positive finite steps"):
+    with pytest.raises(ValueError, match=r"lr: expected positive finite steps, got lr\[1\] = -0.1"):
         online_trajectory("oja", w, data["x"][:2], lr=torch.tensor([0.1, -0.1], dtype=DOUBLE))
-    with pytest.raises(ValueError, match="same number of steps"):
+    with pytest.raises(
+        ValueError, match=r"y: expected \(steps, ...\) with steps = 4 like x, got \(3, 2\)"
+    ):
         online_trajectory("delta", w.unsqueeze(1), data["x"][:4], data["y"][:3], lr=0.1)
-    with pytest.raises(ValueError, match="needs the samples"):
+    with pytest.raises(ValueError, match="samples: expected x"):
         online_trajectory("oja", w, lr=0.1)
-    with pytest.raises(ValueError, match="decay_steps must be a positive finite number"):
+    with pytest.raises(ValueError, match="decay_steps: expected a positive finite number, got 0.0"):
         step_schedule(0.1, 3, decay_steps=0)
-    with pytest.raises(ValueError, match="num_steps must be a non-negative int for a constant lr"):
+    with pytest.raises(TypeError, match="num_steps: expected a non-negative int for a constant lr"):
         learning_times(0.1)
-    with pytest.raises(ValueError, match="invertible second moment"):
+    with pytest.raises(ValueError, match="x: expected samples with an invertible second moment"):
         lms_mean_square_bound(torch.ones(5, 2, dtype=DOUBLE))
+
+
+# ----------------------------------------------------------------------------- error style
+
+_W = torch.zeros(2, 3, dtype=DOUBLE)  # (batch, n) weights
+_W3 = torch.zeros(2, 1, 3, dtype=DOUBLE)  # (batch, m, n) weights
+_C = torch.eye(3, dtype=DOUBLE)
+_T = torch.tensor([0.0, 1.0], dtype=DOUBLE)
+_X = torch.ones(4, 3, dtype=DOUBLE)
+_LONG = torch.linspace(1.0, 0.0, 10_000, dtype=DOUBLE)  # long enough to spot an echoed tensor
+
+BAD_INPUTS = {
+    "hebb_field w not a tensor": (lambda: hebb_field([0.0, 0.0], _C[0]), TypeError, "w"),
+    "hebb_field x wrong shape": (
+        lambda: hebb_field(_W, torch.ones(4, dtype=DOUBLE)),
+        ValueError,
+        "x",
+    ),
+    "oja_field w integer": (lambda: oja_field(_W.long(), _C[0]), TypeError, "w"),
+    "oja_field x large and non-finite": (
+        lambda: oja_field(torch.zeros(2, 10_000, dtype=DOUBLE), _LONG / 0),
+        ValueError,
+        "x",
+    ),
+    "delta_field W of 2 dims": (lambda: delta_field(_W, _C[0], _C[0]), ValueError, "W"),
+    "delta_field y wrong size": (lambda: delta_field(_W3, _C[0], _C[:2, 0]), ValueError, "y"),
+    "hebb_mean_field C wrong size": (
+        lambda: hebb_mean_field(_W, torch.eye(2, dtype=DOUBLE)),
+        ValueError,
+        "C",
+    ),
+    "oja_mean_field C not a tensor": (lambda: oja_mean_field(_W, 1.0), TypeError, "C"),
+    "delta_mean_field C_yx wrong shape": (
+        lambda: delta_mean_field(_W3, _C, torch.ones(2, 3, dtype=DOUBLE)),
+        ValueError,
+        "C_yx",
+    ),
+    "get_classic_rule unknown name": (lambda: get_classic_rule("sanger"), ValueError, "rule"),
+    "get_classic_rule not callable": (lambda: get_classic_rule(3), TypeError, "rule"),
+    "discrete_update lr a string": (
+        lambda: discrete_update("hebb_mean", _W, _C, lr="0.1"),
+        TypeError,
+        "lr",
+    ),
+    "discrete_update lr a vector": (
+        lambda: discrete_update("hebb_mean", _W, _C, lr=_LONG),
+        ValueError,
+        "lr",
+    ),
+    "discrete_trajectory num_steps a float": (
+        lambda: discrete_trajectory("hebb_mean", _W, 2.0, _C, lr=0.1),
+        TypeError,
+        "num_steps",
+    ),
+    "discrete_trajectory num_steps negative": (
+        lambda: discrete_trajectory("hebb_mean", _W, -1, _C, lr=0.1),
+        ValueError,
+        "num_steps",
+    ),
+    "step_schedule initial zero": (lambda: step_schedule(0.0, 3), ValueError, "initial"),
+    "step_schedule num_steps a bool": (lambda: step_schedule(0.1, True), TypeError, "num_steps"),
+    "online_trajectory lr with a bad step": (
+        lambda: online_trajectory("oja", _W, _X, lr=torch.tensor([0.1, 0.1, math.nan, 0.1])),
+        ValueError,
+        "lr",
+    ),
+    "online_trajectory lr wrong length": (
+        lambda: online_trajectory("oja", _W, _X, lr=_LONG),
+        ValueError,
+        "lr",
+    ),
+    "online_trajectory no samples": (
+        lambda: online_trajectory("oja", _W, lr=0.1),
+        ValueError,
+        "samples",
+    ),
+    "online_trajectory x not a tensor": (
+        lambda: online_trajectory("oja", _W, [[1.0]], lr=0.1),
+        TypeError,
+        "x",
+    ),
+    "learning_times num_steps mismatch": (
+        lambda: learning_times(torch.full((3,), 0.1), num_steps=4),
+        ValueError,
+        "num_steps",
+    ),
+    "learning_times num_steps missing": (lambda: learning_times(0.1), TypeError, "num_steps"),
+    "steps_to_reach tolerance negative": (
+        lambda: steps_to_reach(_X.unsqueeze(1), _X[0], -0.5),
+        ValueError,
+        "tolerance",
+    ),
+    "integrate_rule t decreasing and long": (
+        lambda: integrate_rule("hebb_mean", _W, _LONG, _C),
+        ValueError,
+        "t",
+    ),
+    "integrate_rule method not a string": (
+        lambda: integrate_rule("hebb_mean", _W, _T, _C, method=4),
+        TypeError,
+        "method",
+    ),
+    "integrate_rule fixed grid without step_size": (
+        lambda: integrate_rule("hebb_mean", _W, _T, _C, method="euler"),
+        ValueError,
+        "step_size",
+    ),
+    "integrate_rule adaptive with step_size": (
+        lambda: integrate_rule("hebb_mean", _W, _T, _C, step_size=0.1),
+        ValueError,
+        "step_size",
+    ),
+    "hebb_mean_solution t of 2 dims": (
+        lambda: hebb_mean_solution(_W, _C, _T[None]),
+        ValueError,
+        "t",
+    ),
+    "oja_mean_solution w0 of 3 dims": (lambda: oja_mean_solution(_W3, _C, _T), ValueError, "w0"),
+    "delta_mean_solution W0 wrong m": (
+        lambda: delta_mean_solution(
+            torch.zeros(2, 2, 3, dtype=DOUBLE), _C, torch.ones(1, 3, dtype=DOUBLE), _T
+        ),
+        ValueError,
+        "W0",
+    ),
+    "covariance y wrong number of samples": (
+        lambda: covariance(_X, torch.ones(3, 1, dtype=DOUBLE)),
+        ValueError,
+        "y",
+    ),
+    "principal_components C not symmetric": (
+        lambda: principal_components(torch.tensor([[1.0, 2.0], [0.0, 1.0]])),
+        ValueError,
+        "C",
+    ),
+    "least_squares_weights C_yx wrong columns": (
+        lambda: least_squares_weights(_C, torch.ones(2, 2, dtype=DOUBLE)),
+        ValueError,
+        "C_yx",
+    ),
+    "delta_stability_bound C_xx negative definite": (
+        lambda: delta_stability_bound(-_C),
+        ValueError,
+        "C_xx",
+    ),
+    "lms_sample_bound x of 1 dim": (lambda: lms_sample_bound(_LONG), ValueError, "x"),
+    "lms_mean_square_bound x singular": (
+        lambda: lms_mean_square_bound(torch.ones(5, 2, dtype=DOUBLE)),
+        ValueError,
+        "x",
+    ),
+    "integration_errors t_end negative": (
+        lambda: integration_errors("hebb_mean", _W, -1.0, [0.1], _C, method="euler", reference=_W),
+        ValueError,
+        "t_end",
+    ),
+    "integration_errors adaptive method": (
+        lambda: integration_errors("hebb_mean", _W, 1.0, [0.1], _C, method="dopri5", reference=_W),
+        ValueError,
+        "method",
+    ),
+    "integration_errors reference not a tensor": (
+        lambda: integration_errors("hebb_mean", _W, 1.0, [0.1], _C, method="euler", reference=0.0),
+        TypeError,
+        "reference",
+    ),
+    "integration_errors reference wrong shape": (
+        lambda: integration_errors(
+            "hebb_mean", _W, 1.0, [0.1], _C, method="euler", reference=_LONG
+        ),
+        ValueError,
+        "reference",
+    ),
+    "convergence_order one step size": (
+        lambda: convergence_order([0.1], [1.0]),
+        ValueError,
+        "step_sizes",
+    ),
+    "convergence_order errors wrong length": (
+        lambda: convergence_order([0.1, 0.05], [1.0]),
+        ValueError,
+        "errors",
+    ),
+    "convergence_order a zero error": (
+        lambda: convergence_order([0.1, 0.05], [1.0, 0.0]),
+        ValueError,
+        "errors",
+    ),
+    "convergence_order a negative step": (
+        lambda: convergence_order([0.1, -0.05], [1.0, 0.5]),
+        ValueError,
+        "step_sizes",
+    ),
+}
+
+
+@pytest.mark.parametrize("call, error, argument", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_errors_name_the_argument_and_what_was_expected(call, error, argument):
+    """Every message reads ``<argument>: expected X, got Y`` on one short line."""
+    with pytest.raises(error) as raised:
+        call()
+    assert raised.type is error
+    message = str(raised.value)
+    assert message.startswith(f"{argument}: expected "), message
+    assert ", got " in message, message
+    assert "\n" not in message and len(message) < 200, message

@@ -135,7 +135,7 @@ def test_bad_arguments_are_refused(problem):
         rule_trajectories(problem, "sanger", lr=0.1, step_size=0.1)
     with pytest.raises(ValueError, match="lr must be a positive finite number"):
         rule_trajectories(problem, "oja", lr=0.0, step_size=0.1)
-    with pytest.raises(ValueError, match="step_size must be a positive finite number"):
+    with pytest.raises(ValueError, match="step_size: expected a positive finite number"):
         rule_trajectories(problem, "oja", lr=0.1, step_size=-0.1)
     with pytest.raises(ValueError, match="num_points must be an int >= 2"):
         rule_trajectories(problem, "oja", lr=0.1, step_size=0.1, num_points=1)

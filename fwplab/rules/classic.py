@@ -96,41 +96,74 @@ FIXED_GRID_METHODS = frozenset(
 # ----------------------------------------------------------------------------- checks
 
 
+def _describe(value: object) -> str:
+    """A short account of ``value`` for an error message: never a large tensor's contents."""
+    if isinstance(value, Tensor):
+        if value.numel() == 1:
+            return f"a tensor holding {value.item()!r}"
+        return f"a tensor of shape {tuple(value.shape)}"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    return type(value).__name__
+
+
 def _check_tensor(name: str, value: object, ndims: Sequence[int], expected: str) -> Tensor:
     """Check that ``value`` is a floating point tensor with one of ``ndims`` dimensions."""
     if not isinstance(value, Tensor):
         raise TypeError(
-            f"{name} must be a torch.Tensor of shape {expected}, got {type(value).__name__}"
+            f"{name}: expected a torch.Tensor of shape {expected}, got {type(value).__name__}"
         )
     if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating point tensor, got dtype {value.dtype}")
+        raise TypeError(f"{name}: expected a floating point tensor, got dtype {value.dtype}")
     if value.dim() not in ndims:
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
+        raise ValueError(f"{name}: expected shape {expected}, got {tuple(value.shape)}")
     return value
 
 
 def _check_finite(name: str, value: Tensor) -> None:
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    bad = ~torch.isfinite(value)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{name}: expected finite values, got {int(bad.sum())} of {value.numel()} "
+            f"NaN or infinite"
+        )
+
+
+def _first_bad(name: str, values: Tensor, good: Tensor) -> str:
+    """``name[i] = v`` for the first entry of the 1-D ``values`` where ``good`` is false."""
+    index = int((~good).nonzero()[0, 0])
+    return f"{name}[{index}] = {float(values[index])}"
 
 
 def _check_positive(name: str, value: object) -> float:
     """Return ``value`` as a float after checking it is a finite number > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
-        raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
+        raise TypeError(f"{name}: expected a positive finite number, got {type(value).__name__}")
     if isinstance(value, Tensor) and value.numel() != 1:
-        raise ValueError(f"{name} must be a single positive number, got shape {tuple(value.shape)}")
+        raise ValueError(
+            f"{name}: expected a single positive finite number, "
+            f"got a tensor of shape {tuple(value.shape)}"
+        )
     number = float(value)
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {number}")
+        raise ValueError(f"{name}: expected a positive finite number, got {number}")
     return number
+
+
+def _check_count(name: str, value: object, context: str = "") -> int:
+    """Check a non-negative int (not a bool): TypeError for another type, ValueError if < 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected a non-negative int{context}, got {_describe(value)}")
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative int{context}, got {value!r}")
+    return value
 
 
 def _check_sample(name: str, x: object, batch: int, size: int, expected: str) -> Tensor:
     """Check a data sample of shape ``(size,)`` or ``(batch, size)``."""
     x = _check_tensor(name, x, (1, 2), expected)
     if x.shape[-1] != size or (x.dim() == 2 and x.shape[0] != batch):
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+        raise ValueError(f"{name}: expected shape {expected}, got {tuple(x.shape)}")
     _check_finite(name, x)
     return x
 
@@ -145,7 +178,7 @@ def _check_matrix(
     """Check a finite ``(rows, columns)`` matrix; ``rows=None`` accepts any number of rows."""
     value = _check_tensor(name, value, (2,), expected)
     if value.shape[1] != columns or (rows is not None and value.shape[0] != rows):
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
+        raise ValueError(f"{name}: expected shape {expected}, got {tuple(value.shape)}")
     _check_finite(name, value)
     return value
 
@@ -155,7 +188,10 @@ def _check_symmetric(name: str, value: object) -> Tensor:
     value = _check_tensor(name, value, (2,), "(n, n)")
     value = _check_matrix(name, value, value.shape[1], value.shape[1], "(n, n)")
     if not torch.allclose(value, value.mT):
-        raise ValueError(f"{name} must be symmetric")
+        asymmetry = float((value - value.mT).abs().max())
+        raise ValueError(
+            f"{name}: expected a symmetric matrix, got max |{name} - {name}^T| = {asymmetry}"
+        )
     return value
 
 
@@ -163,16 +199,21 @@ def _check_times(t: object) -> Tensor:
     t = _check_tensor("t", t, (1,), "(time,)")
     _check_finite("t", t)
     if t.numel() < 2 or not bool((t[1:] > t[:-1]).all()):
-        raise ValueError(f"t must hold at least 2 strictly increasing times, got {t.tolist()}")
+        if t.numel() <= 8:
+            got = str(t.tolist())
+        else:
+            i = int((t[1:] <= t[:-1]).nonzero()[0, 0]) + 1
+            got = f"t[{i}] = {float(t[i])} after t[{i - 1}] = {float(t[i - 1])} ({t.numel()} times)"
+        raise ValueError(f"t: expected at least 2 strictly increasing times, got {got}")
     return t
 
 
-def _vector_weights(w: object) -> Tensor:
-    return _check_tensor("w", w, (2,), "(batch, n)")
+def _vector_weights(w: object, name: str = "w") -> Tensor:
+    return _check_tensor(name, w, (2,), "(batch, n)")
 
 
-def _matrix_weights(W: object) -> Tensor:
-    return _check_tensor("W", W, (3,), "(batch, m, n)")
+def _matrix_weights(W: object, name: str = "W") -> Tensor:
+    return _check_tensor(name, W, (3,), "(batch, m, n)")
 
 
 # ----------------------------------------------------------------------------- vector fields
@@ -297,10 +338,12 @@ def get_classic_rule(rule: str | VectorField) -> VectorField:
             return CLASSIC_RULES[rule]
         except KeyError:
             raise ValueError(
-                f"unknown classic rule {rule!r}; expected one of {sorted(CLASSIC_RULES)}"
+                f"rule: expected one of {sorted(CLASSIC_RULES)} or a callable, got {rule!r}"
             ) from None
     if not callable(rule):
-        raise TypeError(f"rule must be a name or a callable, got {type(rule).__name__}")
+        raise TypeError(
+            f"rule: expected a name in CLASSIC_RULES or a callable, got {type(rule).__name__}"
+        )
     return rule
 
 
@@ -351,8 +394,7 @@ def discrete_trajectory(
     """
     field = get_classic_rule(rule)
     lr = _check_positive("lr", lr)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    _check_count("num_steps", num_steps)
     iterates = [w0]
     for _ in range(num_steps):
         iterates.append(iterates[-1] + lr * field(iterates[-1], *data))
@@ -387,8 +429,7 @@ def step_schedule(
         The steps ``(num_steps,)``.
     """
     initial = _check_positive("initial", initial)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    _check_count("num_steps", num_steps)
     steps = torch.full((num_steps,), initial, dtype=dtype)
     if decay_steps is None:
         return steps
@@ -401,10 +442,13 @@ def _online_steps(lr: object, num_samples: int, reference: Tensor) -> Tensor:
     if isinstance(lr, Tensor) and lr.dim() == 1:
         if lr.numel() != num_samples:
             raise ValueError(
-                f"lr must hold one step per sample ({num_samples}), got {lr.numel()} steps"
+                f"lr: expected shape ({num_samples},), one step per sample, got {tuple(lr.shape)}"
             )
-        if not bool(torch.isfinite(lr).all() and (lr > 0).all()):
-            raise ValueError("lr must hold positive finite steps")
+        good = torch.isfinite(lr) & (lr > 0)
+        if not bool(good.all()):
+            raise ValueError(
+                f"lr: expected positive finite steps, got {_first_bad('lr', lr, good)}"
+            )
         return lr.to(device=reference.device, dtype=reference.dtype)
     return torch.full(
         (num_samples,), _check_positive("lr", lr), dtype=reference.dtype, device=reference.device
@@ -439,17 +483,18 @@ def online_trajectory(
     """
     field = get_classic_rule(rule)
     if not samples:
-        raise ValueError("online_trajectory needs the samples x (and y for the delta rule)")
+        raise ValueError("samples: expected x (and y for the delta rule), got none")
     samples = tuple(
         _check_tensor(name, sample, (2, 3), "(steps, size) or (steps, batch, size)")
         for name, sample in zip("xy", samples, strict=False)
     )
     num_samples = samples[0].shape[0]
-    if any(sample.shape[0] != num_samples for sample in samples):
-        raise ValueError(
-            f"every sample tensor must have the same number of steps, "
-            f"got {[sample.shape[0] for sample in samples]}"
-        )
+    for name, sample in zip("xy", samples, strict=False):
+        if sample.shape[0] != num_samples:
+            raise ValueError(
+                f"{name}: expected (steps, ...) with steps = {num_samples} like x, "
+                f"got {tuple(sample.shape)}"
+            )
     steps = _online_steps(lr, num_samples, w0)
     iterates = [w0]
     for k in range(num_samples):
@@ -474,14 +519,12 @@ def learning_times(lr: float | Tensor, num_steps: int | None = None) -> Tensor:
     if isinstance(lr, Tensor) and lr.dim() == 1:
         if num_steps is not None and num_steps != lr.numel():
             raise ValueError(
-                f"num_steps must equal the number of steps {lr.numel()}, got {num_steps}"
+                f"num_steps: expected None or {lr.numel()}, the number of steps in lr, "
+                f"got {_describe(num_steps)}"
             )
         steps = lr
     else:
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-            raise ValueError(
-                f"num_steps must be a non-negative int for a constant lr, got {num_steps!r}"
-            )
+        _check_count("num_steps", num_steps, " for a constant lr")
         steps = torch.full((num_steps,), _check_positive("lr", lr), dtype=torch.float64)
     return torch.cat([steps.new_zeros(1), steps.cumsum(0)])
 
@@ -547,15 +590,19 @@ def integrate_rule(
     field = get_classic_rule(rule)
     t = _check_times(t)
     if not isinstance(method, str):
-        raise TypeError(f"method must be a torchdiffeq method name, got {type(method).__name__}")
+        raise TypeError(f"method: expected a torchdiffeq method name, got {type(method).__name__}")
     options = None
     if method in FIXED_GRID_METHODS:
         if step_size is None:
-            raise ValueError(f"step_size is required for the fixed-grid method {method!r}")
+            raise ValueError(
+                f"step_size: expected a positive number for the fixed-grid method {method!r}, "
+                f"got None"
+            )
         options = {"step_size": _check_positive("step_size", step_size)}
     elif step_size is not None:
         raise ValueError(
-            f"step_size applies to fixed-grid methods {sorted(FIXED_GRID_METHODS)}, not {method!r}"
+            f"step_size: expected None for {method!r} (it applies to the fixed-grid methods "
+            f"{sorted(FIXED_GRID_METHODS)}), got {_describe(step_size)}"
         )
     return odeint(
         lambda _time, w: field(w, *data),
@@ -583,7 +630,7 @@ def hebb_mean_solution(w0: Tensor, C: Tensor, t: Tensor) -> Tensor:
     Returns:
         ``w(t)`` of shape ``(time, batch, n)``.
     """
-    w0 = _vector_weights(w0)
+    w0 = _vector_weights(w0, "w0")
     n = w0.shape[1]
     C = _check_matrix("C", C, n, n, f"(n, n) with n = {n}")
     t = _check_tensor("t", t, (1,), "(time,)")
@@ -633,12 +680,12 @@ def delta_mean_solution(W0: Tensor, C_xx: Tensor, C_yx: Tensor, t: Tensor) -> Te
     Returns:
         ``W(t)`` of shape ``(time, batch, m, n)``.
     """
-    W0 = _matrix_weights(W0)
+    W0 = _matrix_weights(W0, "W0")
     fixed_point = least_squares_weights(C_xx, C_yx)
     if fixed_point.shape != W0.shape[1:]:
+        m, n = fixed_point.shape
         raise ValueError(
-            f"W0 must have shape (batch, m, n) = (batch, {tuple(fixed_point.shape)}), "
-            f"got {tuple(W0.shape)}"
+            f"W0: expected shape (batch, m, n) with m = {m}, n = {n}, got {tuple(W0.shape)}"
         )
     t = _check_tensor("t", t, (1,), "(time,)")
     decay = torch.linalg.matrix_exp(-t.to(C_xx.dtype)[:, None, None] * C_xx)
@@ -676,7 +723,7 @@ def covariance(x: Tensor, y: Tensor | None = None, center: bool = False) -> Tens
         y = _check_tensor("y", y, (2,), "(samples, m)")
         if y.shape[0] != x.shape[0]:
             raise ValueError(
-                f"y must have shape (samples, m) with samples = {x.shape[0]}, got {tuple(y.shape)}"
+                f"y: expected shape (samples, m) with samples = {x.shape[0]}, got {tuple(y.shape)}"
             )
         _check_finite("y", y)
     if center:
@@ -760,7 +807,9 @@ def delta_stability_bound(C_xx: Tensor) -> float:
     """
     largest = float(torch.linalg.eigvalsh(_check_symmetric("C_xx", C_xx))[-1])
     if largest <= 0:
-        raise ValueError(f"C_xx must be positive definite, got largest eigenvalue {largest}")
+        raise ValueError(
+            f"C_xx: expected a positive definite matrix, got largest eigenvalue {largest}"
+        )
     return 2.0 / largest
 
 
@@ -824,7 +873,8 @@ def lms_mean_square_bound(x: Tensor) -> float:
     eigenvalues = torch.linalg.eigvalsh(C)
     if float(eigenvalues[0]) <= 1e-12 * float(eigenvalues[-1].abs()):
         raise ValueError(
-            f"x must have an invertible second moment E[x x^T], got eigenvalues {eigenvalues.tolist()}"
+            f"x: expected samples with an invertible second moment E[x x^T], got eigenvalues "
+            f"from {float(eigenvalues[0])} to {float(eigenvalues[-1])}"
         )
     factor = torch.linalg.cholesky(A)
     half = torch.linalg.solve_triangular(factor, B, upper=False)
@@ -865,11 +915,17 @@ def integration_errors(
     """
     t_end = _check_positive("t_end", t_end)
     if method not in FIXED_GRID_METHODS:
-        raise ValueError(f"method must be one of {sorted(FIXED_GRID_METHODS)}, got {method!r}")
-    if not isinstance(reference, Tensor) or reference.shape != w0.shape:
         raise ValueError(
-            f"reference must be a tensor of shape {tuple(w0.shape)} like w0, "
-            f"got {tuple(getattr(reference, 'shape', ()))}"
+            f"method: expected one of {sorted(FIXED_GRID_METHODS)}, got {_describe(method)}"
+        )
+    if not isinstance(reference, Tensor):
+        raise TypeError(
+            f"reference: expected a torch.Tensor of shape {tuple(w0.shape)} like w0, "
+            f"got {type(reference).__name__}"
+        )
+    if reference.shape != w0.shape:
+        raise ValueError(
+            f"reference: expected shape {tuple(w0.shape)} like w0, got {tuple(reference.shape)}"
         )
     times = torch.tensor([0.0, t_end], dtype=w0.dtype, device=w0.device)
     errors = [
@@ -897,13 +953,25 @@ def convergence_order(step_sizes: Sequence[float], errors: Tensor | Sequence[flo
     """
     log_steps = torch.log(torch.as_tensor(step_sizes, dtype=torch.float64).detach().cpu())
     log_errors = torch.log(torch.as_tensor(errors, dtype=torch.float64).detach().cpu())
-    if log_steps.dim() != 1 or log_steps.shape != log_errors.shape or log_steps.numel() < 2:
+    if log_steps.dim() != 1 or log_steps.numel() < 2:
         raise ValueError(
-            f"step_sizes and errors must be 1-D of the same length >= 2, "
-            f"got {tuple(log_steps.shape)} and {tuple(log_errors.shape)}"
+            f"step_sizes: expected shape (k,) with k >= 2, got {tuple(log_steps.shape)}"
         )
-    if not bool(torch.isfinite(log_steps).all() and torch.isfinite(log_errors).all()):
-        raise ValueError("step_sizes and errors must be positive and finite")
+    if log_errors.shape != log_steps.shape:
+        raise ValueError(
+            f"errors: expected shape {tuple(log_steps.shape)} like step_sizes, "
+            f"got {tuple(log_errors.shape)}"
+        )
+    for name, logs, values in (
+        ("step_sizes", log_steps, step_sizes),
+        ("errors", log_errors, errors),
+    ):
+        good = torch.isfinite(logs)
+        if not bool(good.all()):
+            values = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+            raise ValueError(
+                f"{name}: expected positive finite values, got {_first_bad(name, values, good)}"
+            )
     design = torch.stack([log_steps, torch.ones_like(log_steps)], dim=1)
     slope = torch.linalg.lstsq(design, log_errors.unsqueeze(1)).solution[0, 0]
     return float(slope)
