@@ -37,6 +37,7 @@ import platform
 import sys
 import time
 import warnings
+from itertools import pairwise
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
 
@@ -321,7 +322,7 @@ def _covers_rows(operands: tuple[RowOperand, ...], widths: tuple[int, ...], arra
                    if o.array == array)
     stride = next(o.stride for o in operands if o.array == array)
     return spans[0][0] == 0 and spans[-1][1] == stride and all(
-        end == start for (_, end), (start, _) in zip(spans, spans[1:]))
+        end == start for (_, end), (start, _) in pairwise(spans))
 
 
 class KernelRecurrence(torch.autograd.Function):
