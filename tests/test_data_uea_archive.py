@@ -13,7 +13,7 @@ from fwplab.data import (
     log_signature_windows,
     read_uea_problem,
 )
-from fwplab.data.uea_archive import log_signature_channel_names
+from fwplab.data.uea_archive import fill_linear, log_signature_channel_names
 
 RTOL_LOGSIG = 1e-12
 ATOL_LOGSIG = 1e-12
@@ -92,7 +92,8 @@ def test_log_signature_errors_and_names():
     x[0, 2, 1] = math.nan
     with pytest.raises(ValueError, match="x: log-signature windows need complete observations"):
         log_signature_windows(x, depth=1, step=2)
-    with pytest.raises(ValueError, match="within each series' length"):
+    x[0, :, 1] = math.nan
+    with pytest.raises(ValueError, match="x: expected at least one observation of every channel"):
         log_signature_path(x, torch.tensor([5]), depth=1, step=2)
     assert log_signature_channel_names(("time", "a", "b"), 2) == (
         "time", "a", "b", "[time,a]", "[time,b]", "[a,b]")
@@ -161,5 +162,39 @@ def test_eigenworms_defaults_to_depth_two_windows_of_four(tmp_path):
     torch.testing.assert_close(dataset.train.times, torch.tensor([0.0, 4, 8, 12, 16]))
     plain = load_dataset("eigenworms", root=tmp_path / "EigenWorms.zip", logsig_depth=0)
     assert plain.train.x.shape[1:] == (17, 7)
-    with pytest.raises(ValueError, match="use missing_rate=0"):
-        load_dataset("eigenworms", root=tmp_path / "EigenWorms.zip", missing_rate=0.5)
+    sparse = load_dataset("eigenworms", root=tmp_path / "EigenWorms.zip", missing_rate=0.5)
+    assert sparse.train.x.shape == dataset.train.x.shape        # windows of the filled path
+    assert not torch.isnan(sparse.train.x).any()
+
+
+def test_missing_values_are_filled_along_the_linear_path():
+    """With observations dropped, the windows are the log-signatures of the path through
+    the observed points (on an irregular grid, held constant after the last one)."""
+    generator = torch.Generator().manual_seed(0)
+    grid = torch.cumsum(torch.rand(20, generator=generator, dtype=torch.float64) + 0.1, 0)
+    data = torch.randn(3, 20, 2, generator=generator, dtype=torch.float64)
+    lengths = torch.tensor([20, 15, 9])
+    full = torch.cat([grid.expand(3, 20).unsqueeze(-1), data], dim=-1)
+    for b, length in enumerate(lengths.tolist()):
+        full[b, length:] = math.nan
+    dropped = torch.rand(3, 20, generator=generator) < 0.4
+    dropped[:, 0] = False
+    dropped[1, 10:15] = True                       # a gap running to the series' end
+    x = full.clone()
+    x[..., 1:][dropped] = math.nan
+    filled = fill_linear(x, lengths, grid)
+    assert not torch.isnan(filled[:, :9]).any()
+    for b, length in enumerate(lengths.tolist()):
+        keep = [i for i in range(length) if not dropped[b, i]]
+        points = full[b, keep]
+        if keep[-1] != length - 1:                 # the data hold their last value
+            tail = torch.cat([full[b, length - 1, :1], points[-1, 1:]])
+            points = torch.cat([points, tail.unsqueeze(0)])
+        one, _ = log_signature_path(filled[b:b + 1, :length], torch.tensor([length]), 2, length)
+        observed, _ = log_signature_path(points.unsqueeze(0), torch.tensor([len(points)]), 2,
+                                         len(points))
+        torch.testing.assert_close(one[0, -1], observed[0, -1], atol=1e-12, rtol=0)
+    path, _ = log_signature_path(x, lengths, depth=2, step=4, grid=grid)
+    assert not torch.isnan(path[0]).any()
+    with pytest.raises(ValueError, match=r"grid: expected shape \(20,\) or \(3, 20\), got \(7,\)"):
+        fill_linear(x, lengths, grid[:7])
