@@ -687,7 +687,8 @@ class NeuralCDE(nn.Module):
         return _check_finite_output(self, self.classifier(z[index, batch.lengths - 1]), batch)
 
 
-#: Model names and the (rule, driver) of each continuous FWP; ``ncde`` is the baseline.
+#: Model names and the (rule, driver) of each continuous FWP; ``ncde``, ``gru`` and
+#: ``discrete_delta`` are the baselines.
 #: Registering a rule (:func:`fwplab.rules.register_rule`) adds its ``NAME_cde`` and
 #: ``NAME_ode`` here; unregistering removes them. An entry that is a callable builds the
 #: model itself: ``entry(input_channels, output_channels, **hparams)``.

@@ -62,6 +62,7 @@ def test_frame(path):
 def test_no_stale_outputs_or_personal_metadata(path):
     notebook = json.loads(path.read_text())
     assert notebook["metadata"]["kernelspec"]["name"] == "python3"
+    assert "widgets" not in notebook["metadata"], f"{path.name}: a stale run's widget state"
     stamped = [i for i, c in enumerate(notebook["cells"]) if "execution" in c.get("metadata", {})]
     assert not stamped, f"{path.name}: cells {stamped} keep a stale run's execution times"
     for cell in notebook["cells"]:

@@ -94,8 +94,8 @@ def _judge_oja_step(answer):
 @exercise(
     "01.batch-lms-bound",
     "The averaged (full-batch) delta rule W <- W + eta (C_yx - W C_xx) learns from the four inputs "
-    "x = (2, 0), (0, 1), (1, 1), (1, -1), with C_xx = E[x x^T] their mean outer product. What is "
-    "the largest constant step eta for which it converges (a number)?",
+    "x = (2, 0), (0, 1), (1, 1), (1, -1), with C_xx = E[x x^T] their mean outer product. Below "
+    "which constant step eta_max does it converge for every start (a number)?",
     solution=lambda: delta_stability_bound(_moments()[0]),
     wrong_answers=lambda: [
         2 / float(_moments()[0].trace()),
