@@ -265,7 +265,7 @@ def _add_rules_from(parser: argparse.ArgumentParser) -> None:
 
 def _rule_files(argv: Sequence[str]) -> list[str]:
     """The values of every ``--rules-from`` in ``argv`` (before parsing: they add models)."""
-    files = [value for flag, value in zip(argv, argv[1:]) if flag == "--rules-from"]
+    files = [value for flag, value in zip(argv, argv[1:], strict=False) if flag == "--rules-from"]
     return files + [item.split("=", 1)[1] for item in argv if item.startswith("--rules-from=")]
 
 
