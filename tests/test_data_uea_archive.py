@@ -13,7 +13,7 @@ from fwplab.data import (
     log_signature_windows,
     read_uea_problem,
 )
-from fwplab.data.uea_archive import fill_linear, log_signature_channel_names
+from fwplab.data.uea_archive import log_signature_channel_names
 
 RTOL_LOGSIG = 1e-12
 ATOL_LOGSIG = 1e-12
@@ -182,19 +182,17 @@ def test_missing_values_are_filled_along_the_linear_path():
     dropped[1, 10:15] = True                       # a gap running to the series' end
     x = full.clone()
     x[..., 1:][dropped] = math.nan
-    filled = fill_linear(x, lengths, grid)
-    assert not torch.isnan(filled[:, :9]).any()
     for b, length in enumerate(lengths.tolist()):
         keep = [i for i in range(length) if not dropped[b, i]]
         points = full[b, keep]
         if keep[-1] != length - 1:                 # the data hold their last value
             tail = torch.cat([full[b, length - 1, :1], points[-1, 1:]])
             points = torch.cat([points, tail.unsqueeze(0)])
-        one, _ = log_signature_path(filled[b:b + 1, :length], torch.tensor([length]), 2, length)
+        one, _ = log_signature_path(x[b:b + 1, :length], torch.tensor([length]), 2, length, grid[:length])
         observed, _ = log_signature_path(points.unsqueeze(0), torch.tensor([len(points)]), 2,
                                          len(points))
         torch.testing.assert_close(one[0, -1], observed[0, -1], atol=1e-12, rtol=0)
-    path, _ = log_signature_path(x, lengths, depth=2, step=4, grid=grid)
-    assert not torch.isnan(path[0]).any()
-    with pytest.raises(ValueError, match=r"grid: expected shape \(20,\) or \(3, 20\), got \(7,\)"):
-        fill_linear(x, lengths, grid[:7])
+    path, new_lengths = log_signature_path(x, lengths, depth=2, step=4, grid=grid)
+    assert not torch.isnan(path[0]).any() and not torch.isnan(path[2, :new_lengths[2]]).any()
+    batched, _ = log_signature_path(x[2:], lengths[2:], depth=2, step=4, grid=grid)
+    torch.testing.assert_close(path[2:], batched, equal_nan=True)   # other series do not matter

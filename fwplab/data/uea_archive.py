@@ -27,6 +27,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from ..paths import interpolation_coeffs
 from .dataset import Dataset, Split
 from .ts import (
     DataFormatError,
@@ -40,7 +41,6 @@ from .ts import (
 __all__ = [
     "read_uea_problem",
     "log_signature_windows",
-    "fill_linear",
     "log_signature_path",
     "log_signature_channel_names",
     "log_signature_dataset",
@@ -135,53 +135,6 @@ def _windows_from_increments(increments: Tensor, depth: int, step: int) -> Tenso
     return torch.cat([level_one, area[..., upper[0], upper[1]]], dim=-1)
 
 
-def fill_linear(x: Tensor, lengths: Tensor, grid: Optional[Tensor] = None) -> Tensor:
-    """Fill missing values inside each series with its piecewise-linear path.
-
-    Each channel of each series is linear in time between its observations and constant
-    before its first and after its last one (within the series' length)::
-
-        x(t) = x(t_a) + (t - t_a) / (t_b - t_a) (x(t_b) - x(t_a)),   t_a < t < t_b observed
-
-    The filled points lie on the linearly interpolated path of the observations, so any
-    functional of that path (its log-signature, say) is unchanged by the filling.
-
-    Args:
-        x: ``(batch, time, channels)`` with NaN where missing.
-        lengths: ``(batch,)`` number of time points of each series; values after it
-            stay as they are.
-        grid: ``(time,)`` or ``(batch, time)`` observation times; None means
-            ``0, 1, 2, ...``.
-
-    Returns:
-        Tensor: a copy of ``x`` with every NaN inside a series' length filled, except in
-        a channel with no observation at all in that series.
-    """
-    batch, count, channels = x.shape
-    index = torch.arange(count, device=x.device)
-    times = index.to(x.dtype) if grid is None else grid.to(device=x.device, dtype=x.dtype)
-    if times.shape not in ((count,), (batch, count)):
-        raise ValueError(f"grid: expected shape ({count},) or ({batch}, {count}), got "
-                         f"{tuple(times.shape)}")
-    times = times.expand(batch, count).unsqueeze(-1).expand(batch, count, channels)
-    inside = (index < lengths.to(x.device).unsqueeze(-1)).unsqueeze(-1)
-    observed = ~torch.isnan(x) & inside
-    positions = index.view(1, count, 1).expand(batch, count, channels)
-    before = torch.where(observed, positions, -1).cummax(dim=1).values
-    after = torch.where(observed, positions, count).flip(1).cummin(dim=1).values.flip(1)
-    values = torch.nan_to_num(x)
-    low, high = before.clamp(min=0), after.clamp(max=count - 1)
-    x_low, x_high = values.gather(1, low), values.gather(1, high)
-    t_low, t_high, t = times.gather(1, low), times.gather(1, high), times
-    span = t_high - t_low
-    weight = torch.where(span > 0, (t - t_low) / torch.where(span > 0, span, 1), 0)
-    between = x_low + weight * (x_high - x_low)
-    filled = torch.where((before >= 0) & (after < count), between,
-                         torch.where(before >= 0, x_low, x_high))
-    missing = ~observed & inside & ((before >= 0) | (after < count))
-    return torch.where(missing, filled, x)
-
-
 def log_signature_path(
     x: Tensor, lengths: Tensor, depth: int, step: int, grid: Optional[Tensor] = None
 ) -> tuple[Tensor, Tensor]:
@@ -194,17 +147,17 @@ def log_signature_path(
 
     Increments past a series' end count as zero, so variable lengths are respected
     (the series' last window may be shorter). When channel 0 of ``x`` is time, channel
-    0 of the result is the time elapsed since the series' start. Missing values inside
-    a series are first filled along its linearly interpolated path (:func:`fill_linear`),
-    so the windows are the log-signatures of that path.
+    0 of the result is the time elapsed since the series' start. Missing values are first
+    filled along each series' linear interpolation
+    (:func:`fwplab.paths.interpolation_coeffs`, ``"linear"``), whose filled points lie on
+    the path through the observations, so the windows are the log-signatures of that path.
 
     Args:
         x: ``(batch, time, channels)``, NaN where missing.
         lengths: ``(batch,)`` number of time points of each series.
         depth: 1 or 2.
         step: increments per window.
-        grid: ``(time,)`` or ``(batch, time)`` observation times for the filling; None
-            means ``0, 1, 2, ...``.
+        grid: ``(time,)`` observation times for the filling; None means ``0, 1, 2, ...``.
 
     Returns:
         (path, new_lengths): ``(batch, windows + 1, logsig_channels)`` with NaN after each
@@ -215,10 +168,10 @@ def log_signature_path(
         raise ValueError(f"x, lengths: expected shapes (batch, time, channels) and (batch,), got "
                          f"{tuple(x.shape)} and {tuple(lengths.shape)}")
     inside = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device).unsqueeze(-1)
-    x = fill_linear(x, lengths, grid)
-    if torch.isnan(x[inside]).any():
+    if not (~torch.isnan(x) & inside.unsqueeze(-1)).any(dim=1).all():
         raise ValueError("x: expected at least one observation of every channel in every "
                          "series for log-signature windows, got a channel with none")
+    x = interpolation_coeffs(x, grid, lengths, "linear")
     increments = x[:, 1:] - x[:, :-1]
     increments = torch.where(inside[:, 1:].unsqueeze(-1), increments, torch.zeros_like(increments))
     windows = _windows_from_increments(increments, depth, step)
