@@ -168,11 +168,16 @@ def test_relative_links_resolve():
     assert not broken, broken
 
 
+#: Names of the project's private working documents, which readers cannot open: the
+#: specification (its upper-case file name, spelt here without naming it) and its folder.
+OUTSIDE_NAMES = ("spec".upper(), "/shared/")
+
+
 def test_nothing_cites_documents_outside_the_repository():
     this_file = Path(__file__).resolve()
     citing = [f"{path.relative_to(ROOT)}: {needle!r}"
               for path, text in _repository_texts() if path.resolve() != this_file
-              for needle in ("SPEC", "/shared/") if needle in text]
+              for needle in OUTSIDE_NAMES if needle in text]
     assert not citing, citing
 
 
