@@ -439,8 +439,7 @@ class ContinuousFWP(nn.Module):
         Returns:
             :class:`fwplab.solvers.StageControls`, each ``(points, batch, heads, .)``.
         """
-        x = path.evaluate(points).transpose(0, 1)
-        dx = path.derivative(points).transpose(0, 1) if self.slow_net.uses_derivative else None
+        x, dx = path.at_points(points, derivative=self.slow_net.uses_derivative)
         return solvers.StageControls(*self.slow_net(x, dx))
 
     def _fast_weights(self, path, times: Tensor, at: Optional[Tensor] = None) -> Tensor:
@@ -561,14 +560,17 @@ class ContinuousFWP(nn.Module):
         batch = check_observations(x, times, lengths, self.input_channels)
         _check_input_dtype(self, batch.x)
         path = self._path(batch, coeffs)
-        q = self.query(path, batch.times)
         if stream:
             W = self._fast_weights(path, batch.times).movedim(0, 1)  # (batch, time, heads, d, d)
+            q = self.query(path, batch.times)
             return _check_finite_output(self, self.read_out(W, q), batch)
         last = batch.lengths - 1
-        index = torch.arange(q.shape[0], device=q.device)
-        # Only each series' final fast weights: the fast paths then compute no others.
-        logits = self.read_out(self._fast_weights(path, batch.times, at=last), q[index, last])
+        # Only each series' final fast weights and query: the fast paths then compute no
+        # other states, and the query is evaluated at the distinct final times only.
+        ends, position = torch.unique(last, return_inverse=True)
+        series = torch.arange(last.shape[0], device=last.device)
+        q = self.query(path, batch.times[ends])[series, position]
+        logits = self.read_out(self._fast_weights(path, batch.times, at=last), q)
         return _check_finite_output(self, logits, batch)
 
 

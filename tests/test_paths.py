@@ -92,6 +92,25 @@ def test_path_passes_through_every_observation(interpolation):
     torch.testing.assert_close(values[observed], x[observed], rtol=0, atol=RTOL[torch.float64])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("interpolation", sorted(INTERPOLATIONS))
+def test_at_points_equals_torchcde_evaluation_time_first(interpolation, dtype):
+    """The models' one-pass evaluation at the solver's stage points equals torchcde's
+    evaluate/derivative (transposed), also before the first and after the last knot."""
+    x, times = _observations(6, 12, 3, dtype, seed=6)
+    path = control_path(interpolation_coeffs(x, times, torch.tensor([12, 5, 2, 7, 12, 9]),
+                                             interpolation), times, interpolation)
+    points = torch.linspace(float(times[0]) - 0.5, float(times[-1]) + 0.5, 57, dtype=dtype)
+    points = torch.cat([points, times])  # knots too, in any order
+    values, derivatives = path.at_points(points)
+    scale = RTOL[dtype] * (1 + path.evaluate(points).abs().max())
+    torch.testing.assert_close(values, path.evaluate(points).transpose(0, 1), rtol=0, atol=scale)
+    torch.testing.assert_close(derivatives, path.derivative(points).transpose(0, 1),
+                               rtol=0, atol=scale)
+    assert values.shape == (len(points), 6, 3) and values.is_contiguous()
+    assert path.at_points(points, derivative=False)[1] is None
+
+
 @pytest.mark.parametrize("interpolation", sorted(INTERPOLATIONS))
 def test_padded_series_equals_truncated_series(interpolation):
     x, times = _observations(6, 12, 3, torch.float64, seed=5)
