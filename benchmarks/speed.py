@@ -16,7 +16,10 @@ steps and recomputed), ``kernel`` (compiled C++ recurrence, checkpoints every 16
 Every result is also given as a multiple of the compute floor: the FLOP count of
 ``fwplab.benchmarking.fast_path_flops`` at the float32 matrix-product rate measured
 here (with the threads in use; the rates on 1 and 2 threads are printed too).
-``--profile`` adds, per batch, a torch.profiler breakdown of the fast solvers'
+On the CPU the fast solvers are then timed again in the same process after
+``fwplab.retain_freed_memory()`` (glibc keeps the memory a step frees instead of
+returning it, so the next step's tensors take no page faults; ``--no-retain-freed-memory``
+leaves this out): both tables are printed and saved. ``--profile`` adds, per batch, a torch.profiler breakdown of the fast solvers'
 forward and backward (most expensive operators), the share of forward+backward time
 spent outside the recurrence, the recurrence's arithmetic rate per core as a fraction
 of the one-thread matrix-product rate, and the kernel on 1 and 2 threads.
@@ -57,6 +60,7 @@ from fwplab.benchmarking import (
 SOLVERS = {name: options for name, options in SOLVER_OPTIONS.items() if name != "auto"}
 DEFAULT_SOLVERS = "reference,adjoint,fast,fast-bounded,kernel"
 PROFILED_SOLVERS = ("fast", "kernel")  # the solvers with one autograd node for the recurrence
+RETAINED_SOLVERS = ("fast", "fast-bounded", "kernel")  # timed again with freed memory kept
 PROFILED_OPERATORS = 12
 SMOKE = dict(length=12, channels=5, hidden_channels=8, num_heads=2, ff_channels=16, classes=3)
 
@@ -76,6 +80,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--retain-freed-memory", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="CPU: afterwards, time the fast solvers again in the same process "
+                             "after fwplab.retain_freed_memory() (default: on)")
     parser.add_argument("--profile", action="store_true",
                         help="per-operator profile of the fast solvers, share outside the "
                              "recurrence, its rate vs the matrix-product rate, 1 vs 2 threads")
@@ -241,35 +249,8 @@ def rss_arguments(arguments, config: str, batch: int) -> list[str]:
         ["--post-tanh"] if arguments.post_tanh else [])
 
 
-def main(argv=None) -> None:
-    arguments = parse_arguments(argv)
-    if arguments.threads:
-        torch.set_num_threads(arguments.threads)
-    if arguments.measure_rss:
-        model, x, coeffs = build(arguments, arguments.config, int(arguments.batch))
-        common.report_rss_growth(lambda: forward_backward(model, x, coeffs))
-        return
-    if arguments.smoke:
-        arguments.batch, arguments.repeats = "4", 1
-        arguments.rss = arguments.rss or "fast"
-    configs = [c.strip() for c in arguments.solvers.split(",")]
-    unknown = [c for c in configs if c not in SOLVERS]
-    if unknown:
-        raise SystemExit(f"--solvers: unknown {unknown}; expected names from {list(SOLVERS)}")
-    if "kernel" in configs and not (arguments.device == "cpu" and kernels.available()):
-        print("kernel: not available here (CPU only, needs a compiler); left out",
-              file=sys.stderr)
-        configs.remove("kernel")
-    if "kernel" in configs:
-        print(f"kernel ready after {kernels.build_seconds():.1f} s (build or cache)",
-              file=sys.stderr)
-    gflops = matmul_gflops(arguments.device)
-    rates = ({count: matmul_gflops(arguments.device, threads=count) for count in (1, 2)}
-             if arguments.device == "cpu" else {})
-    if rates:
-        print(f"float32 matrix products: {rates[1]:.1f} GFLOP/s on 1 thread, {rates[2]:.1f} "
-              f"on 2; {gflops:.1f} with the {torch.get_num_threads()} threads in use",
-              file=sys.stderr)
+def run_batches(arguments, configs: list[str], gflops: float, rates: dict[int, float]) -> list[dict]:
+    """Time (and with ``--profile`` profile) ``configs`` at every batch size; print tables."""
     results = []
     for batch in (int(b) for b in arguments.batch.split(",")):
         rows = measure(arguments, batch, configs)
@@ -299,13 +280,57 @@ def main(argv=None) -> None:
         if arguments.profile:
             result["profile"] = profile(arguments, batch, configs, rates)
         results.append(result)
+    return results
+
+
+def main(argv=None) -> None:
+    arguments = parse_arguments(argv)
+    if arguments.threads:
+        torch.set_num_threads(arguments.threads)
+    if arguments.measure_rss:
+        model, x, coeffs = build(arguments, arguments.config, int(arguments.batch))
+        common.report_rss_growth(lambda: forward_backward(model, x, coeffs))
+        return
+    if arguments.smoke:
+        arguments.batch, arguments.repeats = "4", 1
+        arguments.rss = arguments.rss or "fast"
+    configs = [c.strip() for c in arguments.solvers.split(",")]
+    unknown = [c for c in configs if c not in SOLVERS]
+    if unknown:
+        raise SystemExit(f"--solvers: unknown {unknown}; expected names from {list(SOLVERS)}")
+    if "kernel" in configs and not (arguments.device == "cpu" and kernels.available()):
+        print("kernel: not available here (CPU only, needs a compiler); left out",
+              file=sys.stderr)
+        configs.remove("kernel")
+    if "kernel" in configs:
+        print(f"kernel ready after {kernels.build_seconds():.1f} s (build or cache)",
+              file=sys.stderr)
+    gflops = matmul_gflops(arguments.device)
+    rates = ({count: matmul_gflops(arguments.device, threads=count) for count in (1, 2)}
+             if arguments.device == "cpu" else {})
+    if rates:
+        print(f"float32 matrix products: {rates[1]:.1f} GFLOP/s on 1 thread, {rates[2]:.1f} "
+              f"on 2; {gflops:.1f} with the {torch.get_num_threads()} threads in use",
+              file=sys.stderr)
+    results = run_batches(arguments, configs, gflops, rates)
+    retained = []
+    fast = [c for c in configs if c in RETAINED_SOLVERS]
+    if arguments.retain_freed_memory and arguments.device == "cpu" and fast:
+        if fwplab.retain_freed_memory():
+            print("\n=== the same process after fwplab.retain_freed_memory() (glibc keeps freed "
+                  "memory: no page faults on the next step's tensors) ===")
+            retained = run_batches(argparse.Namespace(**{**vars(arguments), "rss": "none"}),
+                                   fast, gflops, rates)
+        else:
+            print("retain_freed_memory: not glibc here; left out", file=sys.stderr)
     print("\nmemory: 'saved MB' = tensors autograd keeps for the backward; 'peak RSS MB' = "
           "growth of peak resident memory during one forward+backward in a fresh process")
     common.write_json(arguments.json, {
         "benchmark": "speed", "model": arguments.model, "post_tanh": arguments.post_tanh,
         "shape": shape(arguments), "device": arguments.device,
         "environment": common.environment(),
-        "kernel_build_s": kernels.build_seconds(), "results": results})
+        "kernel_build_s": kernels.build_seconds(), "results": results,
+        "results_freed_memory_retained": retained})
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from .data import (
     read_ts,
 )
 from .baselines import DiscreteDeltaFWP, GRUBaseline
-from .devices import pick_device
+from .devices import pick_device, retain_freed_memory
 from .discrete import (
     DISCRETE_UPDATES,
     FEATURE_MAPS,
@@ -181,6 +181,7 @@ __all__ = [
     "NonFiniteOutputError",
     "build_model",
     "pick_device",
+    "retain_freed_memory",
     "count_parameters",
     "integration_grid",
     "interpolation_coeffs",
