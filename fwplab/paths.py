@@ -330,11 +330,14 @@ class CubicPath(torchcde.CubicSpline):
             X(t)     = a_i + b_i s + c_i s^2 + d_i s^3
             dX/dt(t) = b_i + 2 c_i s + 3 d_i s^2
 
-        One gather of the packed coefficients, time first, so the slow net's projections
-        read contiguous rows.
+        One gather of the packed coefficients into ``(4, points, batch, channels)``, so
+        each coefficient and the results are contiguous, time first (the slow net's
+        projections read contiguous rows).
         """
         piece, s = _pieces_at(self._t, points)
-        a, b, two_c, three_d = self._packed.transpose(0, 1).index_select(0, piece).chunk(4, -1)
+        batch, pieces, packed = self._packed.shape
+        by_coefficient = self._packed.view(batch, pieces, 4, packed // 4).permute(2, 1, 0, 3)
+        a, b, two_c, three_d = by_coefficient.index_select(1, piece).unbind(0)
         s = s.view(-1, 1, 1)
         dx = torch.addcmul(b, torch.addcmul(two_c, three_d, s), s) if derivative else None
         inner = torch.addcmul(b, torch.addcmul(two_c, three_d, s, value=2 / 3), s, value=0.5)
