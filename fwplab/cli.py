@@ -50,6 +50,7 @@ import torch.distributed as dist
 
 from .data import DATASET_NAMES, Dataset, Split, load_dataset, load_ts_pair
 from .data.download import DownloadError
+from .devices import retain_freed_memory
 from .models import MODELS, build_model, count_parameters
 from .paths import INTERPOLATIONS
 from .presets import (
@@ -723,6 +724,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "presets":
         return _presets()
+    retain_freed_memory()  # each training step reuses the memory the last one freed (glibc)
     try:
         if args.command == "compare":
             return _compare.run(args, main, DATASET_NAMES, list(MODELS))
