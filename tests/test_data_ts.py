@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fwplab.data import DataFormatError, load_dataset, load_ts_pair, parse_ts, read_ts, read_ts_pair
+from fwplab.data.ts import decode_ts_bytes
 from fwplab.data.registry import shipped_data_dir
 
 ATOL_EXACT = 0.0
@@ -55,6 +56,17 @@ def test_univariate_equal_length_with_missing_and_integer_labels():
     assert math.isnan(ts.x[0, 2, 0]) and ts.x[0, 3, 0] == 4.0
     assert ts.x[1, 3, 0] == pytest.approx(1e-3)
     assert ts.times is None
+
+
+def test_percent_comment_lines_are_comments_as_in_arff():
+    """Some archive files open with ARFF's '%' comments (Latin-1 too); they read like '#'."""
+    text = "%# a cut-down problem\n% its test set is smaller\n%\n" + UNIVARIATE + "% trailing\n"
+    ts = parse_ts(text, "percent.ts")
+    reference = parse_ts(UNIVARIATE, "tiny.ts")
+    assert torch.equal(ts.x.nan_to_num(-1), reference.x.nan_to_num(-1))
+    assert ts.y.tolist() == reference.y.tolist() and ts.class_names == reference.class_names
+    latin = b"% caf\xe9\n" + UNIVARIATE.encode()
+    assert torch.equal(parse_ts(decode_ts_bytes(latin, "latin.ts"), "latin.ts").y, reference.y)
 
 
 def test_multivariate_unequal_lengths_string_labels_and_trailing_missing_trimmed():

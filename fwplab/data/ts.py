@@ -2,7 +2,7 @@
 
 A ``.ts`` file is a header, then one series per line::
 
-    # comment lines start with '#'
+    # comment lines start with '#' (or '%', as in ARFF and some archive files)
     @problemName JapaneseVowels
     @timeStamps false
     @missing false
@@ -123,13 +123,19 @@ def _parse_positive_int(value: str, tag: str, source: str, line: int) -> int:
     return number
 
 
+#: What a comment line starts with: '#', or '%' (ARFF's comments, which some archive
+#: files carry over into their .ts headers).
+_COMMENT = ("#", "%")
+_COMMENT_BYTES = tuple(mark.encode() for mark in _COMMENT)
+
+
 def _read_header(lines: Sequence[str], source: str) -> tuple[_Header, int]:
     """Parse the header; return it and the index of the first line after ``@data``."""
     header = _Header()
     for index, raw in enumerate(lines):
         number = index + 1
         line = raw.strip()
-        if not line or line.startswith("#"):
+        if not line or line.startswith(_COMMENT):
             continue
         if not line.startswith("@"):
             # The line itself is not echoed: the file may not be a .ts file at all.
@@ -312,7 +318,7 @@ def parse_ts(
     for index in range(first_data, len(lines)):
         number = index + 1
         line = lines[index].strip()
-        if not line or line.startswith("#"):
+        if not line or line.startswith(_COMMENT):
             continue
         if header.timestamps:
             parts = _split_outside_parentheses(line, source, number)
@@ -436,7 +442,7 @@ def decode_ts_bytes(data: bytes, source: str = "<bytes>") -> str:
         try:
             decoded.append(raw.decode("utf-8"))
         except UnicodeDecodeError as error:
-            if raw.lstrip().startswith(b"#"):
+            if raw.lstrip().startswith(_COMMENT_BYTES):
                 decoded.append(raw.decode("latin-1"))
                 continue
             raise _fail(source, number, f"not valid UTF-8 at column {error.start + 1} (save "
