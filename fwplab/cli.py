@@ -17,7 +17,9 @@ Settings come from, in this order of precedence: explicit flags, the preset
 Data without a preset of its own (``--train/--test``, or a ``--dataset`` no preset
 trains on) gets settings adapted to it instead of a preset's (validation split,
 batch size, log-signature windows for long series with delayed copies of a univariate
-one, a step budget fitted to the measured speed, warm-up, patience; see
+one and time counted in windows, warped copies of the training series when a class has
+few, a step budget fitted to the measured speed, warm-up, patience, an ensemble of as
+many models as the time budget holds; see
 :func:`fwplab.presets.adaptive_data_options` and :func:`~fwplab.presets.adaptive_train_settings`);
 each choice is printed once and stored under ``run.adaptive`` in ``metrics.json``.
 Bad input ends the command with exit status 1 (2 for bad flags) and one line on
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
 import math
 import os
 import signal
@@ -51,14 +54,17 @@ import torch.distributed as dist
 from .data import DATASET_NAMES, Dataset, Split, load_dataset, load_ts_pair
 from .data.download import DownloadError
 from .devices import retain_freed_memory
-from .models import MODELS, build_model, count_parameters
+from .models import MODELS, NonFiniteOutputError, build_model, count_parameters
 from .paths import INTERPOLATIONS
 from .presets import (
     DEFAULT_PRESET,
     PRESETS,
+    TIME_BUDGET,
     Choice,
     Preset,
+    adaptive_augmentation,
     adaptive_data_options,
+    adaptive_ensemble,
     adaptive_epochs,
     adaptive_retry,
     adaptive_train_settings,
@@ -73,6 +79,9 @@ from .train import (
     SCHEDULES,
     TrainConfig,
     TrainingDiverged,
+    _atomic_write,
+    _write_json,
+    evaluate_ensemble,
     fit,
     load_checkpoint,
     seconds_per_step,
@@ -84,6 +93,8 @@ from .rules import load_rules_from
 __all__ = ["main", "build_parser"]
 
 RUNS_DIR = "runs"
+#: File of an ensemble's members in the run folder (the first one is also checkpoint.pt).
+ENSEMBLE_NAME = "ensemble.pt"
 #: Exit status of a command stopped by bad input or a failed run (argparse uses 2 for bad flags).
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -145,6 +156,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") \
+            from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -198,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="drop this fraction of each series' observations (default 0)")
     data.add_argument("--intensity", action=argparse.BooleanOptionalAction, default=None,
                       help="add observational-intensity channels")
+    data.add_argument("--warped-copies", type=_count, metavar="K",
+                      help="add K randomly time-warped and scaled copies of every training "
+                           "series; only for data without a preset (default: up to 4 when "
+                           "a class has fewer than 20 series and nothing validates, else 0)")
     data.add_argument("--val-fraction", type=_number(0.0, 1.0, include_low=True), metavar="F",
                       help="hold out this fraction of the training data for model selection "
                            "when the dataset has no validation split (default 0)")
@@ -237,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--patience", type=_positive_int, metavar="N",
                           help="stop after N epochs without a better validation score")
     training.add_argument("--seed", type=_seed, metavar="S", help="default 0")
+    training.add_argument("--ensemble", type=_positive_int, metavar="K",
+                          help="train K models (seeds S, S+1, ...) and average their class "
+                               "probabilities; only for data without a preset (default: as many "
+                               "as the time budget holds, at most 5; 1 when --epochs is given)")
 
     run = train.add_argument_group("run")
     run.add_argument("--device", metavar="DEVICE",
@@ -341,20 +371,103 @@ def _data_spec(args: argparse.Namespace, preset: Preset, seed: int) -> dict[str,
 def _load_data(spec: dict[str, Any]) -> Dataset:
     common = dict(missing_rate=spec["missing_rate"], seed=spec["seed"], **spec["options"])
     delays = common.pop("delays", ())
-    if "train" not in spec and not delays:
+    copies = common.pop("augment", 0)
+    window_time = common.pop("window_time", False)
+    if "train" not in spec and not delays and not copies and not window_time:
         return load_dataset(spec["dataset"], root=spec.get("root"), **common)
-    # Delayed copies come before the log-signature windows, which summarise them too.
+    # Warped copies and delayed copies come before the log-signature windows, which
+    # summarise them too.
     depth, step = common.pop("logsig_depth", 0), common.pop("logsig_step", None)
     dataset = (load_ts_pair(spec["train"], spec["test"], **common) if "train" in spec else
                load_dataset(spec["dataset"], root=spec.get("root"), logsig_depth=0, **common))
+    if copies:
+        dataset = dataclasses.replace(dataset, train=warped_copies(
+            dataset.train, _data_channels(dataset), copies, spec["seed"]))
     dataset = _with_delays(dataset, delays) if delays else dataset
+    if depth and window_time:
+        dataset = _time_in_windows(dataset, step)
     return log_signature_dataset(dataset, depth, step) if depth else dataset
+
+
+def _time_in_windows(dataset: Dataset, step: int) -> Dataset:
+    """``dataset`` with its times (the grid and the ``time`` channel) divided by ``step``:
+    one time unit per log-signature window instead of per step."""
+    channel = (dataset.channel_names.index("time") if "time" in dataset.channel_names
+               else None)
+
+    def convert(split: Split) -> Split:
+        x = split.x.clone()
+        if channel is not None:
+            x[..., channel] = x[..., channel] / step
+        return Split(x, split.lengths, split.y, split.times / step, split.static)
+
+    return dataclasses.replace(
+        dataset, train=convert(dataset.train), test=convert(dataset.test),
+        val=None if dataset.val is None else convert(dataset.val))
 
 
 def _data_channels(dataset: Dataset) -> list[int]:
     """Indices of the data channels of ``x`` (neither time nor intensity)."""
     return [index for index, name in enumerate(dataset.channel_names)
             if name != "time" and not name.startswith("intensity:")]
+
+
+#: Spread of the log-speed of a warped copy (per quarter of the series) and of its
+#: channels' scale factors.
+WARP_SPREAD, SCALE_SPREAD = 0.25, 0.1
+#: Pieces of a warped copy's time warp (the speed is constant on each).
+WARP_PIECES = 4
+
+
+def warped_copies(split: Split, channels: Sequence[int], copies: int, seed: int) -> Split:
+    """``split`` followed by ``copies`` warped copies of every series (same labels, lengths).
+
+    Copy of a series of ``L`` steps: the ``channels`` at ``tau(t)`` (linear interpolation
+    between the neighbouring steps), where ``tau`` maps ``[0, L - 1]`` onto itself,
+    increasing, with a constant speed ``exp(N(0, WARP_SPREAD))`` on each of
+    :data:`WARP_PIECES` equal pieces; each channel is then multiplied by
+    ``1 + N(0, SCALE_SPREAD)``. Other channels (time, intensity) are kept; a missing
+    value stays missing where ``tau`` falls on it or next to it; NaN after the end stays.
+    Seeded by ``seed``.
+    """
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 0:
+        raise ValueError(f"copies: expected a non-negative integer, got {copies!r}")
+    if copies == 0 or len(split) == 0:
+        return split
+    generator = torch.Generator().manual_seed(seed)
+    x, lengths = split.x, split.lengths.to(split.x.device)
+    n, steps = x.shape[:2]
+    index = torch.as_tensor(list(channels), dtype=torch.long, device=x.device)
+    pieces = [x]
+    grid = torch.arange(steps, device=x.device, dtype=torch.float64)
+    span = (lengths - 1).clamp(min=1).to(torch.float64).unsqueeze(-1)
+    for _ in range(copies):
+        speeds = torch.exp(WARP_SPREAD * torch.randn(n, WARP_PIECES, generator=generator,
+                                                     dtype=torch.float64)).to(x.device)
+        knots = torch.cat([speeds.new_zeros(n, 1), speeds.cumsum(-1)], -1)
+        knots = knots / knots[:, -1:]
+        u = (grid / span).clamp(0, 1) * WARP_PIECES
+        piece = u.floor().clamp(max=WARP_PIECES - 1).long()
+        low, high = knots.gather(1, piece), knots.gather(1, piece + 1)
+        tau = (low + (u - piece) * (high - low)) * span
+        before = tau.floor().long().clamp(0, steps - 1)
+        after = (before + 1).clamp(max=steps - 1)
+        after = torch.minimum(after, (lengths - 1).clamp(min=0).unsqueeze(-1))
+        weight = (tau - before).to(x.dtype).unsqueeze(-1)
+        source = x[..., index]
+        a = source.gather(1, before.unsqueeze(-1).expand(-1, -1, len(index)))
+        b = source.gather(1, after.unsqueeze(-1).expand(-1, -1, len(index)))
+        b = torch.where(weight == 0, a, b)
+        scale = 1 + SCALE_SPREAD * torch.randn(n, 1, len(index), generator=generator,
+                                               dtype=x.dtype).to(x.device)
+        warped = (a + weight * (b - a)) * scale
+        ended = (torch.arange(steps, device=x.device) >= lengths.unsqueeze(-1)).unsqueeze(-1)
+        copy = x.clone()
+        copy[..., index] = warped.masked_fill(ended, math.nan)
+        pieces.append(copy)
+    repeat = copies + 1
+    return Split(torch.cat(pieces), split.lengths.repeat(repeat), split.y.repeat(repeat),
+                 split.times, None if split.static is None else split.static.repeat(repeat, 1))
 
 
 def _with_delays(dataset: Dataset, delays: Sequence[int]) -> Dataset:
@@ -388,22 +501,35 @@ def _adapts(args: argparse.Namespace) -> bool:
                                       and preset_for_dataset(args.dataset) is None)
 
 
-def _adapt_data(spec: dict[str, Any], dataset: Dataset) -> tuple[Dataset, list[Choice]]:
-    """Log-signature windows for long series, with delayed copies when univariate (recorded
-    in ``spec`` so --resume reloads them)."""
+def _adapt_data(spec: dict[str, Any], dataset: Dataset, val_fraction: Optional[float],
+                copies: Optional[int] = None) -> tuple[Dataset, list[Choice]]:
+    """Log-signature windows for long series, with delayed copies when univariate, and
+    warped copies of the training series when a class has few (recorded in ``spec`` so
+    --resume reloads them). ``val_fraction``, ``copies``: given by flag, or None (a
+    given count of copies is used as it is and not reported)."""
     options, choices = adaptive_data_options(int(dataset.train.lengths.max()),
                                              len(_data_channels(dataset)))
+    counts = [int(c) for c in torch.bincount(dataset.train.y.cpu()) if c > 0]
+    validation = (dataset.val is not None or (
+        val_fraction if val_fraction is not None
+        else adaptive_train_settings(counts)[0]["val_fraction"]) > 0)
+    more, extra = adaptive_augmentation(counts, validation) if copies is None else (
+        {"augment": copies} if copies else {}, [])
+    options.update(more)
+    choices += extra
     if options:
         spec["options"].update(options)
         dataset = _load_data(spec)
     return dataset, choices
 
 
-def _adapt_training(args: argparse.Namespace, dataset: Dataset, model: torch.nn.Module
-                    ) -> tuple[TrainConfig, list[Choice]]:
+def _adapt_training(args: argparse.Namespace, dataset: Dataset, model: torch.nn.Module,
+                    dataset_copies: int = 0) -> tuple[TrainConfig, list[Choice]]:
     """TrainConfig adapted to the data; explicit flags win over every adapted value."""
     given = {_TRAIN_FLAGS[flag]: value for flag, value in _given(args, _TRAIN_FLAGS).items()}
-    counts = torch.bincount(dataset.train.y.cpu(), minlength=dataset.num_classes)
+    # Warped copies are not more series to validate on or to size the batch by.
+    counts = torch.bincount(dataset.train.y.cpu(), minlength=dataset.num_classes) // (
+        1 + dataset_copies)
     settings, choices = adaptive_train_settings(
         [int(count) for count in counts if count > 0])
     settings.update(given)
@@ -490,7 +616,8 @@ def _check_data_spec(spec: Any, path: Path) -> None:
     if isinstance(spec["seed"], bool) or not isinstance(spec["seed"], int):
         raise ValueError(f"{where}.seed must be an integer")
     if not isinstance(spec["options"], dict) or set(spec["options"]) - {
-            "intensity", "val_fraction", "logsig_depth", "logsig_step", "delays"}:
+            "intensity", "val_fraction", "logsig_depth", "logsig_step", "delays", "augment",
+            "window_time"}:
         raise ValueError(f"{where}.options must be a dict of data options")
     files = {"train", "test"} & set(spec)
     if files:
@@ -566,6 +693,11 @@ def _train(args: argparse.Namespace) -> int:
     else:
         preset = get_preset(args.preset or DEFAULT_PRESET)
         adaptive = _adapts(args)
+        for flag in ("ensemble", "warped_copies"):
+            if getattr(args, flag) is not None and not adaptive:
+                name = "--" + flag.replace("_", "-")
+                raise ValueError(f"{name}: applies to data without a preset (--train/--test), "
+                                 f"got the {preset.name} preset's data; drop {name}")
         config = None if adaptive else _train_config(args, preset)
         seed = args.seed if adaptive and args.seed is not None else (
             TrainConfig().seed if adaptive else config.seed)
@@ -582,7 +714,8 @@ def _train(args: argparse.Namespace) -> int:
         dataset = _load_data(run_info["data"])
         choices: list[Choice] = []
         if args.resume is None and adaptive:
-            dataset, choices = _adapt_data(run_info["data"], dataset)
+            dataset, choices = _adapt_data(run_info["data"], dataset, args.val_fraction,
+                                           args.warped_copies)
         torch.manual_seed(seed)
         if args.resume is None:
             _check_model_size(model_config, dataset.input_channels, dataset.num_classes, device)
@@ -599,7 +732,8 @@ def _train(args: argparse.Namespace) -> int:
                                  f"{model.input_channels} and {model.output_channels}")
         model.to(device)
         if args.resume is None and adaptive:
-            config, more = _adapt_training(args, dataset, model)
+            config, more = _adapt_training(args, dataset, model,
+                                           run_info["data"]["options"].get("augment", 0))
             choices += more
             run_info["adaptive"] = {choice.name: {"value": str(choice.value),
                                                   "reason": choice.reason}
@@ -612,9 +746,9 @@ def _train(args: argparse.Namespace) -> int:
                 print(f"fwplab train: adapted to the data: {choice.line()}", flush=True)
         try:
             with _stop_signals_interrupt():
-                if adaptive and args.lr is None and not (dist.is_available()
-                                                         and dist.is_initialized()):
-                    history = _fit_adapted(model, dataset, config, out, run_info, progress, seed)
+                if adaptive and not (dist.is_available() and dist.is_initialized()):
+                    history = _fit_ensemble(model, dataset, config, out, run_info, progress,
+                                            seed, args)
                 else:
                     history = fit(model, dataset, config, out=out,
                                   resume=args.resume is not None, progress=progress,
@@ -633,13 +767,93 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_ensemble(model: torch.nn.Module, dataset: Dataset, config: TrainConfig, out: Path,
+                  run_info: dict[str, Any], progress: bool, seed: int,
+                  args: argparse.Namespace) -> History:
+    """The first model as :func:`_fit_adapted` trains it, then as many more as
+    :func:`fwplab.presets.adaptive_ensemble` allows (``--ensemble`` wins; one when
+    ``--epochs`` is given), seeds ``seed + 1, ...``, each within what is left of the time
+    budget. With more than one, ``metrics.json`` reports the averaged class probabilities
+    (:func:`fwplab.train.evaluate_ensemble`), the members' own accuracies under
+    ``ensemble``, and ``ensemble.pt`` holds every member's weights."""
+    started = time.perf_counter()
+    planned = None  # known before training (then in the checkpoint, for --resume)
+    if args.ensemble is not None:
+        planned = adaptive_ensemble(0.0, args.ensemble)
+    elif args.epochs is not None:
+        planned = 1, Choice("ensemble", "1 model", "the passes are given: one model")
+    for _, choice in [planned] if planned else []:
+        print(f"fwplab train: adapted to the data: {choice.line()}", flush=True)
+        run_info["adaptive"][choice.name] = {"value": str(choice.value), "reason": choice.reason}
+    if args.lr is None:
+        history, config = _fit_adapted(model, dataset, config, out, run_info, progress, seed)
+    else:
+        history = fit(model, dataset, config, out=out, progress=progress, run_info=run_info)
+    first = time.perf_counter() - started
+    count, choice = planned or adaptive_ensemble(first)
+    if planned is None:
+        print(f"fwplab train: adapted to the data: {choice.line()}", flush=True)
+        run_info["adaptive"][choice.name] = {"value": str(choice.value), "reason": choice.reason}
+    members, seeds, runs, failed = [model], [config.seed], [history], []
+    for offset in range(1, count):
+        spent = time.perf_counter() - started
+        if args.ensemble is None and spent + spent / len(members) > TIME_BUDGET:
+            break
+        member_seed = (config.seed + offset) % (MAX_SEED + 1)
+        torch.manual_seed(member_seed)
+        member = build_model(**model.config).to(next(model.parameters()).device)
+        try:
+            runs.append(fit(member, dataset, dataclasses.replace(config, seed=member_seed),
+                            progress=progress))
+        except (TrainingDiverged, NonFiniteOutputError) as error:
+            print(f"fwplab train: ensemble: the model of seed {member_seed} diverged "
+                  f"({str(error).split(';')[0]}); left out", flush=True)
+            failed.append(member_seed)
+            continue
+        members.append(member)
+        seeds.append(member_seed)
+    if len(members) == 1:
+        _rewrite_metrics(out, {"run": run_info})
+        return history
+    train, test = (evaluate_ensemble(members, split, config.eval_batch_size)
+                   for split in (dataset.train, dataset.test))
+    _atomic_write(out / ENSEMBLE_NAME, lambda path: torch.save(
+        {"model_config": dict(model.config), "seeds": seeds,
+         "states": [member.state_dict() for member in members]}, path))
+    seconds = time.perf_counter() - started
+    update = {"test_accuracy": test["accuracy"], "train_accuracy": train["accuracy"],
+              "test_loss": test["loss"], "seconds": round(seconds, 3), "run": run_info,
+              "ensemble": {
+                  "members": len(members), "seeds": seeds, "file": ENSEMBLE_NAME,
+                  "averaging": "mean of the members' class probabilities; train_accuracy "
+                               "on all training series",
+                  "member_test_accuracy": [run.test["accuracy"] for run in runs],
+                  "member_train_accuracy": [run.train["accuracy"] for run in runs],
+                  "member_seconds": [round(run.seconds, 3) for run in runs],
+                  "diverged_seeds": failed}}
+    if "auroc" in test:
+        update.update(test_auroc=test["auroc"], train_auroc=train["auroc"])
+    _rewrite_metrics(out, update)
+    return dataclasses.replace(history, train=train, test=test, seconds=seconds)
+
+
+def _rewrite_metrics(out: Path, update: dict[str, Any]) -> None:
+    """``out/metrics.json`` with the keys of ``update`` replaced or added."""
+    document = json.loads((out / METRICS_NAME).read_text())
+    document.update(update)
+    _write_json(out / METRICS_NAME, document)
+
+
 def _fit_adapted(model: torch.nn.Module, dataset: Dataset, config: TrainConfig, out: Path,
-                 run_info: dict[str, Any], progress: bool, seed: int) -> History:
+                 run_info: dict[str, Any], progress: bool, seed: int
+                 ) -> tuple[History, TrainConfig]:
     """:func:`fwplab.train.fit`; a run that diverges starts once more from new weights at a
-    lower learning rate (:func:`fwplab.presets.adaptive_retry`), printed and recorded."""
+    lower learning rate (:func:`fwplab.presets.adaptive_retry`), printed and recorded.
+    Returns the history and the settings that trained the model."""
     started = time.perf_counter()
     try:
-        return fit(model, dataset, config, out=out, progress=progress, run_info=run_info)
+        return fit(model, dataset, config, out=out, progress=progress,
+                   run_info=run_info), config
     except TrainingDiverged as error:
         settings, choice = adaptive_retry(config.lr, time.perf_counter() - started,
                                           str(error).split(";")[0])
@@ -648,8 +862,9 @@ def _fit_adapted(model: torch.nn.Module, dataset: Dataset, config: TrainConfig, 
     (out / CHECKPOINT_NAME).unlink(missing_ok=True)
     torch.manual_seed(seed)
     fresh = build_model(**model.config).to(next(model.parameters()).device)
-    return fit(fresh, dataset, dataclasses.replace(config, **settings), out=out,
-               progress=progress, run_info=run_info)
+    model.load_state_dict(fresh.state_dict())  # the caller's model ends trained
+    config = dataclasses.replace(config, **settings)
+    return fit(model, dataset, config, out=out, progress=progress, run_info=run_info), config
 
 
 class _Stopped(KeyboardInterrupt):

@@ -311,6 +311,12 @@ MIN_PATIENCE = 10
 RETRY_LR_FACTOR = 0.5
 #: Smallest share of the time budget that new start gets.
 MIN_RETRY_SHARE = 0.25
+#: Most models of an adapted run's ensemble (their class probabilities are averaged).
+ENSEMBLE_MEMBERS = 5
+#: Training series per class that warped copies top the smallest class up to (about).
+AUGMENT_PER_CLASS = 20
+#: Most warped copies of every training series.
+MAX_WARPED_COPIES = 4
 
 
 @dataclass(frozen=True)
@@ -338,6 +344,9 @@ def adaptive_data_options(longest: int, data_channels: int
     so the solver takes about :data:`TARGET_WINDOWS` steps instead of ``longest``
     (the training time shrinks by ``step``), and the keys see the signed areas
     between channels (with the time channel: how the values move within a window).
+    Time is counted in windows (``window_time``: the time channel and the grid are
+    divided by ``step``): counted in steps, it reached 1343 on PLAID and 2000 on PigCVP,
+    where freshly drawn weights gave non-finite logits.
 
     A long univariate series first gets :data:`DELAY_COPIES` delayed copies of itself
     as extra channels (a delay embedding), lagged by multiples of ``step``::
@@ -361,10 +370,11 @@ def adaptive_data_options(longest: int, data_channels: int
         return {}, [Choice("log-signature", "off", f"series of at most {longest} steps are "
                            f"short enough (<= {LONG_SERIES})")]
     step = math.ceil(longest / TARGET_WINDOWS)
-    options: dict[str, Any] = {"logsig_depth": ADAPTIVE_LOGSIG_DEPTH, "logsig_step": step}
+    options: dict[str, Any] = {"logsig_depth": ADAPTIVE_LOGSIG_DEPTH, "logsig_step": step,
+                               "window_time": True}
     choices = [Choice("log-signature", f"depth {ADAPTIVE_LOGSIG_DEPTH}, windows of {step} steps",
                       f"series of up to {longest} steps (> {LONG_SERIES}) become about "
-                      f"{math.ceil(longest / step)} windows")]
+                      f"{math.ceil(longest / step)} windows, one time unit each")]
     if data_channels == 1:
         options["delays"] = [step * copy for copy in range(1, DELAY_COPIES + 1)]
         choices.append(Choice("delayed copies", f"lags of {options['delays']} steps",
@@ -482,6 +492,75 @@ def adaptive_epochs(training_series: int, batch_size: int, step_seconds: Optiona
                               f"{PATIENCE_SHARE:.0%} of the passes (at least {MIN_PATIENCE}) "
                               "without a better validation score stop the run"))
     return settings, choices
+
+
+def adaptive_augmentation(class_counts: Sequence[int], validation: bool
+                          ) -> tuple[dict[str, Any], list[Choice]]:
+    """Warped copies of every training series when some class has few.
+
+    Without a validation split (copies of validation series would leak into training)
+    and with fewer than :data:`AUGMENT_PER_CLASS` series in the smallest class, every
+    training series gets ``copies = min(MAX_WARPED_COPIES, ceil(AUGMENT_PER_CLASS /
+    smallest) - 1)`` copies, each with a random smooth time warp and its channels
+    scaled by random factors near 1 (:func:`fwplab.cli.warped_copies`): the model sees
+    the class's shape at other speeds and amplitudes, as a warping distance would
+    compare it.
+
+    Returns:
+        ``({"augment": copies}`` or ``{}``, the choices made).
+    """
+    counts = [int(count) for count in class_counts]
+    if not counts or min(counts) < 1:
+        raise ValueError(f"class_counts: expected a positive count per class, got {counts}")
+    smallest = min(counts)
+    if validation:
+        return {}, [Choice("warped copies", "none", "a validation split is carved (copies of "
+                           "its series would train)")]
+    if smallest >= AUGMENT_PER_CLASS:
+        return {}, [Choice("warped copies", "none", f"the smallest class has {smallest} "
+                           f"training series (>= {AUGMENT_PER_CLASS})")]
+    copies = min(MAX_WARPED_COPIES, math.ceil(AUGMENT_PER_CLASS / smallest) - 1)
+    return {"augment": copies}, [Choice(
+        "warped copies", f"{copies} of every training series",
+        f"the smallest class has {smallest} training series (< {AUGMENT_PER_CLASS}); each copy "
+        "is the series under a random smooth time warp, its channels scaled by random factors "
+        "near 1")]
+
+
+def adaptive_ensemble(first_seconds: float, members: Optional[int] = None
+                      ) -> tuple[int, Choice]:
+    """How many models an adapted run trains and averages, after the first took
+    ``first_seconds``.
+
+    Small data sets train fast and vary much from one seed to the next (the weights,
+    the batches and, with a validation split, which series validate); the average of
+    the class probabilities of models trained with seeds ``seed, seed + 1, ...`` varies
+    less. As many as fit :data:`TIME_BUDGET` at the first one's pace, at most
+    :data:`ENSEMBLE_MEMBERS`::
+
+        members = clamp(floor(TIME_BUDGET / first_seconds), 1, ENSEMBLE_MEMBERS)
+
+    Args:
+        first_seconds: wall seconds the first model took (training and evaluation).
+        members: the count given by the user (``--ensemble``); None derives it.
+
+    Returns:
+        ``(members, the choice)``.
+    """
+    if not (isinstance(first_seconds, (int, float)) and first_seconds >= 0):
+        raise ValueError(f"first_seconds: expected non-negative seconds, got {first_seconds!r}")
+    if members is not None:
+        return members, Choice("ensemble", f"{members} models", "given")
+    fit = int(TIME_BUDGET / max(first_seconds, 1e-9))
+    members = max(1, min(ENSEMBLE_MEMBERS, fit))
+    if members == 1:
+        why = (f"the first model took {first_seconds:.0f} s: a second would not fit the "
+               f"{TIME_BUDGET:.0f} s budget")
+    else:
+        why = (f"the first took {first_seconds:.0f} s, so {members} fit the "
+               f"{TIME_BUDGET:.0f} s budget (at most {ENSEMBLE_MEMBERS}); consecutive seeds "
+               "(weights, batches, validation series); their class probabilities are averaged")
+    return members, Choice("ensemble", f"{members} model{'s' if members > 1 else ''}", why)
 
 
 def adaptive_retry(lr: float, seconds_spent: float, why: str

@@ -82,6 +82,8 @@ __all__ = [
     "fit",
     "evaluate",
     "predict",
+    "predict_ensemble",
+    "evaluate_ensemble",
     "auroc",
     "load_checkpoint",
     "load_model",
@@ -467,6 +469,41 @@ def evaluate(
         weight = _class_weight(TrainConfig(class_weights=class_weights), logits.shape[-1],
                                logits.device)
     return _metrics(logits, split.y.to(logits.device), weight)
+
+
+@torch.no_grad()
+def predict_ensemble(models: list[nn.Module], split: Split, batch_size: int = 256) -> Tensor:
+    """Log of the mean of the members' class probabilities, for every series of a split::
+
+        log( (softmax(logits_1) + ... + softmax(logits_K)) / K )
+
+    usable as logits (their softmax is the averaged probabilities).
+
+    Args:
+        models: the members (same classes), each as :func:`predict` takes it.
+        split, batch_size: as :func:`predict`.
+
+    Returns:
+        ``(batch, classes)`` log-probabilities on the first member's device.
+    """
+    if not models:
+        raise ValueError("models: expected at least one model, got none")
+    device = _device_of(models[0])
+    probabilities = [predict(model, split, batch_size).softmax(-1).to(device)
+                     for model in models]
+    classes = {p.shape[-1] for p in probabilities}
+    if len(classes) != 1:
+        raise ValueError(f"models: expected members with the same classes, got "
+                         f"{sorted(classes)} outputs")
+    return torch.stack(probabilities).mean(0).clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def evaluate_ensemble(models: list[nn.Module], split: Split, batch_size: int = 256
+                      ) -> dict[str, float]:
+    """Loss, accuracy and, for two classes, AUROC of the averaged probabilities
+    (:func:`predict_ensemble`) on a split, as :func:`evaluate` gives them for one model."""
+    logits = predict_ensemble(models, split, batch_size)
+    return _metrics(logits, split.y.to(logits.device), None)
 
 
 # ----------------------------------------------------------------------- checkpoints
