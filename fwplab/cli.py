@@ -16,9 +16,9 @@ Settings come from, in this order of precedence: explicit flags, the preset
 (``--preset``; default ``japanese-vowels``), :class:`fwplab.train.TrainConfig`.
 Data without a preset of its own (``--train/--test``, or a ``--dataset`` no preset
 trains on) gets settings adapted to it instead of a preset's (validation split,
-batch size, log-signature windows for long series with delayed copies of a univariate
-one and time counted in windows, warped copies of the training series when a class has
-few, a step budget fitted to the measured speed, warm-up, patience, an ensemble of as
+batch size, each series on its own scale when amplitudes spread widely, log-signature
+windows for long series with delayed copies of a univariate one and time counted in
+windows, warped copies of the training series when a class has few, a step budget fitted to the measured speed, warm-up, patience, an ensemble of as
 many models as the time budget holds; see
 :func:`fwplab.presets.adaptive_data_options` and :func:`~fwplab.presets.adaptive_train_settings`);
 each choice is printed once and stored under ``run.adaptive`` in ``metrics.json``.
@@ -38,7 +38,6 @@ import argparse
 import dataclasses
 import inspect
 import json
-import math
 import os
 import signal
 import sys
@@ -51,14 +50,23 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from .data import DATASET_NAMES, Dataset, Split, load_dataset, load_ts_pair
+from .data import DATASET_NAMES, Dataset, load_dataset, load_ts_pair
 from .data.download import DownloadError
+from .data.transforms import (
+    data_channels,
+    series_scale_spread,
+    standardise_each_series,
+    time_in_windows,
+    warped_copies,
+    with_delays,
+)
 from .devices import retain_freed_memory
 from .models import MODELS, NonFiniteOutputError, build_model, count_parameters
 from .paths import INTERPOLATIONS
 from .presets import (
     DEFAULT_PRESET,
     PRESETS,
+    SCALE_SPREAD_LIMIT,
     TIME_BUDGET,
     Choice,
     Preset,
@@ -224,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="add K randomly time-warped and scaled copies of every training "
                            "series; only for data without a preset (default: up to 4 when "
                            "a class has fewer than 20 series and nothing validates, else 0)")
+    data.add_argument("--scale", choices=("series", "channel"),
+                      help="series: standardise each series on its own and keep its log-scale "
+                           "as a channel; channel: one mean and std per channel; only for "
+                           "data without a preset (default: series when the series' "
+                           f"amplitudes spread more than {SCALE_SPREAD_LIMIT:g}-fold)")
     data.add_argument("--val-fraction", type=_number(0.0, 1.0, include_low=True), metavar="F",
                       help="hold out this fraction of the training data for model selection "
                            "when the dataset has no validation split (default 0)")
@@ -373,124 +386,23 @@ def _load_data(spec: dict[str, Any]) -> Dataset:
     delays = common.pop("delays", ())
     copies = common.pop("augment", 0)
     window_time = common.pop("window_time", False)
-    if "train" not in spec and not delays and not copies and not window_time:
+    each_series = common.pop("standardise_each_series", False)
+    if "train" not in spec and not (delays or copies or window_time or each_series):
         return load_dataset(spec["dataset"], root=spec.get("root"), **common)
     # Warped copies and delayed copies come before the log-signature windows, which
     # summarise them too.
     depth, step = common.pop("logsig_depth", 0), common.pop("logsig_step", None)
     dataset = (load_ts_pair(spec["train"], spec["test"], **common) if "train" in spec else
                load_dataset(spec["dataset"], root=spec.get("root"), logsig_depth=0, **common))
+    if each_series:
+        dataset = standardise_each_series(dataset, data_channels(dataset))
     if copies:
         dataset = dataclasses.replace(dataset, train=warped_copies(
-            dataset.train, _data_channels(dataset), copies, spec["seed"]))
-    dataset = _with_delays(dataset, delays) if delays else dataset
+            dataset.train, data_channels(dataset), copies, spec["seed"]))
+    dataset = with_delays(dataset, delays) if delays else dataset
     if depth and window_time:
-        dataset = _time_in_windows(dataset, step)
+        dataset = time_in_windows(dataset, step)
     return log_signature_dataset(dataset, depth, step) if depth else dataset
-
-
-def _time_in_windows(dataset: Dataset, step: int) -> Dataset:
-    """``dataset`` with its times (the grid and the ``time`` channel) divided by ``step``:
-    one time unit per log-signature window instead of per step."""
-    channel = (dataset.channel_names.index("time") if "time" in dataset.channel_names
-               else None)
-
-    def convert(split: Split) -> Split:
-        x = split.x.clone()
-        if channel is not None:
-            x[..., channel] = x[..., channel] / step
-        return Split(x, split.lengths, split.y, split.times / step, split.static)
-
-    return dataclasses.replace(
-        dataset, train=convert(dataset.train), test=convert(dataset.test),
-        val=None if dataset.val is None else convert(dataset.val))
-
-
-def _data_channels(dataset: Dataset) -> list[int]:
-    """Indices of the data channels of ``x`` (neither time nor intensity)."""
-    return [index for index, name in enumerate(dataset.channel_names)
-            if name != "time" and not name.startswith("intensity:")]
-
-
-#: Spread of the log-speed of a warped copy (per quarter of the series) and of its
-#: channels' scale factors.
-WARP_SPREAD, SCALE_SPREAD = 0.25, 0.1
-#: Pieces of a warped copy's time warp (the speed is constant on each).
-WARP_PIECES = 4
-
-
-def warped_copies(split: Split, channels: Sequence[int], copies: int, seed: int) -> Split:
-    """``split`` followed by ``copies`` warped copies of every series (same labels, lengths).
-
-    Copy of a series of ``L`` steps: the ``channels`` at ``tau(t)`` (linear interpolation
-    between the neighbouring steps), where ``tau`` maps ``[0, L - 1]`` onto itself,
-    increasing, with a constant speed ``exp(N(0, WARP_SPREAD))`` on each of
-    :data:`WARP_PIECES` equal pieces; each channel is then multiplied by
-    ``1 + N(0, SCALE_SPREAD)``. Other channels (time, intensity) are kept; a missing
-    value stays missing where ``tau`` falls on it or next to it; NaN after the end stays.
-    Seeded by ``seed``.
-    """
-    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 0:
-        raise ValueError(f"copies: expected a non-negative integer, got {copies!r}")
-    if copies == 0 or len(split) == 0:
-        return split
-    generator = torch.Generator().manual_seed(seed)
-    x, lengths = split.x, split.lengths.to(split.x.device)
-    n, steps = x.shape[:2]
-    index = torch.as_tensor(list(channels), dtype=torch.long, device=x.device)
-    pieces = [x]
-    grid = torch.arange(steps, device=x.device, dtype=torch.float64)
-    span = (lengths - 1).clamp(min=1).to(torch.float64).unsqueeze(-1)
-    for _ in range(copies):
-        speeds = torch.exp(WARP_SPREAD * torch.randn(n, WARP_PIECES, generator=generator,
-                                                     dtype=torch.float64)).to(x.device)
-        knots = torch.cat([speeds.new_zeros(n, 1), speeds.cumsum(-1)], -1)
-        knots = knots / knots[:, -1:]
-        u = (grid / span).clamp(0, 1) * WARP_PIECES
-        piece = u.floor().clamp(max=WARP_PIECES - 1).long()
-        low, high = knots.gather(1, piece), knots.gather(1, piece + 1)
-        tau = (low + (u - piece) * (high - low)) * span
-        before = tau.floor().long().clamp(0, steps - 1)
-        after = (before + 1).clamp(max=steps - 1)
-        after = torch.minimum(after, (lengths - 1).clamp(min=0).unsqueeze(-1))
-        weight = (tau - before).to(x.dtype).unsqueeze(-1)
-        source = x[..., index]
-        a = source.gather(1, before.unsqueeze(-1).expand(-1, -1, len(index)))
-        b = source.gather(1, after.unsqueeze(-1).expand(-1, -1, len(index)))
-        b = torch.where(weight == 0, a, b)
-        scale = 1 + SCALE_SPREAD * torch.randn(n, 1, len(index), generator=generator,
-                                               dtype=x.dtype).to(x.device)
-        warped = (a + weight * (b - a)) * scale
-        ended = (torch.arange(steps, device=x.device) >= lengths.unsqueeze(-1)).unsqueeze(-1)
-        copy = x.clone()
-        copy[..., index] = warped.masked_fill(ended, math.nan)
-        pieces.append(copy)
-    repeat = copies + 1
-    return Split(torch.cat(pieces), split.lengths.repeat(repeat), split.y.repeat(repeat),
-                 split.times, None if split.static is None else split.static.repeat(repeat, 1))
-
-
-def _with_delays(dataset: Dataset, delays: Sequence[int]) -> Dataset:
-    """``dataset`` with a copy of every data channel delayed by each lag appended.
-
-    Copy for lag ``l`` at step ``t``: the channel at step ``max(t - l, 0)`` (the first
-    observation before the start); NaN after each series' end, as the channel.
-    """
-    channels = _data_channels(dataset)
-
-    def convert(split: Split) -> Split:
-        steps = torch.arange(split.x.shape[1], device=split.x.device)
-        after = (steps >= split.lengths.to(split.x.device).unsqueeze(-1)).unsqueeze(-1)
-        copies = [split.x[:, (steps - lag).clamp(min=0)][..., channels].masked_fill(
-            after, math.nan) for lag in delays]
-        return Split(torch.cat([split.x, *copies], dim=-1), split.lengths, split.y, split.times,
-                     split.static)
-
-    names = tuple(f"{dataset.channel_names[index]}(t-{lag})" for lag in delays
-                  for index in channels)
-    return Dataset(dataset.name, convert(dataset.train),
-                   None if dataset.val is None else convert(dataset.val), convert(dataset.test),
-                   dataset.class_names, dataset.channel_names + names, dataset.static_names)
 
 
 def _adapts(args: argparse.Namespace) -> bool:
@@ -502,13 +414,20 @@ def _adapts(args: argparse.Namespace) -> bool:
 
 
 def _adapt_data(spec: dict[str, Any], dataset: Dataset, val_fraction: Optional[float],
-                copies: Optional[int] = None) -> tuple[Dataset, list[Choice]]:
-    """Log-signature windows for long series, with delayed copies when univariate, and
-    warped copies of the training series when a class has few (recorded in ``spec`` so
-    --resume reloads them). ``val_fraction``, ``copies``: given by flag, or None (a
-    given count of copies is used as it is and not reported)."""
-    options, choices = adaptive_data_options(int(dataset.train.lengths.max()),
-                                             len(_data_channels(dataset)))
+                copies: Optional[int] = None, scale: Optional[str] = None
+                ) -> tuple[Dataset, list[Choice]]:
+    """Each series on its own scale when amplitudes spread widely, log-signature windows
+    for long series, with delayed copies when univariate, and warped copies of the
+    training series when a class has few (recorded in ``spec`` so --resume reloads
+    them). ``val_fraction``, ``copies``, ``scale``: given by flag, or None (a given
+    value is used as it is and not reported)."""
+    options, choices = adaptive_data_options(
+        int(dataset.train.lengths.max()),
+        series_scale_spread(dataset.train, data_channels(dataset)))
+    if scale is not None:
+        options.pop("standardise_each_series", None)
+        options.update({"standardise_each_series": True} if scale == "series" else {})
+        choices = [choice for choice in choices if choice.name != "scale"]
     counts = [int(c) for c in torch.bincount(dataset.train.y.cpu()) if c > 0]
     validation = (dataset.val is not None or (
         val_fraction if val_fraction is not None
@@ -617,7 +536,7 @@ def _check_data_spec(spec: Any, path: Path) -> None:
         raise ValueError(f"{where}.seed must be an integer")
     if not isinstance(spec["options"], dict) or set(spec["options"]) - {
             "intensity", "val_fraction", "logsig_depth", "logsig_step", "delays", "augment",
-            "window_time"}:
+            "window_time", "standardise_each_series"}:
         raise ValueError(f"{where}.options must be a dict of data options")
     files = {"train", "test"} & set(spec)
     if files:
@@ -693,7 +612,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         preset = get_preset(args.preset or DEFAULT_PRESET)
         adaptive = _adapts(args)
-        for flag in ("ensemble", "warped_copies"):
+        for flag in ("ensemble", "warped_copies", "scale"):
             if getattr(args, flag) is not None and not adaptive:
                 name = "--" + flag.replace("_", "-")
                 raise ValueError(f"{name}: applies to data without a preset (--train/--test), "
@@ -715,7 +634,7 @@ def _train(args: argparse.Namespace) -> int:
         choices: list[Choice] = []
         if args.resume is None and adaptive:
             dataset, choices = _adapt_data(run_info["data"], dataset, args.val_fraction,
-                                           args.warped_copies)
+                                           args.warped_copies, args.scale)
         torch.manual_seed(seed)
         if args.resume is None:
             _check_model_size(model_config, dataset.input_channels, dataset.num_classes, device)

@@ -284,6 +284,9 @@ LONG_SERIES = 128
 TARGET_WINDOWS = 64
 #: Depth of the log-signature of each window (increments and signed areas).
 ADAPTIVE_LOGSIG_DEPTH = 2
+#: Spread of the series' amplitudes (90th over 10th percentile of their standard
+#: deviations) above which every series is standardised on its own.
+SCALE_SPREAD_LIMIT = 10.0
 #: Delayed copies of a long univariate series added as channels (lags of 1, 2, ... windows).
 DELAY_COPIES = 2
 #: Optimisation steps of an adaptive run, whatever the size of the data set.
@@ -332,9 +335,18 @@ class Choice:
         return f"{self.name} = {self.value} ({self.reason})"
 
 
-def adaptive_data_options(longest: int, data_channels: int
+def adaptive_data_options(longest: int, scale_spread: Sequence[float]
                           ) -> tuple[dict[str, Any], list[Choice]]:
-    """Data options for series of ``longest`` steps: log-signature windows when long.
+    """Data options for series of ``longest`` steps whose data channels' amplitudes
+    spread by ``scale_spread`` (see :func:`fwplab.data.series_scale_spread`).
+
+    When the amplitudes of the training series of some channel spread by more than
+    :data:`SCALE_SPREAD_LIMIT` (90th over 10th percentile of the series' standard
+    deviations), every series is standardised on its own and its log-scale kept as a
+    channel (:func:`fwplab.data.standardise_each_series`). One standardisation per
+    channel would leave the many small series near 0: on PLAID (electrical
+    appliances' currents, amplitudes from 1e-5 to 100) training accuracy stayed
+    near 0.5.
 
     A series longer than :data:`LONG_SERIES` steps is replaced by the depth-2
     log-signature of windows of ``step = ceil(longest / TARGET_WINDOWS)`` increments::
@@ -361,21 +373,33 @@ def adaptive_data_options(longest: int, data_channels: int
 
     Args:
         longest: the longest training series, in time steps.
-        data_channels: channels of the series (time and intensity channels excluded).
+        scale_spread: one spread per data channel (time and intensity channels excluded).
 
     Returns:
-        ``({"delays", "logsig_depth", "logsig_step"}`` or ``{}``, the choices made).
+        ``({"standardise_each_series", "delays", "logsig_depth", "logsig_step",
+        "window_time"}`` or a part of it, the choices made).
     """
+    spread = max(scale_spread)
+    options: dict[str, Any] = {}
+    if spread > SCALE_SPREAD_LIMIT:
+        options["standardise_each_series"] = True
+        choices = [Choice("scale", "each series its own, log-scale kept as a channel",
+                          f"the series' amplitudes spread {spread:.3g}-fold (90th over 10th "
+                          f"percentile, > {SCALE_SPREAD_LIMIT:g})")]
+    else:
+        choices = [Choice("scale", "one per channel", f"the series' amplitudes spread "
+                          f"{spread:.3g}-fold (<= {SCALE_SPREAD_LIMIT:g})")]
     if longest <= LONG_SERIES:
-        return {}, [Choice("log-signature", "off", f"series of at most {longest} steps are "
-                           f"short enough (<= {LONG_SERIES})")]
+        return options, choices + [Choice(
+            "log-signature", "off", f"series of at most {longest} steps are short enough "
+            f"(<= {LONG_SERIES})")]
     step = math.ceil(longest / TARGET_WINDOWS)
-    options: dict[str, Any] = {"logsig_depth": ADAPTIVE_LOGSIG_DEPTH, "logsig_step": step,
-                               "window_time": True}
-    choices = [Choice("log-signature", f"depth {ADAPTIVE_LOGSIG_DEPTH}, windows of {step} steps",
-                      f"series of up to {longest} steps (> {LONG_SERIES}) become about "
-                      f"{math.ceil(longest / step)} windows, one time unit each")]
-    if data_channels == 1:
+    options.update({"logsig_depth": ADAPTIVE_LOGSIG_DEPTH, "logsig_step": step,
+                    "window_time": True})
+    choices.append(Choice("log-signature", f"depth {ADAPTIVE_LOGSIG_DEPTH}, windows of {step} "
+                          f"steps", f"series of up to {longest} steps (> {LONG_SERIES}) become "
+                          f"about {math.ceil(longest / step)} windows, one time unit each"))
+    if len(scale_spread) == 1:
         options["delays"] = [step * copy for copy in range(1, DELAY_COPIES + 1)]
         choices.append(Choice("delayed copies", f"lags of {options['delays']} steps",
                               "one long series gives the window increments two directions "
@@ -502,7 +526,7 @@ def adaptive_augmentation(class_counts: Sequence[int], validation: bool
     and with fewer than :data:`AUGMENT_PER_CLASS` series in the smallest class, every
     training series gets ``copies = min(MAX_WARPED_COPIES, ceil(AUGMENT_PER_CLASS /
     smallest) - 1)`` copies, each with a random smooth time warp and its channels
-    scaled by random factors near 1 (:func:`fwplab.cli.warped_copies`): the model sees
+    scaled by random factors near 1 (:func:`fwplab.data.warped_copies`): the model sees
     the class's shape at other speeds and amplitudes, as a warping distance would
     compare it.
 

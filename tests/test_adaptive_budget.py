@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from fwplab.cli import _with_delays, main
-from fwplab.data import load_ts_pair
+from fwplab.cli import main
+from fwplab.data import load_ts_pair, with_delays
 from fwplab import cli
 from fwplab.presets import (
     ADAPTIVE_VAL_FRACTION,
@@ -70,32 +70,34 @@ def test_the_budget_is_counted_in_steps_and_bounded_in_time():
 
 
 def test_long_series_become_log_signature_windows():
-    assert adaptive_data_options(LONG_SERIES, 2)[0] == {}
-    options, choices = adaptive_data_options(1460, 2)
+    assert adaptive_data_options(LONG_SERIES, [1.0, 1.0])[0] == {}
+    options, choices = adaptive_data_options(1460, [1.0, 1.0])
     assert options["logsig_depth"] == 2
     assert math.ceil(1460 / options["logsig_step"]) <= 64
     assert "1460 steps" in next(c.reason for c in choices if c.name == "log-signature")
 
 
 def test_only_long_univariate_series_get_delayed_copies_lagged_by_the_window():
-    options, choices = adaptive_data_options(1460, 1)
+    options, choices = adaptive_data_options(1460, [1.0])
     assert options["delays"] == [options["logsig_step"] * k for k in range(1, DELAY_COPIES + 1)]
     assert next(c.value for c in choices if c.name == "delayed copies") == \
         f"lags of {options['delays']} steps"
-    assert "delays" not in adaptive_data_options(1460, 3)[0]
-    assert adaptive_data_options(LONG_SERIES, 1)[0] == {}
+    assert "delays" not in adaptive_data_options(1460, [1.0, 2.0, 1.5])[0]
+    assert adaptive_data_options(LONG_SERIES, [1.0])[0] == {}
 
 
 def write_univariate_pair(folder, n_train=12, n_test=6, length=5):
-    """A univariate .ts pair (classes a and b) of ``length`` to ``length + 2`` steps; the
-    '?' missing values are left out of runs of the log-signature (longer than
-    LONG_SERIES steps), which needs complete series."""
+    """A univariate .ts pair (classes a and b, amplitudes alike) of ``length`` to
+    ``length + 2`` steps; the '?' missing values are left out of runs of the
+    log-signature (longer than LONG_SERIES steps), which needs complete series."""
     header = ["@problemName Uni", "@timeStamps false", "@missing true", "@univariate true",
               "@equalLength false", "@classLabel true a b", "@data"]
     paths = []
+    def value(i, t):
+        return math.sin(t / 9) + 0.1 * i if i % 2 else math.cos(t / 7) + 0.1 * i
+
     for name, count in (("TRAIN", n_train), ("TEST", n_test)):
-        lines = [",".join("?" if t == 2 and length <= LONG_SERIES else
-                          f"{(i % 2) * math.sin(t / 9) + 0.1 * i:.2f}"
+        lines = [",".join("?" if t == 2 and length <= LONG_SERIES else f"{value(i, t):.2f}"
                           for t in range(length + i % 3)) + ":" + "ab"[i % 2]
                  for i in range(count)]
         path = folder / f"Uni_{name}.ts"
@@ -107,7 +109,7 @@ def write_univariate_pair(folder, n_train=12, n_test=6, length=5):
 def test_delayed_copies_repeat_the_series_later_and_end_with_it(tmp_path):
     train, test = write_univariate_pair(tmp_path)
     plain = load_ts_pair(train, test)
-    delayed = _with_delays(plain, [1, 3])
+    delayed = with_delays(plain, [1, 3])
     assert delayed.channel_names == ("time", "dim0", "dim0(t-1)", "dim0(t-3)")
     for split, before in ((delayed.train, plain.train), (delayed.test, plain.test)):
         value = before.x[..., 1]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fwplab import cli
-from fwplab.cli import ENSEMBLE_NAME, main, warped_copies
+from fwplab.cli import ENSEMBLE_NAME, main
+from fwplab.data import warped_copies
 from fwplab.data import load_ts_pair
 from fwplab.models import build_model
 from fwplab.presets import (
@@ -229,7 +230,7 @@ def test_log_signature_windows_count_time_in_windows(tmp_path):
     from test_adaptive_budget import write_univariate_pair
     from fwplab.cli import _load_data
     train, test = write_univariate_pair(tmp_path, length=LONG_SERIES + 3)
-    options, _ = adaptive_data_options(LONG_SERIES + 5, 1)
+    options, _ = adaptive_data_options(LONG_SERIES + 5, [1.0])
     assert options["window_time"] is True
     spec = {"missing_rate": 0.0, "seed": 0, "train": str(train), "test": str(test),
             "options": options}

@@ -21,6 +21,14 @@ from .registry import DATASET_NAMES, load_dataset, load_ts_pair, shipped_data_di
 from .sepsis import read_sepsis
 from .speech_commands import mfcc, read_speech_commands, read_wav
 from .spirals import make_spirals
+from .transforms import (
+    data_channels,
+    series_scale_spread,
+    standardise_each_series,
+    time_in_windows,
+    warped_copies,
+    with_delays,
+)
 from .ts import DataFormatError, TsFile, parse_ts, read_ts, read_ts_pair
 from .uea_archive import log_signature_path, log_signature_windows, read_uea_problem
 
@@ -35,6 +43,7 @@ __all__ = [
     "UnsafeArchiveError",
     "augment_channels",
     "data_cache_dir",
+    "data_channels",
     "download_file",
     "drop_observations",
     "load_dataset",
@@ -53,6 +62,11 @@ __all__ = [
     "read_uea_problem",
     "read_wav",
     "safe_extract",
+    "series_scale_spread",
     "shipped_data_dir",
+    "standardise_each_series",
     "time_channel",
+    "time_in_windows",
+    "warped_copies",
+    "with_delays",
 ]

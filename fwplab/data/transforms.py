@@ -1,0 +1,227 @@
+"""Transforms of a whole :class:`Dataset`: extra channels and extra series.
+
+Each takes a dataset (or a split) and returns a new one; nothing is changed in place.
+They are what the adaptive settings of ``fwplab train`` apply to data a user brings
+(:mod:`fwplab.presets`), and they work the same from Python:
+
+- :func:`standardise_each_series`: every series on its own scale, the scale kept as a
+  channel (for data whose series' amplitudes span orders of magnitude);
+- :func:`warped_copies`: randomly time-warped copies of the training series;
+- :func:`with_delays`: delayed copies of the data channels (a delay embedding);
+- :func:`time_in_windows`: time counted in log-signature windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .dataset import Dataset, Split
+
+def time_in_windows(dataset: Dataset, step: int) -> Dataset:
+    """``dataset`` with its times (the grid and the ``time`` channel) divided by ``step``:
+    one time unit per log-signature window instead of per step."""
+    channel = (dataset.channel_names.index("time") if "time" in dataset.channel_names
+               else None)
+
+    def convert(split: Split) -> Split:
+        x = split.x.clone()
+        if channel is not None:
+            x[..., channel] = x[..., channel] / step
+        return Split(x, split.lengths, split.y, split.times / step, split.static)
+
+    return dataclasses.replace(
+        dataset, train=convert(dataset.train), test=convert(dataset.test),
+        val=None if dataset.val is None else convert(dataset.val))
+
+
+def data_channels(dataset: Dataset) -> list[int]:
+    """Indices of the data channels of ``x`` (neither time, intensity nor log-scale)."""
+    return [index for index, name in enumerate(dataset.channel_names)
+            if name != "time" and not name.startswith(("intensity:", "log-scale:"))]
+
+
+#: Spread of the log-speed of a warped copy (per quarter of the series) and of its
+#: channels' scale factors.
+WARP_SPREAD, SCALE_SPREAD = 0.25, 0.1
+#: Pieces of a warped copy's time warp (the speed is constant on each).
+WARP_PIECES = 4
+
+
+def warped_copies(split: Split, channels: Sequence[int], copies: int, seed: int) -> Split:
+    """``split`` followed by ``copies`` warped copies of every series (same labels, lengths).
+
+    Copy of a series of ``L`` steps: the ``channels`` at ``tau(t)`` (linear interpolation
+    between the neighbouring steps), where ``tau`` maps ``[0, L - 1]`` onto itself,
+    increasing, with a constant speed ``exp(N(0, WARP_SPREAD))`` on each of
+    :data:`WARP_PIECES` equal pieces; each channel is then multiplied by
+    ``1 + N(0, SCALE_SPREAD)``. Other channels (time, intensity) are kept; a missing
+    value stays missing where ``tau`` falls on it or next to it; NaN after the end stays.
+    Seeded by ``seed``.
+    """
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 0:
+        raise ValueError(f"copies: expected a non-negative integer, got {copies!r}")
+    if copies == 0 or len(split) == 0:
+        return split
+    generator = torch.Generator().manual_seed(seed)
+    x, lengths = split.x, split.lengths.to(split.x.device)
+    n, steps = x.shape[:2]
+    index = torch.as_tensor(list(channels), dtype=torch.long, device=x.device)
+    pieces = [x]
+    grid = torch.arange(steps, device=x.device, dtype=torch.float64)
+    span = (lengths - 1).clamp(min=1).to(torch.float64).unsqueeze(-1)
+    for _ in range(copies):
+        speeds = torch.exp(WARP_SPREAD * torch.randn(n, WARP_PIECES, generator=generator,
+                                                     dtype=torch.float64)).to(x.device)
+        knots = torch.cat([speeds.new_zeros(n, 1), speeds.cumsum(-1)], -1)
+        knots = knots / knots[:, -1:]
+        u = (grid / span).clamp(0, 1) * WARP_PIECES
+        piece = u.floor().clamp(max=WARP_PIECES - 1).long()
+        low, high = knots.gather(1, piece), knots.gather(1, piece + 1)
+        tau = (low + (u - piece) * (high - low)) * span
+        before = tau.floor().long().clamp(0, steps - 1)
+        after = (before + 1).clamp(max=steps - 1)
+        after = torch.minimum(after, (lengths - 1).clamp(min=0).unsqueeze(-1))
+        weight = (tau - before).to(x.dtype).unsqueeze(-1)
+        source = x[..., index]
+        a = source.gather(1, before.unsqueeze(-1).expand(-1, -1, len(index)))
+        b = source.gather(1, after.unsqueeze(-1).expand(-1, -1, len(index)))
+        b = torch.where(weight == 0, a, b)
+        scale = 1 + SCALE_SPREAD * torch.randn(n, 1, len(index), generator=generator,
+                                               dtype=x.dtype).to(x.device)
+        warped = (a + weight * (b - a)) * scale
+        ended = (torch.arange(steps, device=x.device) >= lengths.unsqueeze(-1)).unsqueeze(-1)
+        copy = x.clone()
+        copy[..., index] = warped.masked_fill(ended, math.nan)
+        pieces.append(copy)
+    repeat = copies + 1
+    return Split(torch.cat(pieces), split.lengths.repeat(repeat), split.y.repeat(repeat),
+                 split.times, None if split.static is None else split.static.repeat(repeat, 1))
+
+
+def with_delays(dataset: Dataset, delays: Sequence[int]) -> Dataset:
+    """``dataset`` with a copy of every data channel delayed by each lag appended.
+
+    Copy for lag ``l`` at step ``t``: the channel at step ``max(t - l, 0)`` (the first
+    observation before the start); NaN after each series' end, as the channel.
+    """
+    channels = data_channels(dataset)
+
+    def convert(split: Split) -> Split:
+        steps = torch.arange(split.x.shape[1], device=split.x.device)
+        after = (steps >= split.lengths.to(split.x.device).unsqueeze(-1)).unsqueeze(-1)
+        copies = [split.x[:, (steps - lag).clamp(min=0)][..., channels].masked_fill(
+            after, math.nan) for lag in delays]
+        return Split(torch.cat([split.x, *copies], dim=-1), split.lengths, split.y, split.times,
+                     split.static)
+
+    names = tuple(f"{dataset.channel_names[index]}(t-{lag})" for lag in delays
+                  for index in channels)
+    return Dataset(dataset.name, convert(dataset.train),
+                   None if dataset.val is None else convert(dataset.val), convert(dataset.test),
+                   dataset.class_names, dataset.channel_names + names, dataset.static_names)
+
+
+#: Smallest scale a series is divided by, as a share of the median training series' scale
+#: (a constant series stays 0 instead of dividing by 0).
+SCALE_FLOOR = 1e-6
+
+
+def _series_mean_std(split: Split, channels: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of each series' observed values, per channel:
+    two ``(batch, len(channels))`` float64 tensors (a series observed once has std 0)."""
+    index = torch.as_tensor(list(channels), dtype=torch.long, device=split.x.device)
+    values = split.x[..., index].to(torch.float64)
+    inside = (torch.arange(values.shape[1], device=values.device)
+              < split.lengths.to(values.device).unsqueeze(-1)).unsqueeze(-1)
+    observed = inside & ~torch.isnan(values)
+    count = observed.sum(dim=1)
+    if not bool((count > 0).all()):
+        series, channel = (count == 0).nonzero()[0].tolist()
+        raise ValueError(f"x: expected at least one observation of every channel in every "
+                         f"series, got none in series {series}, channel {channels[channel]}")
+    zeroed = torch.where(observed, values, torch.zeros_like(values))
+    mean = zeroed.sum(dim=1) / count
+    centred = torch.where(observed, values - mean.unsqueeze(1), torch.zeros_like(values))
+    return mean, (centred.square().sum(dim=1) / count).sqrt()
+
+
+def series_scale_spread(split: Split, channels: Sequence[int]) -> list[float]:
+    """How far apart the series' amplitudes lie, per channel::
+
+        spread_c = q90(std_c) / q10(std_c)     std_c: each series' standard deviation
+
+    1 for z-normalised data (every series has std 1); ``inf`` when a tenth of the
+    series are constant.
+    """
+    _, std = _series_mean_std(split, channels)
+    low, high = torch.quantile(std, torch.tensor([0.1, 0.9], dtype=std.dtype), dim=0)
+    return [float(top / bottom) if bottom > 0 else math.inf
+            for bottom, top in zip(low.tolist(), high.tolist(), strict=True)]
+
+
+def standardise_each_series(dataset: Dataset, channels: Sequence[int]) -> Dataset:
+    """Every series' ``channels`` on its own scale, with that scale kept as a channel.
+
+    For series ``i`` and channel ``c`` with mean ``m_ic`` and standard deviation
+    ``s_ic`` over its observed values::
+
+        x_ic(t)    <-  (x_ic(t) - m_ic) / max(s_ic, SCALE_FLOOR * median_i s_ic)
+        log-scale  =   (log s_ic - mu_c) / sigma_c * (t - t_0) / (T - t_0)
+
+    where ``mu_c``, ``sigma_c`` are the mean and standard deviation of ``log s_ic``
+    over the training series and ``[t_0, T]`` the training grid. The shape of a series
+    reaches the model whatever its amplitude (data whose amplitudes span orders of
+    magnitude otherwise leave most series near 0 after one standardisation per
+    channel), and the amplitude still does: as a channel rising from 0 to the
+    standardised log-scale. A ramp, not a constant, so that it survives log-signature
+    windows (which keep increments only) and drives a controlled equation. Training
+    statistics (the floor, ``mu``, ``sigma``) are used for every split. Missing values
+    stay missing; the new channels are NaN after each series' end.
+
+    Args:
+        dataset: any :class:`Dataset`.
+        channels: indices of the channels to standardise (see :func:`data_channels`).
+
+    Returns:
+        The dataset with one channel ``log-scale:<name>`` appended per standardised channel.
+    """
+    channels = list(channels)
+    names = dataset.channel_names
+    if not channels or any(not 0 <= c < len(names) for c in channels):
+        raise ValueError(f"channels: expected indices of channels in 0..{len(names) - 1}, got "
+                         f"{channels}")
+    _, train_std = _series_mean_std(dataset.train, channels)
+    floor = SCALE_FLOOR * train_std.median(dim=0).values.clamp(min=torch.finfo(torch.float64).tiny)
+    log_train = train_std.maximum(floor).log()
+    centre, spread = log_train.mean(dim=0), log_train.std(dim=0, correction=0)
+    spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+    grid = dataset.train.times.to(torch.float64)
+    span = float(grid[-1] - grid[0]) if len(grid) > 1 else 1.0
+    index = torch.as_tensor(channels, dtype=torch.long)
+
+    def convert(split: Split) -> Split:
+        mean, std = _series_mean_std(split, channels)
+        std = std.maximum(floor.to(std.device))
+        x = split.x.clone()
+        device = x.device
+        values = (x[..., index.to(device)].to(torch.float64) - mean.unsqueeze(1)) / std.unsqueeze(1)
+        x[..., index.to(device)] = values.to(x.dtype)
+        ramp = ((split.times.to(device, torch.float64) - grid[0].to(device)) / span)
+        level = (std.log() - centre.to(device)) / spread.to(device)
+        scale = level.unsqueeze(1) * ramp.view(1, -1, 1)
+        after = (torch.arange(x.shape[1], device=device)
+                 >= split.lengths.to(device).unsqueeze(-1)).unsqueeze(-1)
+        scale = scale.to(x.dtype).masked_fill(after, math.nan)
+        return Split(torch.cat([x, scale], dim=-1), split.lengths, split.y, split.times,
+                     split.static)
+
+    return Dataset(dataset.name, convert(dataset.train),
+                   None if dataset.val is None else convert(dataset.val), convert(dataset.test),
+                   dataset.class_names,
+                   names + tuple(f"log-scale:{names[c]}" for c in channels),
+                   dataset.static_names)
