@@ -19,10 +19,14 @@ here (with the threads in use; the rates on 1 and 2 threads are printed too).
 On the CPU the fast solvers are then timed again in the same process after
 ``fwplab.retain_freed_memory()`` (glibc keeps the memory a step frees instead of
 returning it, so the next step's tensors take no page faults; ``--no-retain-freed-memory``
-leaves this out): both tables are printed and saved. ``--profile`` adds, per batch, a torch.profiler breakdown of the fast solvers'
-forward and backward (most expensive operators), the share of forward+backward time
-spent outside the recurrence, the recurrence's arithmetic rate per core as a fraction
-of the one-thread matrix-product rate, and the kernel on 1 and 2 threads.
+leaves this out): both tables are printed and saved. ``--profile`` adds, per batch and
+fast solver: the share of forward+backward time spent outside the recurrence and the
+recurrence's arithmetic rate per core as a fraction of the one-thread matrix-product
+rate, timed in place without a profiler (``timed``:
+``fwplab.benchmarking.time_recurrence_share``); a torch.profiler breakdown of the
+forward and backward (most expensive operators; the profiler's overhead inflates small
+operators, so its shares are printed beside the timed ones); and the kernel on 1 and 2
+threads.
 
 Examples::
 
@@ -51,6 +55,7 @@ from fwplab.benchmarking import (
     matmul_gflops,
     median,
     profile_step,
+    time_recurrence_share,
     random_series,
     recurrence_flops,
     saved_tensor_bytes,
@@ -146,7 +151,16 @@ def profile(arguments, batch: int, configs: list[str], rates: dict[int, float]) 
                              top=PROFILED_OPERATORS)
         inside = found.recurrence_forward_s + found.recurrence_backward_s
         per_core = flops / inside / 1e9 / threads
+        timed = time_recurrence_share(model, x, coeffs, repeats=arguments.repeats)
+        timed_inside = timed.recurrence_forward_s + timed.recurrence_backward_s
+        timed_per_core = flops / timed_inside / 1e9 / threads
         section["solvers"][config] = {
+            "timed": {"forward_s": timed.forward_s, "backward_s": timed.backward_s,
+                      "recurrence_forward_s": timed.recurrence_forward_s,
+                      "recurrence_backward_s": timed.recurrence_backward_s,
+                      "outside_share": timed.outside_share,
+                      "recurrence_gflops_per_core": timed_per_core,
+                      "recurrence_vs_matmul_per_core": timed_per_core / rates[1]},
             "forward_s": found.forward_s, "backward_s": found.backward_s,
             "recurrence_forward_s": found.recurrence_forward_s,
             "recurrence_backward_s": found.recurrence_backward_s,
@@ -155,7 +169,13 @@ def profile(arguments, batch: int, configs: list[str], rates: dict[int, float]) 
             "recurrence_vs_matmul_per_core": per_core / rates[1],
             "forward_ops": [list(op) for op in found.forward_ops],
             "backward_ops": [list(op) for op in found.backward_ops]}
-        print(f"\nprofile, batch {batch}, {config} ({threads} threads; profiler running): "
+        print(f"\ntimed, batch {batch}, {config} ({threads} threads; no profiler): forward "
+              f"{timed.forward_s:.4f} s (recurrence {timed.recurrence_forward_s:.4f} s), backward "
+              f"{timed.backward_s:.4f} s (recurrence {timed.recurrence_backward_s:.4f} s)")
+        print(f"  outside the recurrence: {100 * timed.outside_share:.0f} % of fwd+bwd; "
+              f"recurrence at {timed_per_core:.1f} GFLOP/s per core = "
+              f"{100 * timed_per_core / rates[1]:.0f} % of the one-thread matrix-product rate")
+        print(f"profile, batch {batch}, {config} ({threads} threads; profiler running): "
               f"forward {found.forward_s:.4f} s (recurrence {found.recurrence_forward_s:.4f} s), "
               f"backward {found.backward_s:.4f} s (recurrence {found.recurrence_backward_s:.4f} s)")
         print(f"  outside the recurrence: {100 * found.outside_share:.0f} % of fwd+bwd; "

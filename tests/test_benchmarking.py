@@ -11,11 +11,13 @@ from fwplab.benchmarking import (
     matmul_gflops,
     median,
     median_seconds,
+    _recurrence_functions,
     profile_step,
     random_series,
     recurrence_flops,
     saved_tensor_bytes,
     time_round_robin,
+    time_recurrence_share,
     time_solvers,
 )
 
@@ -119,6 +121,27 @@ def test_profile_step_separates_the_recurrence(solver):
     recurrence = {"fast": "_FastRecurrence", "kernel": "KernelRecurrence"}[solver]
     assert recurrence in {name for name, _, _ in every.forward_ops}
     assert recurrence + "Backward" in {name for name, _, _ in every.backward_ops}
+
+
+@pytest.mark.parametrize("solver", ["fast", "kernel"])
+def test_time_recurrence_share_times_the_recurrence_node_and_unwraps_it(solver):
+    torch.manual_seed(0)
+    model = build_model("delta_cde", 4, 3, hidden_channels=8, num_heads=2, ff_channels=16,
+                        solver=solver)
+    x = random_series(3, 8, 4)
+    coeffs = interpolation_coeffs(x)
+    found = time_recurrence_share(model, x, coeffs, repeats=3)
+    assert 0 < found.recurrence_forward_s < found.forward_s
+    assert 0 < found.recurrence_backward_s < found.backward_s
+    assert 0 < found.outside_share < 1
+    # The functions are restored: a later pass runs no hooks and the gradients are plain.
+    for function in _recurrence_functions():
+        assert "apply" not in function.__dict__
+    hebb = build_model("hebb_cde", 4, 3, hidden_channels=8, num_heads=2, ff_channels=16,
+                       solver="fast")
+    none = time_recurrence_share(hebb, x, coeffs, repeats=1)
+    assert none.recurrence_forward_s == none.recurrence_backward_s == 0
+    assert none.outside_share == 1
 
 
 def test_time_solvers_same_weights_and_speedups():

@@ -33,6 +33,9 @@ def test_speed_benchmark_smoke(tmp_path):
     profiled = results["results"][0]["profile"]
     for solver in profiled["solvers"].values():
         assert 0 < solver["outside_share"] < 1 and solver["recurrence_vs_matmul_per_core"] > 0
+        timed = solver["timed"]
+        assert 0 < timed["outside_share"] < 1 and timed["recurrence_vs_matmul_per_core"] > 0
+        assert 0 < timed["recurrence_forward_s"] < timed["forward_s"]
         assert solver["forward_ops"] and solver["backward_ops"]
     if "kernel" in solvers:
         assert [row["threads"] for row in profiled["kernel_threads"]] == [1, 2]
