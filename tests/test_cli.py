@@ -41,12 +41,9 @@ def test_every_command_has_help(capsys):
 def test_train_on_a_user_ts_pair_with_missing_values_and_variable_lengths(tmp_path, capsys):
     train, test = write_ts_pair(tmp_path)
     out = tmp_path / "run"
-    # With 30 % dropped, some of these 4-7 step series keep 2-3 observations, whose
-    # amplitudes spread > 10-fold by chance: --scale keeps one scale per channel here
-    # (tests/test_series_scale.py tests the other).
     code = main(["train", "--train", str(train), "--test", str(test), "--epochs", "2",
                  "--missing-rate", "0.3", "--seed", "1", "--device", "cpu", "--out", str(out),
-                 "--scale", "channel", *TINY_FLAGS])
+                 *TINY_FLAGS])
     assert code == 0
     metrics = json.loads((out / METRICS_NAME).read_text())
     assert METRICS_KEYS <= set(metrics)

@@ -15,7 +15,7 @@ from fwplab.data import (
     series_scale_spread,
     standardise_each_series,
 )
-from fwplab.data.transforms import SCALE_FLOOR
+from fwplab.data.transforms import MIN_SCALE_OBSERVATIONS, SCALE_FLOOR
 from fwplab.presets import SCALE_SPREAD_LIMIT, adaptive_data_options
 
 
@@ -108,6 +108,13 @@ def test_the_spread_is_1_for_normalised_series_and_large_for_wide_amplitudes():
     constant = make_dataset([1.0] * 10)
     constant.train.x[:2, :, 1] = 1.0  # a tenth or more of the series constant
     assert series_scale_spread(constant.train, [1]) == [math.inf]
+    # Series with fewer than MIN_SCALE_OBSERVATIONS observations do not count: the
+    # standard deviation of two values is mostly chance.
+    few = make_dataset([10.0 ** k for k in range(-5, 5)] + [1.0] * 10)
+    few.train.x[:10, MIN_SCALE_OBSERVATIONS - 1:, 1] = math.nan
+    assert series_scale_spread(few.train, [1]) == pytest.approx([1.0])
+    few.train.x[:, MIN_SCALE_OBSERVATIONS - 1:, 1] = math.nan
+    assert series_scale_spread(few.train, [1]) == [1.0]  # no series with enough
     # The scale channel is not a data channel: delayed and warped copies leave it.
     assert data_channels(standardise_each_series(wide, [1])) == [1]
 

@@ -126,14 +126,17 @@ def with_delays(dataset: Dataset, delays: Sequence[int]) -> Dataset:
                    dataset.class_names, dataset.channel_names + names, dataset.static_names)
 
 
+#: Fewest observations of a channel for a series' amplitude to count in the spread.
+MIN_SCALE_OBSERVATIONS = 5
 #: Smallest scale a series is divided by, as a share of the median training series' scale
 #: (a constant series stays 0 instead of dividing by 0).
 SCALE_FLOOR = 1e-6
 
 
-def _series_mean_std(split: Split, channels: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Mean and standard deviation of each series' observed values, per channel:
-    two ``(batch, len(channels))`` float64 tensors (a series observed once has std 0)."""
+def _series_mean_std(split: Split, channels: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean, standard deviation and number of each series' observed values, per channel:
+    three ``(batch, len(channels))`` tensors (float64, float64, int64; a series observed
+    once has std 0)."""
     index = torch.as_tensor(list(channels), dtype=torch.long, device=split.x.device)
     values = split.x[..., index].to(torch.float64)
     inside = (torch.arange(values.shape[1], device=values.device)
@@ -147,7 +150,7 @@ def _series_mean_std(split: Split, channels: Sequence[int]) -> tuple[Tensor, Ten
     zeroed = torch.where(observed, values, torch.zeros_like(values))
     mean = zeroed.sum(dim=1) / count
     centred = torch.where(observed, values - mean.unsqueeze(1), torch.zeros_like(values))
-    return mean, (centred.square().sum(dim=1) / count).sqrt()
+    return mean, (centred.square().sum(dim=1) / count).sqrt(), count
 
 
 def series_scale_spread(split: Split, channels: Sequence[int]) -> list[float]:
@@ -155,13 +158,21 @@ def series_scale_spread(split: Split, channels: Sequence[int]) -> list[float]:
 
         spread_c = q90(std_c) / q10(std_c)     std_c: each series' standard deviation
 
-    1 for z-normalised data (every series has std 1); ``inf`` when a tenth of the
-    series are constant.
+    over the series with at least :data:`MIN_SCALE_OBSERVATIONS` observations of the
+    channel (the standard deviation of two or three values is mostly chance); 1 when
+    fewer than two series have that many. 1 for z-normalised data (every series has
+    std 1); ``inf`` when a tenth of the series are constant.
     """
-    _, std = _series_mean_std(split, channels)
-    low, high = torch.quantile(std, torch.tensor([0.1, 0.9], dtype=std.dtype), dim=0)
-    return [float(top / bottom) if bottom > 0 else math.inf
-            for bottom, top in zip(low.tolist(), high.tolist(), strict=True)]
+    _, std, count = _series_mean_std(split, channels)
+    spreads = []
+    for channel in range(std.shape[1]):
+        enough = std[count[:, channel] >= MIN_SCALE_OBSERVATIONS, channel]
+        if len(enough) < 2:
+            spreads.append(1.0)
+            continue
+        low, high = torch.quantile(enough, torch.tensor([0.1, 0.9], dtype=enough.dtype)).tolist()
+        spreads.append(high / low if low > 0 else math.inf)
+    return spreads
 
 
 def standardise_each_series(dataset: Dataset, channels: Sequence[int]) -> Dataset:
@@ -195,7 +206,7 @@ def standardise_each_series(dataset: Dataset, channels: Sequence[int]) -> Datase
     if not channels or any(not 0 <= c < len(names) for c in channels):
         raise ValueError(f"channels: expected indices of channels in 0..{len(names) - 1}, got "
                          f"{channels}")
-    _, train_std = _series_mean_std(dataset.train, channels)
+    _, train_std, _ = _series_mean_std(dataset.train, channels)
     floor = SCALE_FLOOR * train_std.median(dim=0).values.clamp(min=torch.finfo(torch.float64).tiny)
     log_train = train_std.maximum(floor).log()
     centre, spread = log_train.mean(dim=0), log_train.std(dim=0, correction=0)
@@ -205,7 +216,7 @@ def standardise_each_series(dataset: Dataset, channels: Sequence[int]) -> Datase
     index = torch.as_tensor(channels, dtype=torch.long)
 
     def convert(split: Split) -> Split:
-        mean, std = _series_mean_std(split, channels)
+        mean, std, _ = _series_mean_std(split, channels)
         std = std.maximum(floor.to(std.device))
         x = split.x.clone()
         device = x.device
