@@ -16,10 +16,11 @@ Settings come from, in this order of precedence: explicit flags, the preset
 (``--preset``; default ``japanese-vowels``), :class:`fwplab.train.TrainConfig`.
 Data without a preset of its own (``--train/--test``, or a ``--dataset`` no preset
 trains on) gets settings adapted to it instead of a preset's (validation split,
-batch size, each series on its own scale when amplitudes spread widely, log-signature
-windows for long series with delayed copies of a univariate one and time counted in
-windows, warped copies of the training series when a class has few, a step budget fitted to the measured speed, warm-up, patience, an ensemble of as
-many models as the time budget holds; see
+batch size, each series on its own scale when amplitudes spread widely, sines and
+cosines of time for a short univariate series, log-signature windows for long series with
+delayed copies of a univariate one and time counted in windows, warped copies of the
+training series when a class has few, a step budget fitted to the measured speed,
+warm-up, patience, an ensemble of as many models as the time budget holds; see
 :func:`fwplab.presets.adaptive_data_options` and :func:`~fwplab.presets.adaptive_train_settings`);
 each choice is printed once and stored under ``run.adaptive`` in ``metrics.json``.
 Bad input ends the command with exit status 1 (2 for bad flags) and one line on
@@ -59,6 +60,7 @@ from .data.transforms import (
     time_in_windows,
     warped_copies,
     with_delays,
+    with_time_features,
 )
 from .devices import retain_freed_memory
 from .models import MODELS, NonFiniteOutputError, build_model, count_parameters
@@ -387,7 +389,8 @@ def _load_data(spec: dict[str, Any]) -> Dataset:
     copies = common.pop("augment", 0)
     window_time = common.pop("window_time", False)
     each_series = common.pop("standardise_each_series", False)
-    if "train" not in spec and not (delays or copies or window_time or each_series):
+    cycles = common.pop("time_features", ())
+    if "train" not in spec and not (delays or copies or window_time or each_series or cycles):
         return load_dataset(spec["dataset"], root=spec.get("root"), **common)
     # Warped copies and delayed copies come before the log-signature windows, which
     # summarise them too.
@@ -400,6 +403,7 @@ def _load_data(spec: dict[str, Any]) -> Dataset:
         dataset = dataclasses.replace(dataset, train=warped_copies(
             dataset.train, data_channels(dataset), copies, spec["seed"]))
     dataset = with_delays(dataset, delays) if delays else dataset
+    dataset = with_time_features(dataset, cycles) if cycles else dataset
     if depth and window_time:
         dataset = time_in_windows(dataset, step)
     return log_signature_dataset(dataset, depth, step) if depth else dataset
@@ -536,7 +540,7 @@ def _check_data_spec(spec: Any, path: Path) -> None:
         raise ValueError(f"{where}.seed must be an integer")
     if not isinstance(spec["options"], dict) or set(spec["options"]) - {
             "intensity", "val_fraction", "logsig_depth", "logsig_step", "delays", "augment",
-            "window_time", "standardise_each_series"}:
+            "window_time", "standardise_each_series", "time_features"}:
         raise ValueError(f"{where}.options must be a dict of data options")
     files = {"train", "test"} & set(spec)
     if files:

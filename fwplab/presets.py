@@ -287,6 +287,9 @@ ADAPTIVE_LOGSIG_DEPTH = 2
 #: Spread of the series' amplitudes (90th over 10th percentile of their standard
 #: deviations) above which every series is standardised on its own.
 SCALE_SPREAD_LIMIT = 10.0
+#: Cycles over the training grid of the sine and cosine channels a short univariate
+#: series gets (see :func:`fwplab.data.with_time_features`).
+TIME_FEATURE_CYCLES = (1, 2)
 #: Delayed copies of a long univariate series added as channels (lags of 1, 2, ... windows).
 DELAY_COPIES = 2
 #: Optimisation steps of an adaptive run, whatever the size of the data set.
@@ -367,17 +370,25 @@ def adaptive_data_options(longest: int, scale_spread: Sequence[float]
 
     With one data channel the keys (computed from the window increments) vary along
     the time and value directions only; with the copies, increments and signed areas
-    describe the path's shape over the last few windows. (Short univariate series keep
-    their one channel: on ItalyPowerDemand, 24 steps, copies lagged by 1 and 2 steps
+    describe the path's shape over the last few windows. (Short univariate series get no
+    delayed copies: on ItalyPowerDemand, 24 steps, copies lagged by 1 and 2 steps
     lowered the test accuracy from 0.955 to 0.874.)
+
+    A short univariate series gets time features instead: the sine and cosine of
+    :data:`TIME_FEATURE_CYCLES` cycles over the training grid as channels
+    (:func:`fwplab.data.with_time_features`). Its keys, computed from ``dX/dt``, see only
+    the series' slope otherwise (the time channel's derivative is constant), so they
+    cannot tell where in the series a value was written; on a simulated
+    Cylinder-Bell-Funnel set (128 steps, 30 training series) single models rose from
+    0.68-0.71 to 0.82-0.84 test accuracy.
 
     Args:
         longest: the longest training series, in time steps.
         scale_spread: one spread per data channel (time and intensity channels excluded).
 
     Returns:
-        ``({"standardise_each_series", "delays", "logsig_depth", "logsig_step",
-        "window_time"}`` or a part of it, the choices made).
+        ``({"standardise_each_series", "time_features", "delays", "logsig_depth",
+        "logsig_step", "window_time"}`` or a part of it, the choices made).
     """
     spread = max(scale_spread)
     options: dict[str, Any] = {}
@@ -390,9 +401,15 @@ def adaptive_data_options(longest: int, scale_spread: Sequence[float]
         choices = [Choice("scale", "one per channel", f"the series' amplitudes spread "
                           f"{spread:.3g}-fold (<= {SCALE_SPREAD_LIMIT:g})")]
     if longest <= LONG_SERIES:
-        return options, choices + [Choice(
-            "log-signature", "off", f"series of at most {longest} steps are short enough "
-            f"(<= {LONG_SERIES})")]
+        choices.append(Choice("log-signature", "off", f"series of at most {longest} steps are "
+                              f"short enough (<= {LONG_SERIES})"))
+        if len(scale_spread) == 1:
+            options["time_features"] = list(TIME_FEATURE_CYCLES)
+            choices.append(Choice(
+                "time features", f"sine and cosine of {list(TIME_FEATURE_CYCLES)} cycles",
+                "one series' slope is all the keys see of it (the time channel's derivative is "
+                "constant); time features let them tell positions apart"))
+        return options, choices
     step = math.ceil(longest / TARGET_WINDOWS)
     options.update({"logsig_depth": ADAPTIVE_LOGSIG_DEPTH, "logsig_step": step,
                     "window_time": True})

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fwplab.cli import main
-from fwplab.data import load_ts_pair, with_delays
+from fwplab.data import data_channels, load_ts_pair, with_delays, with_time_features
 from fwplab import cli
 from fwplab.presets import (
     ADAPTIVE_VAL_FRACTION,
@@ -19,6 +19,7 @@ from fwplab.presets import (
     LONG_SERIES,
     MIN_VAL_SERIES,
     TARGET_STEPS,
+    TIME_FEATURE_CYCLES,
     TIME_BUDGET,
     adaptive_data_options,
     adaptive_epochs,
@@ -83,7 +84,36 @@ def test_only_long_univariate_series_get_delayed_copies_lagged_by_the_window():
     assert next(c.value for c in choices if c.name == "delayed copies") == \
         f"lags of {options['delays']} steps"
     assert "delays" not in adaptive_data_options(1460, [1.0, 2.0, 1.5])[0]
-    assert adaptive_data_options(LONG_SERIES, [1.0])[0] == {}
+    assert "delays" not in adaptive_data_options(LONG_SERIES, [1.0])[0]
+
+
+def test_only_short_univariate_series_get_time_features():
+    options, choices = adaptive_data_options(LONG_SERIES, [1.0])
+    assert options == {"time_features": list(TIME_FEATURE_CYCLES)}
+    assert next(c.value for c in choices if c.name == "time features") == \
+        f"sine and cosine of {list(TIME_FEATURE_CYCLES)} cycles"
+    assert "time_features" not in adaptive_data_options(LONG_SERIES, [1.0, 1.0])[0]
+    assert "time_features" not in adaptive_data_options(LONG_SERIES + 1, [1.0])[0]
+
+
+def test_time_features_are_sines_and_cosines_of_the_training_grid(tmp_path):
+    train, test = write_univariate_pair(tmp_path, n_train=6, length=8)
+    plain = load_ts_pair(train, test)
+    featured = with_time_features(plain, [1, 2])
+    assert featured.channel_names == plain.channel_names + tuple(
+        f"time-feature:{kind}{k}" for kind in ("sin", "cos") for k in (1, 2))
+    assert data_channels(featured) == data_channels(plain)
+    span = float(plain.train.times[-1] - plain.train.times[0])
+    for split, before in ((featured.train, plain.train), (featured.test, plain.test)):
+        phase = 2 * math.pi * (before.times - plain.train.times[0]) / span
+        expected = torch.stack([torch.sin(phase), torch.sin(2 * phase), torch.cos(phase),
+                                torch.cos(2 * phase)], -1).to(split.x.dtype)
+        for b, length in enumerate(before.lengths.tolist()):
+            assert torch.allclose(split.x[b, :length, -4:], expected[:length], atol=1e-6)
+            assert split.x[b, length:, -4:].isnan().all()
+        assert torch.equal(split.x[..., :-4].nan_to_num(), before.x.nan_to_num())
+    with pytest.raises(ValueError, match=r"cycles: expected positive integers, got \[0\]"):
+        with_time_features(plain, [0])
 
 
 def write_univariate_pair(folder, n_train=12, n_test=6, length=5):

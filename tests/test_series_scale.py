@@ -123,7 +123,7 @@ def test_the_adaptive_rule_standardises_each_series_above_the_limit_only():
     options, choices = adaptive_data_options(24, [1.0, SCALE_SPREAD_LIMIT * 2])
     assert options == {"standardise_each_series": True}
     assert "20-fold" in next(c.reason for c in choices if c.name == "scale")
-    options, choices = adaptive_data_options(24, [SCALE_SPREAD_LIMIT])
+    options, choices = adaptive_data_options(24, [SCALE_SPREAD_LIMIT, 1.0])
     assert options == {}
     assert next(c.value for c in choices if c.name == "scale") == "one per channel"
 
@@ -157,7 +157,8 @@ def test_a_run_on_wide_amplitudes_records_the_choice_and_resumes_with_it(tmp_pat
     assert "scale = each series its own, log-scale kept as a channel" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["adaptive"]["scale"]["value"].startswith("each series its own")
-    assert metrics["model_config"]["input_channels"] == 3  # time, the series, its scale
+    # time, the series, its scale, and 4 time features (a short univariate series)
+    assert metrics["model_config"]["input_channels"] == 7
     # --resume reloads the data the same way (the data fingerprint would refuse otherwise).
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     again = json.loads((out / "metrics.json").read_text())
@@ -172,7 +173,7 @@ def test_the_scale_flag_wins_and_applies_to_adapted_runs_only(tmp_path, capsys):
                  "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert "scale" not in metrics["run"]["adaptive"]
-    assert metrics["model_config"]["input_channels"] == 2
+    assert metrics["model_config"]["input_channels"] == 6  # no log-scale channel
     assert "scale =" not in capsys.readouterr().out
     assert main(["train", "--scale", "series", "--epochs", "1", "--no-progress"]) == 1
     assert "--scale: applies to data without a preset" in capsys.readouterr().err

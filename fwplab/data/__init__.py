@@ -28,6 +28,7 @@ from .transforms import (
     time_in_windows,
     warped_copies,
     with_delays,
+    with_time_features,
 )
 from .ts import DataFormatError, TsFile, parse_ts, read_ts, read_ts_pair
 from .uea_archive import log_signature_path, log_signature_windows, read_uea_problem
@@ -69,4 +70,5 @@ __all__ = [
     "time_in_windows",
     "warped_copies",
     "with_delays",
+    "with_time_features",
 ]

@@ -8,7 +8,8 @@ They are what the adaptive settings of ``fwplab train`` apply to data a user bri
   channel (for data whose series' amplitudes span orders of magnitude);
 - :func:`warped_copies`: randomly time-warped copies of the training series;
 - :func:`with_delays`: delayed copies of the data channels (a delay embedding);
-- :func:`time_in_windows`: time counted in log-signature windows.
+- :func:`time_in_windows`: time counted in log-signature windows;
+- :func:`with_time_features`: sines and cosines of time as channels.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ def time_in_windows(dataset: Dataset, step: int) -> Dataset:
 
 
 def data_channels(dataset: Dataset) -> list[int]:
-    """Indices of the data channels of ``x`` (neither time, intensity nor log-scale)."""
+    """Indices of the data channels of ``x`` (not time, intensity, log-scale or time features)."""
     return [index for index, name in enumerate(dataset.channel_names)
-            if name != "time" and not name.startswith(("intensity:", "log-scale:"))]
+            if name != "time" and not name.startswith(("intensity:", "log-scale:",
+                                                        "time-feature:"))]
 
 
 #: Spread of the log-speed of a warped copy (per quarter of the series) and of its
@@ -236,3 +238,44 @@ def standardise_each_series(dataset: Dataset, channels: Sequence[int]) -> Datase
                    dataset.class_names,
                    names + tuple(f"log-scale:{names[c]}" for c in channels),
                    dataset.static_names)
+
+
+def with_time_features(dataset: Dataset, cycles: Sequence[int]) -> Dataset:
+    """``dataset`` with a sine and a cosine of time per number of cycles appended::
+
+        time-feature:sin<k>(t) = sin(2 pi k (t - t_0) / (T - t_0))      k in cycles
+        time-feature:cos<k>(t) = cos(2 pi k (t - t_0) / (T - t_0))
+
+    where ``[t_0, T]`` is the training grid (the same functions of time for every split);
+    NaN after each series' end. Their derivatives vary along the series, so keys
+    computed from ``dX/dt`` can tell positions apart, which a univariate series'
+    derivative (its slope, and the constant derivative of the time channel) cannot.
+
+    Args:
+        dataset: any :class:`Dataset`.
+        cycles: positive integers, the cycles over the training grid.
+
+    Returns:
+        The dataset with ``2 * len(cycles)`` channels appended.
+    """
+    cycles = list(cycles)
+    if not cycles or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cycles):
+        raise ValueError(f"cycles: expected positive integers, got {cycles}")
+    grid = dataset.train.times.to(torch.float64)
+    span = float(grid[-1] - grid[0]) if len(grid) > 1 else 1.0
+    frequencies = 2 * math.pi * torch.tensor(cycles, dtype=torch.float64) / span
+
+    def convert(split: Split) -> Split:
+        x = split.x
+        phase = (split.times.to(torch.float64) - grid[0]).unsqueeze(-1) * frequencies
+        features = torch.cat([phase.sin(), phase.cos()], dim=-1).to(x.device, x.dtype)
+        features = features.unsqueeze(0).expand(x.shape[0], -1, -1)
+        after = (torch.arange(x.shape[1], device=x.device)
+                 >= split.lengths.to(x.device).unsqueeze(-1)).unsqueeze(-1)
+        return Split(torch.cat([x, features.masked_fill(after, math.nan)], dim=-1),
+                     split.lengths, split.y, split.times, split.static)
+
+    names = tuple(f"time-feature:{kind}{k}" for kind in ("sin", "cos") for k in cycles)
+    return Dataset(dataset.name, convert(dataset.train),
+                   None if dataset.val is None else convert(dataset.val), convert(dataset.test),
+                   dataset.class_names, dataset.channel_names + names, dataset.static_names)
