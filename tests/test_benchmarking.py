@@ -102,13 +102,18 @@ def test_fast_path_flops():
         fast_path_flops("ncde", batch=1, **size)
 
 
-@pytest.mark.parametrize("solver", ["fast", "kernel"])
-def test_profile_step_separates_the_recurrence(solver):
+def tiny_delta_cde(solver):
+    """A small seeded delta_cde on ``solver`` with a batch of 3 series and their coefficients."""
     torch.manual_seed(0)
     model = build_model("delta_cde", 4, 3, hidden_channels=8, num_heads=2, ff_channels=16,
                         solver=solver)
     x = random_series(3, 8, 4)
-    coeffs = interpolation_coeffs(x)
+    return model, x, interpolation_coeffs(x)
+
+
+@pytest.mark.parametrize("solver", ["fast", "kernel"])
+def test_profile_step_separates_the_recurrence(solver):
+    model, x, coeffs = tiny_delta_cde(solver)
     found = profile_step(model, x, coeffs, repeats=2, top=5)
     assert 0 < found.recurrence_forward_s < found.forward_s
     assert 0 < found.recurrence_backward_s < found.backward_s
@@ -125,11 +130,7 @@ def test_profile_step_separates_the_recurrence(solver):
 
 @pytest.mark.parametrize("solver", ["fast", "kernel"])
 def test_time_recurrence_share_times_the_recurrence_node_and_unwraps_it(solver):
-    torch.manual_seed(0)
-    model = build_model("delta_cde", 4, 3, hidden_channels=8, num_heads=2, ff_channels=16,
-                        solver=solver)
-    x = random_series(3, 8, 4)
-    coeffs = interpolation_coeffs(x)
+    model, x, coeffs = tiny_delta_cde(solver)
     found = time_recurrence_share(model, x, coeffs, repeats=3)
     assert 0 < found.recurrence_forward_s < found.forward_s
     assert 0 < found.recurrence_backward_s < found.backward_s
