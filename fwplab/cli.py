@@ -17,7 +17,8 @@ Settings come from, in this order of precedence: explicit flags, the preset
 Data without a preset of its own (``--train/--test``, or a ``--dataset`` no preset
 trains on) gets settings adapted to it instead of a preset's (validation split,
 batch size, each series on its own scale when amplitudes spread widely, sines and
-cosines of time for a short univariate series, log-signature windows for long series with
+cosines of time for a short univariate series (smoothed first when noise dominates its
+increments), log-signature windows for long series with
 delayed copies of a univariate one and time counted in windows, warped copies of the
 training series when a class has few, a step budget fitted to the measured speed,
 warm-up, patience, an ensemble of as many models as the time budget holds; see
@@ -55,6 +56,8 @@ from .data import DATASET_NAMES, Dataset, load_dataset, load_ts_pair
 from .data.download import DownloadError
 from .data.transforms import (
     data_channels,
+    increment_autocorrelation,
+    moving_average,
     series_scale_spread,
     standardise_each_series,
     time_in_windows,
@@ -390,7 +393,9 @@ def _load_data(spec: dict[str, Any]) -> Dataset:
     window_time = common.pop("window_time", False)
     each_series = common.pop("standardise_each_series", False)
     cycles = common.pop("time_features", ())
-    if "train" not in spec and not (delays or copies or window_time or each_series or cycles):
+    width = common.pop("smoothing", 0)
+    if "train" not in spec and not (delays or copies or window_time or each_series or cycles
+                                    or width):
         return load_dataset(spec["dataset"], root=spec.get("root"), **common)
     # Warped copies and delayed copies come before the log-signature windows, which
     # summarise them too.
@@ -399,6 +404,8 @@ def _load_data(spec: dict[str, Any]) -> Dataset:
                load_dataset(spec["dataset"], root=spec.get("root"), logsig_depth=0, **common))
     if each_series:
         dataset = standardise_each_series(dataset, data_channels(dataset))
+    if width:
+        dataset = moving_average(dataset, data_channels(dataset), width)
     if copies:
         dataset = dataclasses.replace(dataset, train=warped_copies(
             dataset.train, data_channels(dataset), copies, spec["seed"]))
@@ -425,9 +432,10 @@ def _adapt_data(spec: dict[str, Any], dataset: Dataset, val_fraction: Optional[f
     training series when a class has few (recorded in ``spec`` so --resume reloads
     them). ``val_fraction``, ``copies``, ``scale``: given by flag, or None (a given
     value is used as it is and not reported)."""
+    channels = data_channels(dataset)
     options, choices = adaptive_data_options(
-        int(dataset.train.lengths.max()),
-        series_scale_spread(dataset.train, data_channels(dataset)))
+        int(dataset.train.lengths.max()), series_scale_spread(dataset.train, channels),
+        increment_autocorrelation(dataset.train, channels))
     if scale is not None:
         options.pop("standardise_each_series", None)
         options.update({"standardise_each_series": True} if scale == "series" else {})
@@ -540,7 +548,7 @@ def _check_data_spec(spec: Any, path: Path) -> None:
         raise ValueError(f"{where}.seed must be an integer")
     if not isinstance(spec["options"], dict) or set(spec["options"]) - {
             "intensity", "val_fraction", "logsig_depth", "logsig_step", "delays", "augment",
-            "window_time", "standardise_each_series", "time_features"}:
+            "window_time", "standardise_each_series", "time_features", "smoothing"}:
         raise ValueError(f"{where}.options must be a dict of data options")
     files = {"train", "test"} & set(spec)
     if files:

