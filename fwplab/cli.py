@@ -70,6 +70,7 @@ from .models import MODELS, NonFiniteOutputError, build_model, count_parameters
 from .paths import INTERPOLATIONS
 from .presets import (
     DEFAULT_PRESET,
+    LONG_SERIES,
     PRESETS,
     SCALE_SPREAD_LIMIT,
     TIME_BUDGET,
@@ -432,10 +433,12 @@ def _adapt_data(spec: dict[str, Any], dataset: Dataset, val_fraction: Optional[f
     training series when a class has few (recorded in ``spec`` so --resume reloads
     them). ``val_fraction``, ``copies``, ``scale``: given by flag, or None (a given
     value is used as it is and not reported)."""
-    channels = data_channels(dataset)
+    channels, longest = data_channels(dataset), int(dataset.train.lengths.max())
+    # The smoothing rule reads the increments of short univariate series only.
+    correlation = (increment_autocorrelation(dataset.train, channels)
+                   if longest <= LONG_SERIES and len(channels) == 1 else None)
     options, choices = adaptive_data_options(
-        int(dataset.train.lengths.max()), series_scale_spread(dataset.train, channels),
-        increment_autocorrelation(dataset.train, channels))
+        longest, series_scale_spread(dataset.train, channels), correlation)
     if scale is not None:
         options.pop("standardise_each_series", None)
         options.update({"standardise_each_series": True} if scale == "series" else {})
