@@ -73,6 +73,8 @@ from .presets import (
     LONG_SERIES,
     PRESETS,
     SCALE_SPREAD_LIMIT,
+    SMOOTHING_WIDTH,
+    TIME_FEATURE_CYCLES,
     TIME_BUDGET,
     Choice,
     Preset,
@@ -181,6 +183,13 @@ def _count(text: str) -> int:
     return value
 
 
+def _smoothing_width(text: str) -> int:
+    value = _count(text)
+    if value != 0 and (value < 3 or value % 2 == 0):
+        raise argparse.ArgumentTypeError(f"expected 0 or an odd number >= 3, got {text!r}")
+    return value
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -243,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "as a channel; channel: one mean and std per channel; only for "
                            "data without a preset (default: series when the series' "
                            f"amplitudes spread more than {SCALE_SPREAD_LIMIT:g}-fold)")
+    data.add_argument("--smoothing", type=_smoothing_width, metavar="W",
+                      help="replace the data channels by their moving average of W "
+                           "observations (odd, >= 3; 0: none); only for data without a preset "
+                           f"(default: {SMOOTHING_WIDTH} for univariate series of at most "
+                           f"{LONG_SERIES} steps whose increments are mostly noise, else 0)")
+    data.add_argument("--time-features", action=argparse.BooleanOptionalAction, default=None,
+                      help="add sines and cosines of time as channels; only for data without "
+                           f"a preset (default: on for univariate series of at most "
+                           f"{LONG_SERIES} steps)")
     data.add_argument("--val-fraction", type=_number(0.0, 1.0, include_low=True), metavar="F",
                       help="hold out this fraction of the training data for model selection "
                            "when the dataset has no validation split (default 0)")
@@ -425,24 +443,44 @@ def _adapts(args: argparse.Namespace) -> bool:
                                       and preset_for_dataset(args.dataset) is None)
 
 
+#: The data option each adapted data choice sets (a flag giving the option replaces it).
+_OPTION_OF_CHOICE = {"scale": "standardise_each_series", "smoothing": "smoothing",
+                     "time features": "time_features"}
+
+
+def _given_data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The adaptive data options the flags give (--scale, --smoothing, --time-features)."""
+    given: dict[str, Any] = {}
+    if args.scale is not None:
+        given["standardise_each_series"] = args.scale == "series"
+    if args.smoothing is not None:
+        given["smoothing"] = args.smoothing
+    if args.time_features is not None:
+        given["time_features"] = list(TIME_FEATURE_CYCLES) if args.time_features else []
+    return given
+
+
 def _adapt_data(spec: dict[str, Any], dataset: Dataset, val_fraction: Optional[float],
-                copies: Optional[int] = None, scale: Optional[str] = None
+                copies: Optional[int] = None, given: Optional[dict[str, Any]] = None
                 ) -> tuple[Dataset, list[Choice]]:
-    """Each series on its own scale when amplitudes spread widely, log-signature windows
-    for long series, with delayed copies when univariate, and warped copies of the
-    training series when a class has few (recorded in ``spec`` so --resume reloads
-    them). ``val_fraction``, ``copies``, ``scale``: given by flag, or None (a given
-    value is used as it is and not reported)."""
+    """Each series on its own scale when amplitudes spread widely, smoothing and time
+    features for short univariate series, log-signature windows for long series, with
+    delayed copies when univariate, and warped copies of the training series when a
+    class has few (recorded in ``spec`` so --resume reloads them). ``val_fraction``,
+    ``copies``: given by flag, or None; ``given``: data options given by flag (a false
+    value turns the option off). Given values are used as they are and not reported."""
     channels, longest = data_channels(dataset), int(dataset.train.lengths.max())
     # The smoothing rule reads the increments of short univariate series only.
     correlation = (increment_autocorrelation(dataset.train, channels)
                    if longest <= LONG_SERIES and len(channels) == 1 else None)
     options, choices = adaptive_data_options(
         longest, series_scale_spread(dataset.train, channels), correlation)
-    if scale is not None:
-        options.pop("standardise_each_series", None)
-        options.update({"standardise_each_series": True} if scale == "series" else {})
-        choices = [choice for choice in choices if choice.name != "scale"]
+    given = given or {}
+    for key, value in given.items():
+        options.pop(key, None)
+        if value:
+            options[key] = value
+    choices = [choice for choice in choices if _OPTION_OF_CHOICE.get(choice.name) not in given]
     counts = [int(c) for c in torch.bincount(dataset.train.y.cpu()) if c > 0]
     validation = (dataset.val is not None or (
         val_fraction if val_fraction is not None
@@ -627,7 +665,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         preset = get_preset(args.preset or DEFAULT_PRESET)
         adaptive = _adapts(args)
-        for flag in ("ensemble", "warped_copies", "scale"):
+        for flag in ("ensemble", "warped_copies", "scale", "smoothing", "time_features"):
             if getattr(args, flag) is not None and not adaptive:
                 name = "--" + flag.replace("_", "-")
                 raise ValueError(f"{name}: applies to data without a preset (--train/--test), "
@@ -649,7 +687,7 @@ def _train(args: argparse.Namespace) -> int:
         choices: list[Choice] = []
         if args.resume is None and adaptive:
             dataset, choices = _adapt_data(run_info["data"], dataset, args.val_fraction,
-                                           args.warped_copies, args.scale)
+                                           args.warped_copies, _given_data_options(args))
         torch.manual_seed(seed)
         if args.resume is None:
             _check_model_size(model_config, dataset.input_channels, dataset.num_classes, device)

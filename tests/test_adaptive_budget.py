@@ -151,6 +151,26 @@ def test_a_noisy_short_series_run_records_its_smoothing_and_resumes(tmp_path, ca
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
 
 
+def test_smoothing_and_time_feature_flags_win_and_need_adapted_data(tmp_path, capsys):
+    train, test = write_univariate_pair(tmp_path)
+    out = tmp_path / "run"
+    flags = ["--hidden", "8", "--heads", "2", "--epochs", "1", "--no-progress"]
+    assert main(["train", "--train", str(train), "--test", str(test), "--smoothing", "3",
+                 "--no-time-features", "--out", str(out), *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "smoothing =" not in printed and "time features =" not in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["data"]["options"]["smoothing"] == 3
+    assert "time_features" not in metrics["run"]["data"]["options"]
+    assert metrics["model_config"]["input_channels"] == 2  # time and the series
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--train", str(train), "--test", str(test), "--smoothing", "4", *flags])
+    assert stopped.value.code == 2
+    assert "--smoothing: expected 0 or an odd number >= 3, got '4'" in capsys.readouterr().err
+    assert main(["train", "--smoothing", "5", *flags]) == 1
+    assert "--smoothing: applies to data without a preset" in capsys.readouterr().err
+
+
 def test_the_moving_average_skips_missing_values_and_stops_at_each_end():
     x = torch.tensor([[0.0, 1.0, 0.0, 1.0, math.nan, 1.0, 0.0, 1.0, math.nan, math.nan]])
     split = Split(x.unsqueeze(-1), torch.tensor([8]), torch.tensor([0]), torch.arange(10.0))
