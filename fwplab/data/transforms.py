@@ -17,12 +17,30 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from .dataset import Dataset, Split
+from .irregular import _inside
+
+
+def _map_splits(dataset: Dataset, convert: Callable[[Split], Split],
+                added_channels: Sequence[str] = ()) -> Dataset:
+    """``dataset`` with ``convert`` applied to every split and ``added_channels`` named
+    after its channels."""
+    return dataclasses.replace(
+        dataset, train=convert(dataset.train), test=convert(dataset.test),
+        val=None if dataset.val is None else convert(dataset.val),
+        channel_names=dataset.channel_names + tuple(added_channels))
+
+
+def _training_grid(dataset: Dataset) -> tuple[Tensor, float]:
+    """The training grid's first time (float64) and its span (1 for a single time)."""
+    grid = dataset.train.times.to(torch.float64)
+    return grid[0], float(grid[-1] - grid[0]) if len(grid) > 1 else 1.0
+
 
 def time_in_windows(dataset: Dataset, step: int) -> Dataset:
     """``dataset`` with its times (the grid and the ``time`` channel) divided by ``step``:
@@ -36,9 +54,7 @@ def time_in_windows(dataset: Dataset, step: int) -> Dataset:
             x[..., channel] = x[..., channel] / step
         return Split(x, split.lengths, split.y, split.times / step, split.static)
 
-    return dataclasses.replace(
-        dataset, train=convert(dataset.train), test=convert(dataset.test),
-        val=None if dataset.val is None else convert(dataset.val))
+    return _map_splits(dataset, convert)
 
 
 def data_channels(dataset: Dataset) -> list[int]:
@@ -97,7 +113,7 @@ def warped_copies(split: Split, channels: Sequence[int], copies: int, seed: int)
         scale = 1 + SCALE_SPREAD * torch.randn(n, 1, len(index), generator=generator,
                                                dtype=x.dtype).to(x.device)
         warped = (a + weight * (b - a)) * scale
-        ended = (torch.arange(steps, device=x.device) >= lengths.unsqueeze(-1)).unsqueeze(-1)
+        ended = ~_inside(lengths, steps, x.device).unsqueeze(-1)
         copy = x.clone()
         copy[..., index] = warped.masked_fill(ended, math.nan)
         pieces.append(copy)
@@ -116,17 +132,14 @@ def with_delays(dataset: Dataset, delays: Sequence[int]) -> Dataset:
 
     def convert(split: Split) -> Split:
         steps = torch.arange(split.x.shape[1], device=split.x.device)
-        after = (steps >= split.lengths.to(split.x.device).unsqueeze(-1)).unsqueeze(-1)
+        after = ~_inside(split.lengths, split.x.shape[1], split.x.device).unsqueeze(-1)
         copies = [split.x[:, (steps - lag).clamp(min=0)][..., channels].masked_fill(
             after, math.nan) for lag in delays]
         return Split(torch.cat([split.x, *copies], dim=-1), split.lengths, split.y, split.times,
                      split.static)
 
-    names = tuple(f"{dataset.channel_names[index]}(t-{lag})" for lag in delays
-                  for index in channels)
-    return Dataset(dataset.name, convert(dataset.train),
-                   None if dataset.val is None else convert(dataset.val), convert(dataset.test),
-                   dataset.class_names, dataset.channel_names + names, dataset.static_names)
+    return _map_splits(dataset, convert, [f"{dataset.channel_names[index]}(t-{lag})"
+                                          for lag in delays for index in channels])
 
 
 #: Fewest observations of a channel for a series' amplitude to count in the spread.
@@ -142,9 +155,8 @@ def _series_mean_std(split: Split, channels: Sequence[int]) -> tuple[Tensor, Ten
     once has std 0)."""
     index = torch.as_tensor(list(channels), dtype=torch.long, device=split.x.device)
     values = split.x[..., index].to(torch.float64)
-    inside = (torch.arange(values.shape[1], device=values.device)
-              < split.lengths.to(values.device).unsqueeze(-1)).unsqueeze(-1)
-    observed = inside & ~torch.isnan(values)
+    observed = _inside(split.lengths, values.shape[1], values.device).unsqueeze(-1) & \
+        ~torch.isnan(values)
     count = observed.sum(dim=1)
     if not bool((count > 0).all()):
         series, channel = (count == 0).nonzero()[0].tolist()
@@ -214,8 +226,7 @@ def standardise_each_series(dataset: Dataset, channels: Sequence[int]) -> Datase
     log_train = train_std.maximum(floor).log()
     centre, spread = log_train.mean(dim=0), log_train.std(dim=0, correction=0)
     spread = torch.where(spread > 0, spread, torch.ones_like(spread))
-    grid = dataset.train.times.to(torch.float64)
-    span = float(grid[-1] - grid[0]) if len(grid) > 1 else 1.0
+    start, span = _training_grid(dataset)
     index = torch.as_tensor(channels, dtype=torch.long)
 
     def convert(split: Split) -> Split:
@@ -225,20 +236,15 @@ def standardise_each_series(dataset: Dataset, channels: Sequence[int]) -> Datase
         device = x.device
         values = (x[..., index.to(device)].to(torch.float64) - mean.unsqueeze(1)) / std.unsqueeze(1)
         x[..., index.to(device)] = values.to(x.dtype)
-        ramp = ((split.times.to(device, torch.float64) - grid[0].to(device)) / span)
+        ramp = ((split.times.to(device, torch.float64) - start.to(device)) / span)
         level = (std.log() - centre.to(device)) / spread.to(device)
         scale = level.unsqueeze(1) * ramp.view(1, -1, 1)
-        after = (torch.arange(x.shape[1], device=device)
-                 >= split.lengths.to(device).unsqueeze(-1)).unsqueeze(-1)
+        after = ~_inside(split.lengths, x.shape[1], device).unsqueeze(-1)
         scale = scale.to(x.dtype).masked_fill(after, math.nan)
         return Split(torch.cat([x, scale], dim=-1), split.lengths, split.y, split.times,
                      split.static)
 
-    return Dataset(dataset.name, convert(dataset.train),
-                   None if dataset.val is None else convert(dataset.val), convert(dataset.test),
-                   dataset.class_names,
-                   names + tuple(f"log-scale:{names[c]}" for c in channels),
-                   dataset.static_names)
+    return _map_splits(dataset, convert, [f"log-scale:{names[c]}" for c in channels])
 
 
 def with_time_features(dataset: Dataset, cycles: Sequence[int]) -> Dataset:
@@ -262,24 +268,20 @@ def with_time_features(dataset: Dataset, cycles: Sequence[int]) -> Dataset:
     cycles = list(cycles)
     if not cycles or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cycles):
         raise ValueError(f"cycles: expected positive integers, got {cycles}")
-    grid = dataset.train.times.to(torch.float64)
-    span = float(grid[-1] - grid[0]) if len(grid) > 1 else 1.0
+    start, span = _training_grid(dataset)
     frequencies = 2 * math.pi * torch.tensor(cycles, dtype=torch.float64) / span
 
     def convert(split: Split) -> Split:
         x = split.x
-        phase = (split.times.to(torch.float64) - grid[0]).unsqueeze(-1) * frequencies
+        phase = (split.times.to(torch.float64) - start).unsqueeze(-1) * frequencies
         features = torch.cat([phase.sin(), phase.cos()], dim=-1).to(x.device, x.dtype)
         features = features.unsqueeze(0).expand(x.shape[0], -1, -1)
-        after = (torch.arange(x.shape[1], device=x.device)
-                 >= split.lengths.to(x.device).unsqueeze(-1)).unsqueeze(-1)
+        after = ~_inside(split.lengths, x.shape[1], x.device).unsqueeze(-1)
         return Split(torch.cat([x, features.masked_fill(after, math.nan)], dim=-1),
                      split.lengths, split.y, split.times, split.static)
 
-    names = tuple(f"time-feature:{kind}{k}" for kind in ("sin", "cos") for k in cycles)
-    return Dataset(dataset.name, convert(dataset.train),
-                   None if dataset.val is None else convert(dataset.val), convert(dataset.test),
-                   dataset.class_names, dataset.channel_names + names, dataset.static_names)
+    return _map_splits(dataset, convert, [f"time-feature:{kind}{k}"
+                                          for kind in ("sin", "cos") for k in cycles])
 
 
 def increment_autocorrelation(split: Split, channels: Sequence[int]) -> list[float]:
@@ -329,9 +331,8 @@ def moving_average(dataset: Dataset, channels: Sequence[int], width: int) -> Dat
         x = split.x.clone()
         device = x.device
         values = x[..., index.to(device)].to(torch.float64)
-        inside = (torch.arange(values.shape[1], device=device)
-                  < split.lengths.to(device).unsqueeze(-1)).unsqueeze(-1)
-        observed = inside & ~torch.isnan(values)
+        observed = _inside(split.lengths, values.shape[1], device).unsqueeze(-1) & \
+            ~torch.isnan(values)
         summed = torch.where(observed, values, torch.zeros_like(values))
         counts = observed.to(torch.float64)
         # Sums over the window by cumulative sums, zeros padded at both ends.
@@ -343,6 +344,4 @@ def moving_average(dataset: Dataset, channels: Sequence[int], width: int) -> Dat
         x[..., index.to(device)] = torch.where(observed, smoothed, values).to(x.dtype)
         return Split(x, split.lengths, split.y, split.times, split.static)
 
-    return dataclasses.replace(
-        dataset, train=convert(dataset.train), test=convert(dataset.test),
-        val=None if dataset.val is None else convert(dataset.val))
+    return _map_splits(dataset, convert)
