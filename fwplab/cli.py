@@ -707,15 +707,13 @@ def _train(args: argparse.Namespace) -> int:
             config, more = _adapt_training(args, dataset, model,
                                            run_info["data"]["options"].get("augment", 0))
             choices += more
-            run_info["adaptive"] = {choice.name: {"value": str(choice.value),
-                                                  "reason": choice.reason}
-                                    for choice in choices}
+            run_info["adaptive"] = {choice.name: _recorded(choice) for choice in choices}
         leader = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
         if leader:
             print(f"fwplab train: {model.config['name']} ({count_parameters(model)} parameters) "
                   f"on {dataset.name}, {device}, run folder {out}", flush=True)
             for choice in choices:
-                print(f"fwplab train: adapted to the data: {choice.line()}", flush=True)
+                _print_choice(choice)
         try:
             with _stop_signals_interrupt():
                 if adaptive and not (dist.is_available() and dist.is_initialized()):
@@ -754,9 +752,8 @@ def _fit_ensemble(model: torch.nn.Module, dataset: Dataset, config: TrainConfig,
         planned = adaptive_ensemble(0.0, args.ensemble)
     elif args.epochs is not None:
         planned = 1, Choice("ensemble", "1 model", "the passes are given: one model")
-    for _, choice in [planned] if planned else []:
-        print(f"fwplab train: adapted to the data: {choice.line()}", flush=True)
-        run_info["adaptive"][choice.name] = {"value": str(choice.value), "reason": choice.reason}
+    if planned:
+        _announce(run_info, planned[1])
     if args.lr is None:
         history, config = _fit_adapted(model, dataset, config, out, run_info, progress, seed)
     else:
@@ -764,8 +761,7 @@ def _fit_ensemble(model: torch.nn.Module, dataset: Dataset, config: TrainConfig,
     first = time.perf_counter() - started
     count, choice = planned or adaptive_ensemble(first)
     if planned is None:
-        print(f"fwplab train: adapted to the data: {choice.line()}", flush=True)
-        run_info["adaptive"][choice.name] = {"value": str(choice.value), "reason": choice.reason}
+        _announce(run_info, choice)
     members, seeds, runs, failed = [model], [config.seed], [history], []
     for offset in range(1, count):
         spent = time.perf_counter() - started
@@ -809,6 +805,21 @@ def _fit_ensemble(model: torch.nn.Module, dataset: Dataset, config: TrainConfig,
     return dataclasses.replace(history, train=train, test=test, seconds=seconds)
 
 
+def _recorded(choice: Choice) -> dict[str, str]:
+    """A choice as ``run.adaptive`` in ``metrics.json`` keeps it."""
+    return {"value": str(choice.value), "reason": choice.reason}
+
+
+def _print_choice(choice: Choice) -> None:
+    print(f"fwplab train: adapted to the data: {choice.line()}", flush=True)
+
+
+def _announce(run_info: dict[str, Any], choice: Choice) -> None:
+    """Print a choice made during training and record it under ``run.adaptive``."""
+    _print_choice(choice)
+    run_info["adaptive"][choice.name] = _recorded(choice)
+
+
 def _rewrite_metrics(out: Path, update: dict[str, Any]) -> None:
     """``out/metrics.json`` with the keys of ``update`` replaced or added."""
     document = json.loads((out / METRICS_NAME).read_text())
@@ -829,8 +840,7 @@ def _fit_adapted(model: torch.nn.Module, dataset: Dataset, config: TrainConfig, 
     except TrainingDiverged as error:
         settings, choice = adaptive_retry(config.lr, time.perf_counter() - started,
                                           str(error).split(";")[0])
-    print(f"fwplab train: adapted to the data: {choice.line()}", flush=True)
-    run_info["adaptive"][choice.name] = {"value": str(choice.value), "reason": choice.reason}
+    _announce(run_info, choice)
     (out / CHECKPOINT_NAME).unlink(missing_ok=True)
     torch.manual_seed(seed)
     fresh = build_model(**model.config).to(next(model.parameters()).device)
