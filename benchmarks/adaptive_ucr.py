@@ -21,8 +21,9 @@ NAME/NAME_TEST.ts pairs into a folder that ``--data`` then takes as well::
         --data /tmp/ucr_more --out benchmarks/results/adaptive_ucr_cpu.json
 
 The data are the UCR archive's TRAIN/TEST splits as these wheels ship them. The fwplab
-this Python imports is run (``python -m fwplab``; ``PYTHONPATH`` chooses another copy). Development sets (used while choosing the defaults) and
-held-out sets (only evaluated with the final defaults) are reported apart. An existing
+this Python imports is run (``python -m fwplab``; ``PYTHONPATH`` chooses another copy).
+Development sets (used while choosing the defaults) and held-out sets (only evaluated
+with the final defaults) are reported apart. An existing
 output file is updated set by set, so ``--sets`` reruns a few.
 """
 
@@ -126,7 +127,7 @@ def run_set(name: str, folders: list[Path]) -> dict:
     if not found:
         raise SystemExit(f"--data: expected {folder}/{stem}_TRAIN.ts in one of "
                          f"{', '.join(map(str, folders))}, got none")
-    data = found[0]
+    data, dtw = found[0], round(1 - DTW_ERROR[name], 4)
     with tempfile.TemporaryDirectory() as scratch:
         train, test = (data / folder / f"{stem}_{part}.ts" for part in ("TRAIN", "TEST"))
         out = Path(scratch) / "run"
@@ -139,10 +140,9 @@ def run_set(name: str, folders: list[Path]) -> dict:
         if done.returncode != 0:  # counted as accuracy 0: the default failed on this set
             lines = done.stderr.strip().splitlines() or ["no message"]
             return {"failed": lines[-1], "exit_status": done.returncode, "test_accuracy": 0.0,
-                    "dtw_1nn_accuracy": round(1 - DTW_ERROR[name], 4), "ratio_to_dtw": 0.0,
+                    "dtw_1nn_accuracy": dtw, "ratio_to_dtw": 0.0,
                     "wall_seconds": round(wall, 1)}
         metrics = json.loads((out / "metrics.json").read_text())
-    dtw = round(1 - DTW_ERROR[name], 4)
     ensemble = metrics.get("ensemble", {})
     return {"test_accuracy": round(metrics["test_accuracy"], 4),
             "train_accuracy": round(metrics["train_accuracy"], 4),
