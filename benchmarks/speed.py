@@ -11,7 +11,9 @@ Solvers (``--solvers``): ``reference`` (torchdiffeq ``odeint``, backprop through
 the solver), ``adjoint`` (``odeint_adjoint``, the paper's setting), ``stepwise``
 (fixed-grid loop recorded op by op by autograd), ``fast`` (pure PyTorch, one
 hand-written backward), ``fast-bounded`` (the same, fast weights kept every 16
-steps and recomputed), ``kernel`` (compiled C++ recurrence, checkpoints every 16).
+steps and recomputed), ``kernel`` (compiled C++ recurrence, checkpoints every 16),
+``fused`` (the same kernel computing the slow net's controls itself, segment by
+segment inside the time loop: what ``auto`` runs on the CPU).
 
 Every result is also given as a multiple of the compute floor: the FLOP count of
 ``fwplab.benchmarking.fast_path_flops`` at the float32 matrix-product rate measured
@@ -63,9 +65,11 @@ from fwplab.benchmarking import (
 )
 
 SOLVERS = {name: options for name, options in SOLVER_OPTIONS.items() if name != "auto"}
-DEFAULT_SOLVERS = "reference,adjoint,fast,fast-bounded,kernel"
-PROFILED_SOLVERS = ("fast", "kernel")  # the solvers with one autograd node for the recurrence
-RETAINED_SOLVERS = ("fast", "fast-bounded", "kernel")  # timed again with freed memory kept
+DEFAULT_SOLVERS = "reference,adjoint,fast,fast-bounded,kernel,fused"
+PROFILED_SOLVERS = ("fast", "kernel", "fused")  # one autograd node for the recurrence
+RETAINED_SOLVERS = ("fast", "fast-bounded", "kernel", "fused")  # timed again, freed memory kept
+#: The solvers whose recurrence node also computes the slow net (its FLOPs count inside).
+FUSED_SOLVERS = ("fused",)
 PROFILED_OPERATORS = 12
 SMOKE = dict(length=12, channels=5, hidden_channels=8, num_heads=2, ff_channels=16, classes=3)
 
@@ -142,10 +146,13 @@ def profile(arguments, batch: int, configs: list[str], rates: dict[int, float]) 
     """
     size = shape(arguments)
     threads = torch.get_num_threads()
-    flops = recurrence_flops(arguments.model, size["hidden_channels"], size["num_heads"],
-                             size["length"], batch)
     section = {"solvers": {}}
     for config in (c for c in configs if c in PROFILED_SOLVERS):
+        flops = (fast_path_flops(arguments.model, size["channels"], size["hidden_channels"],
+                                 size["num_heads"], size["length"], batch)
+                 if config in FUSED_SOLVERS else
+                 recurrence_flops(arguments.model, size["hidden_channels"], size["num_heads"],
+                                  size["length"], batch))
         model, x, coeffs = build(arguments, config, batch)
         found = profile_step(model, x, coeffs, repeats=arguments.repeats,
                              top=PROFILED_OPERATORS)
@@ -186,14 +193,14 @@ def profile(arguments, batch: int, configs: list[str], rates: dict[int, float]) 
             print(f"  {direction}, most expensive operators (self time per pass):")
             for name, shapes, seconds in ops:
                 print(f"    {1e3 * seconds:8.2f} ms  {name[:40]:40s} {shapes[:70]}")
-    if "kernel" in configs:
-        section["kernel_threads"] = kernel_threads(arguments, batch)
+    for config in (c for c in ("kernel", "fused") if c in configs):
+        section[f"{config}_threads"] = kernel_threads(arguments, batch, config)
     return section
 
 
-def kernel_threads(arguments, batch: int) -> list[dict]:
-    """The kernel solver's forward and forward+backward on 1 and 2 threads, in turns."""
-    model, x, coeffs = build(arguments, "kernel", batch)
+def kernel_threads(arguments, batch: int, config: str) -> list[dict]:
+    """A compiled solver's forward and forward+backward on 1 and 2 threads, in turns."""
+    model, x, coeffs = build(arguments, config, batch)
     restore = torch.get_num_threads()
 
     def on(threads, run):
@@ -212,7 +219,7 @@ def kernel_threads(arguments, batch: int) -> list[dict]:
     rows = [{"threads": threads, **{name: median(times[threads, name])
                                     for name in ("forward_s", "forward_backward_s")}}
             for threads in (1, 2)]
-    print(f"kernel, batch {batch}: " + "; ".join(
+    print(f"{config}, batch {batch}: " + "; ".join(
         f"{row['threads']} thread(s) fwd {row['forward_s']:.4f} s, fwd+bwd "
         f"{row['forward_backward_s']:.4f} s" for row in rows))
     return rows

@@ -73,6 +73,7 @@ SOLVER_OPTIONS = {
     "fast": dict(solver="fast"),
     "fast-bounded": dict(solver="fast", checkpoint_every=16),
     "kernel": dict(solver="kernel"),
+    "fused": dict(solver="fused"),
     "auto": dict(solver="auto"),
 }
 
@@ -270,7 +271,7 @@ def _fast_path_flop_parts(name, channels, hidden, heads, length, batch, method):
 
 #: Profiler event names of the recurrences' autograd nodes (forward; the backward adds
 #: ``Backward``): the compiled kernel and the pure-PyTorch fast path.
-RECURRENCE_EVENTS = ("KernelRecurrence", "_FastRecurrence")
+RECURRENCE_EVENTS = ("KernelRecurrence", "FusedKernelRecurrence", "_FastRecurrence")
 
 
 @dataclass(frozen=True)
@@ -371,9 +372,9 @@ class RecurrenceShare:
 
 
 def _recurrence_functions() -> tuple[type, ...]:
-    from .kernels import KernelRecurrence
+    from .kernels import FusedKernelRecurrence, KernelRecurrence
     from .solvers import _FastRecurrence
-    return KernelRecurrence, _FastRecurrence
+    return KernelRecurrence, FusedKernelRecurrence, _FastRecurrence
 
 
 def time_recurrence_share(model: nn.Module, x: Tensor, coeffs: Tensor, repeats: int = 5

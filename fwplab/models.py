@@ -44,7 +44,7 @@ import torch
 import torchcde
 from torch import Tensor, nn
 
-from . import solvers
+from . import kernels, solvers
 from .baselines import DiscreteDeltaFWP, GRUBaseline
 from .paths import (
     INTERPOLATIONS,
@@ -126,6 +126,13 @@ def _check_finite_output(module: nn.Module, out: Tensor, batch: ObservedBatch) -
 LAYOUTS = ("keys_from_derivative", "keys_from_path")
 
 
+def _needs_path_gradient(pieces: kernels.PathPieces) -> bool:
+    """Whether a gradient must flow into the path (the fused kernel gives none)."""
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (pieces.coefficients, pieces.slopes,
+                                                    pieces.offset))
+
+
 class SlowNet(nn.Module):
     """The slow net: controls (key logits, value pre-activations, rate logits) from the path.
 
@@ -192,6 +199,28 @@ class SlowNet(nn.Module):
         if self.v_layernorm:
             value = self.value_net(self.value_norm(value))
         return value
+
+    def fused(self) -> Optional[kernels.FusedSlowNet]:
+        """This slow net as the fused kernel computes it, or ``None`` (``v_layernorm``)."""
+        if self.v_layernorm:
+            return None
+        heads, d = self.num_heads, self.head_dim
+        norm = self.input_norm
+        feature = "dx" if self.keys_from_derivative else "x"
+        if self.driver == "ode":
+            joint, value = self.kvb_proj, None
+            key, value_at, rate = (0, 0, 2 * d + 1), (0, d, 2 * d + 1), (0, 2 * d, 2 * d + 1)
+            value_input = None
+        else:
+            joint = self.kb_proj
+            value = self.value_proj if self.keys_from_derivative else self.derivative_value_proj
+            key, value_at, rate = (0, 0, d + 1), (1, 0, d), (0, d, d + 1)
+            value_input = "x" if self.keys_from_derivative else "dx"
+        return kernels.FusedSlowNet(
+            feature, value_input, self.input_proj.weight, self.input_proj.bias, norm.weight,
+            norm.bias, norm.eps, joint.weight, joint.bias,
+            None if value is None else value.weight, None if value is None else value.bias,
+            key, value_at, rate, heads)
 
     def forward(self, x: Tensor, dx: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Raw controls at points of the path.
@@ -418,13 +447,31 @@ class ContinuousFWP(nn.Module):
             dtype: default the dtype of the model's parameters.
 
         Returns:
-            ``"reference"``, ``"stepwise"``, ``"fast"`` or ``"kernel"``
-            (:func:`fwplab.solvers.select_solver`).
+            ``"reference"``, ``"stepwise"``, ``"fast"``, ``"kernel"`` or ``"fused"``
+            (:func:`fwplab.solvers.select_solver`; ``"auto"`` fuses the slow net into
+            the kernel unless it has ``v_layernorm`` or its heads do not divide
+            :func:`fwplab.kernels.lanes`).
         """
         parameter = next(self.parameters())
         device = torch.device(device) if device is not None else parameter.device
-        return solvers.select_solver(self.fast_weight_rule, self.solver_options, device,
-                                     dtype or parameter.dtype)
+        dtype = dtype or parameter.dtype
+        return solvers.select_solver(self.fast_weight_rule, self.solver_options, device, dtype,
+                                     fuses=self._fuses(dtype))
+
+    def _check_fuses(self, pieces: kernels.PathPieces, dtype: torch.dtype) -> None:
+        """Refuse ``solver="fused"`` where the fused kernel cannot run, in one line."""
+        if self.slow_net.fused() is None:
+            raise ValueError("solver: 'fused' runs slow nets without v_layernorm; use 'kernel'")
+        if not kernels.fuses_heads(self.num_heads, dtype):
+            raise ValueError(f"solver: 'fused' needs num_heads dividing {kernels.lanes(dtype)} "
+                             f"in {dtype}, got {self.num_heads}; use 'kernel'")
+        if _needs_path_gradient(pieces):
+            raise ValueError("solver: 'fused' gives no gradient with respect to the inputs "
+                             "(they require grad); use 'kernel'")
+
+    def _fuses(self, dtype: torch.dtype) -> bool:
+        """Whether the fused kernel can run this model's slow net in ``dtype``."""
+        return self.slow_net.fused() is not None and kernels.fuses_heads(self.num_heads, dtype)
 
     def _path(self, batch: ObservedBatch, coeffs: Optional[Tensor]):
         if coeffs is None:
@@ -470,10 +517,20 @@ class ContinuousFWP(nn.Module):
                 field, W0, times, grid, self.method, self.adjoint, self.rtol, self.atol
             )
             return W if at is None else W[at, series]
-        controls = self._stage_controls(path, solvers.stage_points(grid, self.method))
         keep = torch.searchsorted(grid, times)
         if at is not None:
             keep, position = torch.unique(keep[at], return_inverse=True)
+        points = solvers.stage_points(grid, self.method)
+        pieces = path.pieces(points) if solver == solvers.FUSED else None
+        if pieces is not None and _needs_path_gradient(pieces) and self.solver == "auto":
+            solver, pieces = "kernel", None  # the fused kernel differentiates no path
+        if pieces is not None:
+            self._check_fuses(pieces, W0.dtype)
+            W = solvers.solve_fused(rule, self.slow_net.fused(), pieces, W0,
+                                    grid[1:] - grid[:-1], self.method, keep,
+                                    self.checkpoint_every)
+            return W if at is None else W[position, series]
+        controls = self._stage_controls(path, points)
         W = solvers.solve_fixed_grid(
             rule, controls, W0, grid[1:] - grid[:-1], self.method, keep,
             backend=solver, checkpoint_every=self.checkpoint_every,

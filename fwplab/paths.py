@@ -24,6 +24,8 @@ import torch
 import torchcde
 from torch import Tensor
 
+from fwplab.kernels import PathPieces
+
 __all__ = [
     "INTERPOLATIONS",
     "ObservedBatch",
@@ -343,6 +345,11 @@ class CubicPath(torchcde.CubicSpline):
         inner = torch.addcmul(b, torch.addcmul(two_c, three_d, s, value=2 / 3), s, value=0.5)
         return torch.addcmul(a, inner, s), dx
 
+    def pieces(self, points: Tensor) -> PathPieces:
+        """The path as the fused kernel reads it at ``points (points,)``."""
+        piece, s = _pieces_at(self._t, points)
+        return PathPieces("cubic", self._packed, None, piece, s)
+
 
 class LinearPath(torchcde.LinearInterpolation):
     """torchcde's piecewise linear path, plus :meth:`at_points` (see :class:`CubicPath`)."""
@@ -355,6 +362,11 @@ class LinearPath(torchcde.LinearInterpolation):
         slope = self._derivs.transpose(0, 1).index_select(0, piece)
         x = torch.addcmul(values.index_select(0, piece), slope, s.view(-1, 1, 1))
         return x, slope if derivative else None
+
+    def pieces(self, points: Tensor) -> PathPieces:
+        """The path as the fused kernel reads it at ``points (points,)``."""
+        piece, s = _pieces_at(self._t, points)
+        return PathPieces("linear", self._coeffs, self._derivs, piece, s)
 
 
 #: Interpolation schemes by name: coefficient function (vectorised equivalents of

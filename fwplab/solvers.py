@@ -61,6 +61,8 @@ from .rules.record import activate as _activate_by_name
 __all__ = [
     "TABLEAUS",
     "FIXED_GRID_BACKENDS",
+    "FIXED_GRID_SOLVERS",
+    "FUSED",
     "KERNEL_CHECKPOINT_EVERY",
     "ButcherTableau",
     "StageLayout",
@@ -72,6 +74,7 @@ __all__ = [
     "has_time_loop",
     "kernel_runs",
     "select_solver",
+    "solve_fused",
     "uses_fast_path",
     "grid_constructor",
     "is_fixed_grid",
@@ -109,6 +112,12 @@ TABLEAUS: dict[str, ButcherTableau] = {
 
 #: Implementations of the delta and Oja recurrences (see the module docstring).
 FIXED_GRID_BACKENDS = ("stepwise", "fast", "kernel")
+
+#: The solver that runs the slow net inside the compiled kernel (:func:`solve_fused`).
+FUSED = "fused"
+
+#: Every solver that integrates on a fixed grid.
+FIXED_GRID_SOLVERS = (*FIXED_GRID_BACKENDS, FUSED)
 
 #: Steps between stored fast weights in the compiled kernel when none is asked for.
 KERNEL_CHECKPOINT_EVERY = 16
@@ -250,7 +259,7 @@ def grid_constructor(grid: Tensor):
 
 # --------------------------------------------------------------------------- selection
 #: Solver choices of :class:`fwplab.models.ContinuousFWP` (its ``solver`` argument).
-SOLVERS = ("auto", "reference", *FIXED_GRID_BACKENDS)
+SOLVERS = ("auto", "reference", *FIXED_GRID_SOLVERS)
 
 RuleLike = Union[str, FastWeightRule]
 
@@ -301,7 +310,7 @@ class SolverOptions:
         if self.solver not in SOLVERS:
             raise ValueError(f"solver: expected one of {SOLVERS}, got {self.solver!r}")
         is_fixed_grid(self.method)  # validates the method name
-        if self.solver in FIXED_GRID_BACKENDS and self.method not in TABLEAUS:
+        if self.solver in FIXED_GRID_SOLVERS and self.method not in TABLEAUS:
             raise ValueError(f"solver={self.solver!r} needs a fixed-grid method in "
                              f"{sorted(TABLEAUS)}, got {self.method!r}")
         every = self.checkpoint_every
@@ -316,7 +325,7 @@ class SolverOptions:
     def check_rule(self, rule: RuleLike) -> None:
         """Refuse a fixed-grid ``solver`` for a rule of the ``"general"`` structure."""
         record = _record(rule)
-        if self.solver in FIXED_GRID_BACKENDS and record.structure == "general":
+        if self.solver in FIXED_GRID_SOLVERS and record.structure == "general":
             raise ValueError(f"solver: expected 'auto' or 'reference' for rule {record.name!r} "
                              f"(structure 'general': torchdiffeq only), got {self.solver!r}")
 
@@ -355,16 +364,18 @@ def uses_fast_path(rule: RuleLike, options: SolverOptions) -> bool:
     return options.solver != "reference"
 
 
-def select_solver(rule: RuleLike, options: SolverOptions, device, dtype: torch.dtype) -> str:
+def select_solver(rule: RuleLike, options: SolverOptions, device, dtype: torch.dtype,
+                  fuses: bool = False) -> str:
     """The solver that runs ``rule`` with ``options`` on inputs of ``device`` and ``dtype``.
 
     ``"auto"`` picks the fastest correct path: torchdiffeq (``"reference"``) for
     adaptive methods, the adjoint and general rules; the compiled kernel for delta and
     Oja structures on CPU float32/float64 when it builds (and ``FWPLAB_KERNEL`` is not
-    ``0``); ``"fast"`` otherwise.
+    ``0``), with the slow net inside it (``"fused"``) when the caller's slow net
+    ``fuses``; ``"fast"`` otherwise.
 
     Returns:
-        ``"reference"``, ``"stepwise"``, ``"fast"`` or ``"kernel"``.
+        ``"reference"``, ``"stepwise"``, ``"fast"``, ``"kernel"`` or ``"fused"``.
     """
     options.check_rule(rule)
     if options.solver != "auto":
@@ -374,7 +385,7 @@ def select_solver(rule: RuleLike, options: SolverOptions, device, dtype: torch.d
     if not kernel_runs(rule):  # Hebb (no time loop) or not in the kernel's tables
         return "fast"
     if kernels.enabled() and kernels.supports(device, dtype) and kernels.available():
-        return "kernel"
+        return FUSED if fuses else "kernel"
     return "fast"
 
 
@@ -482,6 +493,56 @@ def solve_fixed_grid(
             spec = RecurrenceSpec(rule.correction, tableau, layout, keep, checkpoint_every)
             states = _FastRecurrence.apply(fixed.contiguous(), target.contiguous(),
                                            rate.contiguous(), M0.contiguous(), steps, spec)
+    states = states.reshape(len(keep), batch, heads, *M0.shape[-2:])
+    return states.transpose(-1, -2) if oja else states
+
+
+def solve_fused(
+    rule: RuleLike,
+    net: kernels.FusedSlowNet,
+    path: kernels.PathPieces,
+    W0: Tensor,
+    steps: Tensor,
+    method: str = "rk4",
+    keep: Optional[Tensor] = None,
+    checkpoint_every: Optional[int] = None,
+) -> Tensor:
+    """:func:`solve_fixed_grid` with backend ``"kernel"``, the slow net run inside the kernel.
+
+    The controls are not passed but computed by the kernel from the path at the stage
+    points, one segment of ``checkpoint_every`` steps at a time (forward, and again in
+    the backward), so they never leave the cache; the gradients go to ``W0`` and the
+    slow net's parameters (not to the path).
+
+    Args:
+        rule: a rule of the delta or Oja structure the kernel runs (:func:`kernel_runs`).
+        net: the slow net (:class:`fwplab.kernels.FusedSlowNet`).
+        path: the path's pieces at the stage points of the grid
+            (:class:`fwplab.kernels.PathPieces`).
+        W0, steps, method, keep, checkpoint_every: as :func:`solve_fixed_grid`.
+
+    Returns:
+        ``(len(keep), batch, heads, d, d)``.
+    """
+    rule = _record(rule)
+    if not kernel_runs(rule):
+        raise ValueError(f"rule: the fused kernel runs delta and Oja rules in its tables, "
+                         f"got {rule.name!r}")
+    if not kernels.supports(W0.device, W0.dtype):
+        raise ValueError(f"W0: the fused kernel runs CPU float32/float64 tensors, "
+                         f"got {W0.dtype} on {W0.device}")
+    tableau, layout = TABLEAUS[method], stage_layout(method)
+    n_steps = steps.shape[0]
+    if path.piece.shape[0] != n_steps * layout.per_step + 1:
+        raise ValueError(f"path: expected {n_steps * layout.per_step + 1} stage points for "
+                         f"{n_steps} {method} steps, got {path.piece.shape[0]}")
+    keep = tuple(int(i) for i in (torch.arange(n_steps + 1) if keep is None else keep).tolist())
+    oja, activations = _loop_operands(rule)
+    batch, heads = W0.shape[:2]
+    M0 = (W0.transpose(-1, -2) if oja else W0).reshape(batch * heads, *W0.shape[-2:])
+    spec = RecurrenceSpec(rule.correction, tableau, layout, keep,
+                          checkpoint_every or KERNEL_CHECKPOINT_EVERY)
+    states = kernels.fused_recurrence(net, path, M0, steps.to(W0.dtype), spec, activations, oja)
     states = states.reshape(len(keep), batch, heads, *M0.shape[-2:])
     return states.transpose(-1, -2) if oja else states
 

@@ -223,7 +223,7 @@ def test_auto_falls_back_to_the_fast_path_for_a_rule_the_kernel_lacks(monkeypatc
     monkeypatch.setattr(kernels, "_NONLINEARITY_CODES", codes)
     model = fwplab.build_model("oja_cde", 4, 3, **TINY)
     assert model.selected_solver() == "fast"
-    assert fwplab.build_model("delta_cde", 4, 3, **TINY).selected_solver() == "kernel"
+    assert fwplab.build_model("delta_cde", 4, 3, **TINY).selected_solver() == "fused"
     reference = fwplab.build_model("oja_cde", 4, 3, **TINY, solver="reference")
     reference.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -247,7 +247,9 @@ def test_build_chatter_stays_off_stderr(capsys):
 
 def test_auto_uses_the_kernel_on_cpu_unless_turned_off(monkeypatch):
     model = fwplab.build_model("delta_cde", 4, 3, **TINY)
-    assert model.selected_solver() == "kernel"
+    assert model.selected_solver() == "fused"
+    assert fwplab.build_model("delta_cde", 4, 3, **TINY, v_layernorm=True).selected_solver() \
+        == "kernel"
     assert model.selected_solver(dtype=torch.float16) == "fast"
     for layout in ("keys_from_path", "keys_from_derivative"):  # Hebb has no time loop
         assert fwplab.build_model("hebb_cde", 4, 3, **TINY, layout=layout).selected_solver() \

@@ -54,8 +54,14 @@ __all__ = [
     "quiet_build",
     "supports",
     "supports_rule",
+    "FusedKernelRecurrence",
+    "FusedSlowNet",
     "KernelRecurrence",
+    "PathPieces",
     "RowOperand",
+    "fused_recurrence",
+    "fuses_heads",
+    "lanes",
     "recurrence",
     "row_operands",
 ]
@@ -238,6 +244,14 @@ def _declare(library: ctypes.CDLL) -> None:
         backward = getattr(library, f"fwplab_backward_{suffix}")
         backward.argtypes = [pointer] * 10 + [integer] * 8 + [pointer] * 6 + [integer]
         backward.restype = ctypes.c_int
+        fused_forward = getattr(library, f"fwplab_fused_forward_{suffix}")
+        fused_forward.argtypes = ([pointer] * 2 + [ctypes.c_double] + [pointer] * 7
+                                  + [integer] * 8 + [pointer] * 2 + [integer])
+        fused_forward.restype = ctypes.c_int
+        fused_backward = getattr(library, f"fwplab_fused_backward_{suffix}")
+        fused_backward.argtypes = ([pointer] * 2 + [ctypes.c_double] + [pointer] * 6
+                                   + [integer] * 8 + [pointer] * 4 + [integer])
+        fused_backward.restype = ctypes.c_int
 
 
 def _address(tensor: Tensor) -> ctypes.c_void_p:
@@ -266,10 +280,13 @@ def _sizes(spec, steps: Tensor, flat: int, d_out: int, d_in: int) -> tuple[int, 
             _NONLINEARITY_CODES[spec.nonlinearity], spec.checkpoint_every)
 
 
+_STATUS = {1: "out of memory", 2: "unsupported stage count",
+           3: "heads do not divide the lanes, or bad padding"}
+
+
 def _check(status: int, what: str) -> None:
     if status != 0:
-        raise RuntimeError(f"fwplab kernel {what} failed (status {status}: "
-                           f"{'out of memory' if status == 1 else 'unsupported stage count'})")
+        raise RuntimeError(f"fwplab kernel {what} failed (status {status}: {_STATUS[status]})")
 
 
 class RowOperand(NamedTuple):
@@ -406,3 +423,233 @@ def recurrence(fixed: Tensor, target: Tensor, rate: Tensor, M0: Tensor, steps: T
 def _operand_addresses(arrays, operands) -> list[ctypes.c_void_p]:
     return [ctypes.c_void_p(arrays[o.array].data_ptr() + o.offset * arrays[o.array].element_size())
             for o in operands]
+
+
+# --------------------------------------------------------------- the fused slow net
+
+
+def lanes(dtype: torch.dtype) -> int:
+    """Recurrences the kernel runs side by side in one group: 64 bytes of ``dtype``."""
+    return 64 // torch.empty((), dtype=dtype).element_size()
+
+
+def fuses_heads(heads: int, dtype: torch.dtype) -> bool:
+    """Whether the fused kernel runs ``heads`` heads in ``dtype``: they divide the lanes,
+    so a group of recurrences holds whole series."""
+    return dtype in (torch.float32, torch.float64) and lanes(dtype) % heads == 0
+
+
+class PathPieces(NamedTuple):
+    """A control path as the fused kernel reads it: piecewise polynomials in time.
+
+    Attributes:
+        kind: ``"cubic"`` (``coefficients (batch, pieces, 4 C)``: ``a, b, 2c, 3d`` of
+            ``X = a + b s + c s^2 + d s^3``, torchcde's packing) or ``"linear"``
+            (``coefficients (batch, pieces + 1, C)`` the knot values, ``slopes (batch,
+            pieces, C)``: ``X = x_i + slope_i s``).
+        coefficients, slopes: as above (``slopes`` ``None`` for ``"cubic"``).
+        piece: the piece of each stage point ``(points,)``, int64.
+        offset: ``s``, the time since the piece's start ``(points,)``.
+    """
+
+    kind: str
+    coefficients: Tensor
+    slopes: Optional[Tensor]
+    piece: Tensor
+    offset: Tensor
+
+
+class FusedSlowNet(NamedTuple):
+    """The slow net the fused kernel evaluates at every stage point, inside the time loop::
+
+        u = LN(A in_1 + a)     in_1 = X or dX/dt         (feature_input)
+        j = B u + b            keys and rates, or keys, values and rates
+        v = V in_2 + e         in_2 = X or dX/dt, CDE values (value_input; None: in j)
+
+    Attributes:
+        feature_input, value_input: ``"x"`` or ``"dx"``; ``value_input`` ``None`` when
+            the values are columns of ``j`` (the ODE driver).
+        in_weight ``(H, C)``, in_bias ``(H,)``, norm_weight, norm_bias ``(H,)``, eps:
+            ``A``, ``a`` and the LayerNorm.
+        joint_weight ``(J, H)``, joint_bias ``(J,)``: ``B``, ``b``.
+        value_weight ``(H, C)``, value_bias ``(H,)``: ``V``, ``e`` (``None`` without).
+        key, value, rate: where each control lies: ``(array, column, head_stride)``,
+            array 0 for ``j`` and 1 for ``v``; head ``h``'s control starts at column
+            ``column + h * head_stride`` of the array's row.
+        heads: number of heads.
+    """
+
+    feature_input: str
+    value_input: Optional[str]
+    in_weight: Tensor
+    in_bias: Tensor
+    norm_weight: Tensor
+    norm_bias: Tensor
+    eps: float
+    joint_weight: Tensor
+    joint_bias: Tensor
+    value_weight: Optional[Tensor]
+    value_bias: Optional[Tensor]
+    key: tuple[int, int, int]
+    value: tuple[int, int, int]
+    rate: tuple[int, int, int]
+    heads: int
+
+    def parameters(self) -> tuple[Tensor, ...]:
+        """The tensors the kernel differentiates, in its order."""
+        tensors = (self.in_weight, self.in_bias, self.norm_weight, self.norm_bias,
+                   self.joint_weight, self.joint_bias)
+        if self.value_input is None:
+            return tensors
+        return (*tensors, self.value_weight, self.value_bias)
+
+
+_INPUT_CODES = {"x": 0, "dx": 1}
+_PATH_CODES = {"cubic": 0, "linear": 1}
+
+
+def _padded(x: Tensor, width: int) -> Tensor:
+    """``x (..., n)`` with zero columns up to ``width``, contiguous."""
+    out = x.new_zeros(*x.shape[:-1], width)
+    out[..., :x.shape[-1]] = x
+    return out
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+class _FusedOperands(NamedTuple):
+    """The arrays and sizes of the fused entry points (their order is the kernel's)."""
+
+    tensors: tuple[Optional[Tensor], ...]
+    sizes: Tensor
+    hidden_pad: int
+    joint_pad: int
+
+
+def _fused_operands(net: FusedSlowNet, path: PathPieces, controls) -> _FusedOperands:
+    """Transposed, zero-padded weights and the size table the kernel reads."""
+    dtype = net.in_weight.dtype
+    width = lanes(dtype)
+    H, C = net.in_weight.shape
+    J = net.joint_weight.shape[0]
+    Hp, Jp = _round_up(H, width), _round_up(J, width)
+    with torch.no_grad():
+        value = net.value_input is not None
+        tensors = (
+            path.coefficients.contiguous(),
+            None if path.slopes is None else path.slopes.contiguous(),
+            path.piece.to(torch.int64).contiguous(),
+            path.offset.to(dtype).contiguous(),
+            _padded(net.in_weight.t(), Hp), _padded(net.in_bias, Hp),
+            _padded(net.norm_weight, Hp), _padded(net.norm_bias, Hp),
+            _padded(net.joint_weight.t(), Jp), _padded(net.joint_weight, Hp),
+            _padded(net.joint_bias, Jp),
+            _padded(net.value_weight.t(), Hp) if value else None,
+            _padded(net.value_bias, Hp) if value else None,
+        )
+    batch, pieces = path.coefficients.shape[0], path.coefficients.shape[1]
+    if path.kind == "linear":
+        pieces -= 1
+    sizes = [_PATH_CODES[path.kind], batch, pieces, C, H, J, net.heads,
+             _INPUT_CODES[net.feature_input],
+             -1 if net.value_input is None else _INPUT_CODES[net.value_input], Hp, Jp]
+    for placement in controls:
+        sizes.extend(placement)
+    return _FusedOperands(tensors, torch.tensor(sizes, dtype=torch.int64), Hp, Jp)
+
+
+def _pointer_array(tensors) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr()
+                                              for t in tensors))
+
+
+class FusedKernelRecurrence(torch.autograd.Function):
+    """The slow net and the recurrence in one compiled kernel (:class:`KernelRecurrence`
+    with the controls computed inside the time loop, one segment of steps at a time, and
+    never stored).
+
+    Inputs: ``M0 (N, d_out, d_in)``, ``steps``, ``spec``, ``activations`` as
+    :class:`KernelRecurrence`; ``net`` (:class:`FusedSlowNet`), ``path``
+    (:class:`PathPieces`, no gradient), ``oja`` (the loop runs on ``W^T``: the fixed
+    factor is the value, the target the key), then ``*net.parameters()``. Returns ``M`` at
+    the kept grid indices ``(len(keep), N, d_out, d_in)``; the gradients go to ``M0``
+    and the slow net's parameters.
+    """
+
+    @staticmethod
+    def forward(ctx, M0, steps, spec, activations, net, path, oja, *parameters):
+        library = load()
+        tensors = (M0, path.coefficients, path.offset, *parameters)
+        if not all(supports(t.device, t.dtype) and t.dtype == M0.dtype for t in tensors):
+            raise ValueError("the fused kernel takes CPU tensors of one dtype, float32 or "
+                             f"float64; got {[(t.dtype, t.device.type) for t in tensors]}")
+        if not fuses_heads(net.heads, M0.dtype):
+            raise ValueError(f"heads: the fused kernel needs a number of heads dividing "
+                             f"{lanes(M0.dtype)}, got {net.heads}")
+        if len(spec.tableau.c) > _MAX_STAGES:
+            raise ValueError(f"method: the kernel supports up to {_MAX_STAGES} stages, "
+                             f"got {len(spec.tableau.c)}")
+        controls = (net.value, net.key, net.rate) if oja else (net.key, net.value, net.rate)
+        operands = _fused_operands(net, path, controls)
+        flat, d_out, d_in = M0.shape
+        M0 = M0.contiguous()
+        kept = M0.new_empty(len(spec.keep), flat, d_out, d_in)
+        checkpoints = M0.new_empty(steps.shape[0] // spec.checkpoint_every + 1, flat, d_out, d_in)
+        entry = library.fwplab_fused_forward_f64 if M0.dtype == torch.float64 else \
+            library.fwplab_fused_forward_f32
+        tables = _tables(spec, activations, steps, (0, 0, 0))[:6]
+        status = entry(_pointer_array(operands.tensors), _address(operands.sizes), net.eps,
+                       _address(M0), *(_address(t) for t in tables),
+                       *_sizes(spec, steps, flat, d_out, d_in), _address(kept),
+                       _address(checkpoints), torch.get_num_threads())
+        _check(status, "forward")
+        ctx.save_for_backward(steps, checkpoints)
+        ctx.spec, ctx.activations, ctx.net, ctx.operands = spec, activations, net, operands
+        return kept
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_kept):
+        steps, checkpoints = ctx.saved_tensors
+        spec, net, operands = ctx.spec, ctx.net, ctx.operands
+        grad_kept = grad_kept.contiguous()
+        flat, d_out, d_in = checkpoints.shape[1:]
+        threads = torch.get_num_threads()
+        H, C = net.in_weight.shape
+        J = net.joint_weight.shape[0]
+        Hp, Jp = operands.hidden_pad, operands.joint_pad
+        zeros = checkpoints.new_zeros
+        value = net.value_input is not None
+        slots = (zeros(threads, C, Hp), zeros(threads, Hp), zeros(threads, Hp),
+                 zeros(threads, Hp), zeros(threads, H, Jp), zeros(threads, Jp),
+                 zeros(threads, C, Hp) if value else None, zeros(threads, Hp) if value else None)
+        grad_M0 = torch.empty_like(checkpoints[0])
+        library = load()
+        entry = library.fwplab_fused_backward_f64 if checkpoints.dtype == torch.float64 else \
+            library.fwplab_fused_backward_f32
+        tables = _tables(spec, ctx.activations, steps, (0, 0, 0))[:6]
+        status = entry(_pointer_array(operands.tensors), _address(operands.sizes), net.eps,
+                       *(_address(t) for t in tables), *_sizes(spec, steps, flat, d_out, d_in),
+                       _address(checkpoints), _address(grad_kept),
+                       _pointer_array(slots), _address(grad_M0), threads)
+        _check(status, "backward")
+        summed = [None if slot is None else slot.sum(0) for slot in slots]
+        grads = (summed[0][:, :H].t(), summed[1][:H], summed[2][:H], summed[3][:H],
+                 summed[4][:, :J].t(), summed[5][:J])
+        if value:
+            grads = (*grads, summed[6][:, :H].t(), summed[7][:H])
+        return (grad_M0, None, None, None, None, None, None, *grads)
+
+
+def fused_recurrence(net: FusedSlowNet, path: PathPieces, M0: Tensor, steps: Tensor, spec,
+                     activations: tuple[str, str, str], oja: bool) -> Tensor:
+    """Run :class:`FusedKernelRecurrence`: the slow net at the stage points and the
+    recurrence in one kernel call (forward) and one hand-written backward.
+
+    Returns:
+        ``(len(keep), N, d_out, d_in)`` with ``N = batch * heads``.
+    """
+    return FusedKernelRecurrence.apply(M0, steps, spec, activations, net, path, oja,
+                                       *net.parameters())

@@ -24,9 +24,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -195,12 +197,17 @@ struct LaneType {
 };
 #endif
 
-// A Lanes value with every lane equal to x.
+// A Lanes value with every lane equal to x (GCC/Clang: one broadcast; filling the
+// lanes one by one compiles to a masked broadcast per lane).
 template <typename V, typename T, int LANES>
 inline V splat(T x) {
+#if defined(__GNUC__)
+  return V{} + x;
+#else
   V value;
   for (int l = 0; l < LANES; ++l) value[l] = x;
   return value;
+#endif
 }
 
 // out[s][o] = sum_k X[o][k] y[s][k] (+ out[s][o] when `accumulate`).
@@ -296,32 +303,299 @@ inline void rank_update(T* X_, const T* z_, const T* y_, int64_t rows, int64_t c
   }
 }
 
-// Lane layout <-> rows: lanes[k][l] = rows[l * stride + k] for `valid` lanes of `width`
-// values (whole groups as one strided load per k that the compiler turns into gathers).
+// Lane layout <-> rows: lanes[k][l] = base[offset[l] + k] for `valid` lanes of `width`
+// values (whole groups as one load per k that the compiler turns into gathers).
 template <typename T, int LANES>
-inline void gather_rows(const T* __restrict__ rows, int64_t stride, int64_t width, int valid,
-                        T* __restrict__ lanes) {
+inline void gather_lanes(const T* __restrict__ base, const int64_t* __restrict__ offset,
+                         int64_t width, int valid, T* __restrict__ lanes) {
   if (valid == LANES) {
     for (int64_t k = 0; k < width; ++k)
-      for (int l = 0; l < LANES; ++l) lanes[k * LANES + l] = rows[l * stride + k];
+      for (int l = 0; l < LANES; ++l) lanes[k * LANES + l] = base[offset[l] + k];
     return;
   }
   for (int l = 0; l < valid; ++l)
-    for (int64_t k = 0; k < width; ++k) lanes[k * LANES + l] = rows[l * stride + k];
+    for (int64_t k = 0; k < width; ++k) lanes[k * LANES + l] = base[offset[l] + k];
 }
 
-// rows[l * stride + k] += lanes[k][l], the reverse of gather_rows.
+// base[offset[l] + k] += lanes[k][l], the reverse of gather_lanes.
 template <typename T, int LANES>
-inline void scatter_add_rows(const T* __restrict__ lanes, int64_t stride, int64_t width,
-                             int valid, T* __restrict__ rows) {
+inline void scatter_add_lanes(const T* __restrict__ lanes, const int64_t* __restrict__ offset,
+                              int64_t width, int valid, T* __restrict__ base) {
   if (valid == LANES) {
     for (int64_t k = 0; k < width; ++k)
-      for (int l = 0; l < LANES; ++l) rows[l * stride + k] += lanes[k * LANES + l];
+      for (int l = 0; l < LANES; ++l) base[offset[l] + k] += lanes[k * LANES + l];
     return;
   }
   for (int l = 0; l < valid; ++l)
-    for (int64_t k = 0; k < width; ++k) rows[l * stride + k] += lanes[k * LANES + l];
+    for (int64_t k = 0; k < width; ++k) base[offset[l] + k] += lanes[k * LANES + l];
 }
+
+// ------------------------------------------------------------------ the fused slow net
+// Row-major products of the slow net, vectorised over the columns of B and C, which are
+// padded to whole vectors (B's padding zero): for `rows` rows i and `vectors` column
+// vectors, C[i][:] = init + sum_p A(i, p) B[p][:] with A(i, p) = A[i * si + p * sp], so A
+// may be read transposed. init: C itself (`accumulate`), the row `bias` or zero. A tile
+// of R rows and NV column vectors stays in registers; each B vector loaded feeds R
+// fused multiply-adds.
+template <typename T, int LANES, int R, int NV>
+inline void product_tile(const T* __restrict__ A, int64_t si, int64_t sp, int64_t depth,
+                         const T* __restrict__ B_, int64_t ldb, T* __restrict__ C_, int64_t ldc,
+                         const T* __restrict__ bias_, bool accumulate) {
+  using V = typename LaneType<T, LANES>::type;
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) {
+      if (accumulate)
+        acc[r][v] = *reinterpret_cast<const V*>(C_ + r * ldc + v * LANES);
+      else if (bias_ != nullptr)
+        acc[r][v] = *reinterpret_cast<const V*>(bias_ + v * LANES);
+      else
+        acc[r][v] = V{};
+    }
+  for (int64_t p = 0; p < depth; ++p) {
+    V b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const V*>(B_ + p * ldb + v * LANES);
+    for (int r = 0; r < R; ++r) {
+      const V a = splat<V, T, LANES>(A[r * si + p * sp]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) *reinterpret_cast<V*>(C_ + r * ldc + v * LANES) = acc[r][v];
+}
+
+template <typename T, int LANES, int R>
+inline void product_columns(const T* A, int64_t si, int64_t sp, int64_t depth, const T* B,
+                            int64_t ldb, int64_t vectors, T* C, int64_t ldc, const T* bias,
+                            bool accumulate) {
+  int64_t v = 0;
+  for (; v + 4 <= vectors; v += 4)
+    product_tile<T, LANES, R, 4>(A, si, sp, depth, B + v * LANES, ldb, C + v * LANES, ldc,
+                                 bias ? bias + v * LANES : nullptr, accumulate);
+  const T* b = B + v * LANES;
+  T* c = C + v * LANES;
+  const T* bias_v = bias ? bias + v * LANES : nullptr;
+  switch (vectors - v) {
+    case 3: product_tile<T, LANES, R, 3>(A, si, sp, depth, b, ldb, c, ldc, bias_v, accumulate); break;
+    case 2: product_tile<T, LANES, R, 2>(A, si, sp, depth, b, ldb, c, ldc, bias_v, accumulate); break;
+    case 1: product_tile<T, LANES, R, 1>(A, si, sp, depth, b, ldb, c, ldc, bias_v, accumulate); break;
+    default: break;
+  }
+}
+
+template <typename T, int LANES>
+void product(int64_t rows, int64_t vectors, int64_t depth, const T* A, int64_t si, int64_t sp,
+             const T* B, int64_t ldb, T* C, int64_t ldc, const T* bias, bool accumulate) {
+  constexpr int R = 4;
+  int64_t i = 0;
+  for (; i + R <= rows; i += R)
+    product_columns<T, LANES, R>(A + i * si, si, sp, depth, B, ldb, vectors, C + i * ldc, ldc,
+                                 bias, accumulate);
+  for (; i < rows; ++i)
+    product_columns<T, LANES, 1>(A + i * si, si, sp, depth, B, ldb, vectors, C + i * ldc, ldc,
+                                 bias, accumulate);
+}
+
+// c[:] += sum of the `rows` rows of X (row stride ld), `vectors` vectors wide.
+template <typename T, int LANES>
+void add_column_sums(const T* X_, int64_t rows, int64_t ld, int64_t vectors, T* c_) {
+  using V = typename LaneType<T, LANES>::type;
+  V* c = reinterpret_cast<V*>(c_);
+  for (int64_t v = 0; v < vectors; ++v) {
+    V total = c[v];
+    for (int64_t i = 0; i < rows; ++i) total += *reinterpret_cast<const V*>(X_ + i * ld + v * LANES);
+    c[v] = total;
+  }
+}
+
+template <typename T, int LANES>
+inline T lane_sum(typename LaneType<T, LANES>::type x) {
+  T total = T(0);
+  for (int l = 0; l < LANES; ++l) total += x[l];
+  return total;
+}
+
+// The slow net the fused kernel evaluates at the stage points (all read-only):
+//
+//     X, dX/dt  from the path's pieces (cubic: a + b s + c s^2 + d s^3; linear)
+//     u = LN(A in_1 + a)          in_1: X or dX/dt
+//     j = B u + b                 the joint projection (keys and rates, or keys, values, rates)
+//     v = V in_2 + e              CDE values, in_2: X or dX/dt (absent for the ODE driver)
+//
+// Weights arrive transposed and padded: columns to whole vectors (`hidden_pad`,
+// `joint_pad`) with zeros. Each control (fixed, target, rate) is read from array 0 (j)
+// or 1 (v), from column `column + head * head_stride`.
+template <typename T>
+struct SlowNetSpec {
+  const T* coefficients;  // cubic: (batch, pieces, 4 C) packed a, b, 2c, 3d; linear: (batch, pieces + 1, C)
+  const T* slopes;        // linear: (batch, pieces, C)
+  const int64_t* piece;   // (points,)
+  const T* offset;        // (points,): time since the piece's start
+  const T* in_weight_t;   // (C, Hp)
+  const T* in_bias;       // (Hp)
+  const T* norm_weight;   // (Hp)
+  const T* norm_bias;     // (Hp)
+  const T* joint_weight_t;  // (H, Jp)
+  const T* joint_weight;  // (J, Hp)
+  const T* joint_bias;    // (Jp)
+  const T* value_weight_t;  // (C, Hp) or null
+  const T* value_bias;    // (Hp) or null
+  int64_t path_kind, batch, pieces, channels, hidden, joint, heads, feature_input, value_input;
+  int64_t hidden_pad, joint_pad;
+  int64_t array[3], column[3], head_stride[3];
+  T eps;
+};
+
+enum PathKind : int64_t { kCubicPath = 0, kLinearPath = 1 };
+constexpr int kGradients = 8;  // the parameter gradients, in SlowNetSpec's order (no joint_weight)
+
+// One worker's slow net: the controls of one segment of points for one group's batch
+// elements, row (point - p0) * nb + batch element, and their backward into the worker's
+// own slots of the parameter gradients.
+template <typename T, int LANES>
+struct SlowNetWork {
+  const SlowNetSpec<T>& net;
+  int64_t nb, rows_max, C, H, Hp, J, Jp;
+  std::vector<T> x, dx, normed, rstd, u, joint, value, grad_joint, grad_value, grad_u, mask;
+  T* grad[kGradients] = {};
+  int64_t rows = 0;
+
+  SlowNetWork(const SlowNetSpec<T>& spec, int64_t points_max)
+      : net(spec), nb(LANES / spec.heads), rows_max(points_max * (LANES / spec.heads)),
+        C(spec.channels), H(spec.hidden), Hp(spec.hidden_pad), J(spec.joint),
+        Jp(spec.joint_pad) {
+    x.resize(rows_max * C);
+    dx.resize(rows_max * C);
+    normed.resize(rows_max * Hp);
+    rstd.resize(rows_max);
+    u.resize(rows_max * Hp);
+    joint.resize(rows_max * Jp);
+    value.resize(net.value_input >= 0 ? rows_max * Hp : 0);
+    mask.assign(Hp, T(0));
+    std::fill(mask.begin(), mask.begin() + H, T(1));
+  }
+
+  void bind_gradients(T* const* slots, int64_t worker) {
+    const int64_t sizes[kGradients] = {C * Hp, Hp, Hp, Hp, H * Jp, Jp, C * Hp, Hp};
+    for (int q = 0; q < kGradients; ++q)
+      grad[q] = slots[q] == nullptr ? nullptr : slots[q] + worker * sizes[q];
+    grad_joint.resize(rows_max * Jp);
+    grad_value.resize(value.size());
+    grad_u.resize(rows_max * Hp);
+  }
+
+  const T* input(int64_t which) const { return which == 1 ? dx.data() : x.data(); }
+
+  // Controls at points p0 .. p0 + points - 1 of batch elements first .. first + valid - 1.
+  void compute(int64_t first, int64_t valid, int64_t p0, int64_t points) {
+    using V = typename LaneType<T, LANES>::type;
+    rows = points * nb;
+    for (int64_t p = 0; p < points; ++p) {
+      const int64_t piece = net.piece[p0 + p];
+      const T s = net.offset[p0 + p];
+      for (int64_t bl = 0; bl < nb; ++bl) {
+        T* xr = &x[(p * nb + bl) * C];
+        T* dr = &dx[(p * nb + bl) * C];
+        if (bl >= valid) {
+          std::fill(xr, xr + C, T(0));
+          std::fill(dr, dr + C, T(0));
+          continue;
+        }
+        const int64_t b = first + bl;
+        if (net.path_kind == kCubicPath) {
+          const T* a = net.coefficients + (b * net.pieces + piece) * 4 * C;
+          const T *slope = a + C, *two_c = a + 2 * C, *three_d = a + 3 * C;
+          for (int64_t c = 0; c < C; ++c) {
+            dr[c] = slope[c] + (two_c[c] + three_d[c] * s) * s;
+            const T inner = slope[c] + T(0.5) * ((two_c[c] + T(2.0 / 3.0) * (three_d[c] * s)) * s);
+            xr[c] = a[c] + inner * s;
+          }
+        } else {
+          const T* start = net.coefficients + (b * (net.pieces + 1) + piece) * C;
+          const T* slope = net.slopes + (b * net.pieces + piece) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            dr[c] = slope[c];
+            xr[c] = start[c] + slope[c] * s;
+          }
+        }
+      }
+    }
+    const int64_t hv = Hp / LANES;
+    product<T, LANES>(rows, hv, C, input(net.feature_input), C, 1, net.in_weight_t, Hp,
+                      normed.data(), Hp, net.in_bias, false);
+    const V* m = reinterpret_cast<const V*>(mask.data());
+    const V* gamma = reinterpret_cast<const V*>(net.norm_weight);
+    const V* beta = reinterpret_cast<const V*>(net.norm_bias);
+    for (int64_t i = 0; i < rows; ++i) {  // LayerNorm (biased variance, as torch)
+      V* z = reinterpret_cast<V*>(&normed[i * Hp]);
+      V* out = reinterpret_cast<V*>(&u[i * Hp]);
+      V total{};
+      for (int64_t v = 0; v < hv; ++v) total += z[v];
+      const T mean = lane_sum<T, LANES>(total) / T(H);
+      V squares{};
+      for (int64_t v = 0; v < hv; ++v) {
+        z[v] = (z[v] - splat<V, T, LANES>(mean)) * m[v];
+        squares += z[v] * z[v];
+      }
+      const T r = T(1) / std::sqrt(lane_sum<T, LANES>(squares) / T(H) + net.eps);
+      rstd[i] = r;
+      const V rv = splat<V, T, LANES>(r);
+      for (int64_t v = 0; v < hv; ++v) {
+        z[v] *= rv;
+        out[v] = z[v] * gamma[v] + beta[v];
+      }
+    }
+    product<T, LANES>(rows, Jp / LANES, H, u.data(), Hp, 1, net.joint_weight_t, Jp,
+                      joint.data(), Jp, net.joint_bias, false);
+    if (net.value_input >= 0)
+      product<T, LANES>(rows, hv, C, input(net.value_input), C, 1, net.value_weight_t, Hp,
+                        value.data(), Hp, net.value_bias, false);
+  }
+
+  void clear_gradients() {
+    std::fill(grad_joint.begin(), grad_joint.begin() + rows * Jp, T(0));
+    if (!grad_value.empty()) std::fill(grad_value.begin(), grad_value.begin() + rows * Hp, T(0));
+  }
+
+  // The parameter gradients of the last `compute`'s rows, from grad_joint and grad_value.
+  void backward() {
+    using V = typename LaneType<T, LANES>::type;
+    const int64_t hv = Hp / LANES;
+    if (net.value_input >= 0) {
+      product<T, LANES>(C, hv, rows, input(net.value_input), 1, C, grad_value.data(), Hp,
+                        grad[6], Hp, nullptr, true);
+      add_column_sums<T, LANES>(grad_value.data(), rows, Hp, hv, grad[7]);
+    }
+    product<T, LANES>(H, Jp / LANES, rows, u.data(), 1, Hp, grad_joint.data(), Jp, grad[4], Jp,
+                      nullptr, true);
+    add_column_sums<T, LANES>(grad_joint.data(), rows, Jp, Jp / LANES, grad[5]);
+    product<T, LANES>(rows, hv, J, grad_joint.data(), Jp, 1, net.joint_weight, Hp,
+                      grad_u.data(), Hp, nullptr, false);
+    const V* m = reinterpret_cast<const V*>(mask.data());
+    const V* gamma = reinterpret_cast<const V*>(net.norm_weight);
+    V* grad_gamma = reinterpret_cast<V*>(grad[2]);
+    V* grad_beta = reinterpret_cast<V*>(grad[3]);
+    for (int64_t i = 0; i < rows; ++i) {  // LayerNorm backward
+      V* g = reinterpret_cast<V*>(&grad_u[i * Hp]);
+      const V* n = reinterpret_cast<const V*>(&normed[i * Hp]);
+      V first{}, second{};
+      for (int64_t v = 0; v < hv; ++v) {
+        grad_gamma[v] += g[v] * n[v];
+        grad_beta[v] += g[v];
+        g[v] *= gamma[v];
+        first += g[v];
+        second += g[v] * n[v];
+      }
+      const V mean_g = splat<V, T, LANES>(lane_sum<T, LANES>(first) / T(H));
+      const V mean_gn = splat<V, T, LANES>(lane_sum<T, LANES>(second) / T(H));
+      const V r = splat<V, T, LANES>(rstd[i]);
+      for (int64_t v = 0; v < hv; ++v) g[v] = r * (g[v] - mean_g - n[v] * mean_gn) * m[v];
+    }
+    product<T, LANES>(C, hv, rows, input(net.feature_input), 1, C, grad_u.data(), Hp, grad[0],
+                      Hp, nullptr, true);
+    add_column_sums<T, LANES>(grad_u.data(), rows, Hp, hv, grad[1]);
+  }
+};
 
 // Everything shared by all groups of one call (read-only).
 template <typename T>
@@ -329,7 +603,8 @@ struct Problem {
   // The controls before their activations: row r = point * flat + recurrence of each
   // starts at r * stride (a stride wider than the row lets the controls be columns of
   // one larger array, as the slow net's projections produce them); the gradients
-  // have the same layout.
+  // have the same layout. With a fused slow net (`net`), the controls are computed
+  // instead, segment by segment, and these pointers are unused.
   const T* fixed;   // rows of d_in
   const T* target;  // rows of d_out
   const T* rate;    // rows of 1
@@ -341,6 +616,18 @@ struct Problem {
   int64_t n_steps, per_step, flat, d_out, d_in, nonlinearity, every;
   int64_t fixed_stride, target_stride, rate_stride;
   int64_t fixed_activation, target_activation, rate_activation;
+  const SlowNetSpec<T>* net = nullptr;
+  T* const* net_gradients = nullptr;  // kGradients arrays of per-worker slots (backward)
+};
+
+// Where one control's rows lie for one group: lane l of point p at
+// base[(p - point_base) * point_stride + offset[l]], its gradient at the same place of grad.
+template <typename T, int LANES>
+struct Source {
+  const T* base = nullptr;
+  T* grad = nullptr;
+  int64_t point_stride = 0;
+  int64_t offset[LANES] = {};
 };
 
 // Per-thread work space and the step routines for one group of LANES recurrences.
@@ -357,6 +644,9 @@ struct Group {
   std::vector<T> e, weighted, grad_r, grad_e, grad_f, rate_grad;
   std::vector<int> pair_i, pair_j;
   std::vector<T> pair_a;
+  Source<T, LANES> source[3];  // fixed, target, rate
+  int64_t point_base = 0;      // the first point the sources hold
+  SlowNetWork<T, LANES>* net = nullptr;  // the fused slow net, or null
 
   explicit Group(const Problem<T>& p)
       : problem(p), d_out(p.d_out), d_in(p.d_in), matrix(p.d_out * p.d_in),
@@ -375,6 +665,35 @@ struct Group {
           pair_j.push_back(j);
           pair_a.push_back(T(p.a[i * S + j]));
         }
+  }
+
+  // Point the sources at the group's rows: of the problem's arrays (and the gradient
+  // arrays, when given), or of the fused slow net's segment buffers.
+  void bind(T* grad_fixed = nullptr, T* grad_target = nullptr, T* grad_rate = nullptr) {
+    if (net != nullptr) {
+      const SlowNetSpec<T>& spec = net->net;
+      for (int c = 0; c < 3; ++c) {
+        const bool joint = spec.array[c] == 0;
+        const int64_t width = joint ? net->Jp : net->Hp;
+        source[c].base = (joint ? net->joint.data() : net->value.data()) + spec.column[c];
+        T* grad = joint ? net->grad_joint.data() : net->grad_value.data();
+        source[c].grad = grad == nullptr ? nullptr : grad + spec.column[c];
+        source[c].point_stride = net->nb * width;
+        for (int l = 0; l < LANES; ++l)
+          source[c].offset[l] = (l / spec.heads) * width + (l % spec.heads) * spec.head_stride[c];
+      }
+      return;
+    }
+    const T* bases[3] = {problem.fixed, problem.target, problem.rate};
+    T* grads[3] = {grad_fixed, grad_target, grad_rate};
+    const int64_t strides[3] = {problem.fixed_stride, problem.target_stride, problem.rate_stride};
+    for (int c = 0; c < 3; ++c) {
+      source[c].base = bases[c];
+      source[c].grad = grads[c];
+      source[c].point_stride = problem.flat * strides[c];
+      for (int l = 0; l < LANES; ++l) source[c].offset[l] = (first + (l < valid ? l : 0)) * strides[c];
+    }
+    point_base = 0;
   }
 
   int64_t point(int64_t n, int s) const { return n * problem.per_step + problem.offsets[s]; }
@@ -401,13 +720,13 @@ struct Group {
       first_stage = 1;
     }
     for (int s = first_stage; s < S; ++s) {
-      const int64_t row = point(n, s) * problem.flat + first;
-      gather_rows<T, LANES>(problem.fixed + row * problem.fixed_stride, problem.fixed_stride,
-                            d_in, valid, f + s * d_in * LANES);
-      gather_rows<T, LANES>(problem.target + row * problem.target_stride,
-                            problem.target_stride, d_out, valid, c + s * d_out * LANES);
-      gather_rows<T, LANES>(problem.rate + row * problem.rate_stride, problem.rate_stride, 1,
-                            valid, beta + s * LANES);
+      const int64_t at = point(n, s) - point_base;
+      gather_lanes<T, LANES>(source[0].base + at * source[0].point_stride, source[0].offset,
+                             d_in, valid, f + s * d_in * LANES);
+      gather_lanes<T, LANES>(source[1].base + at * source[1].point_stride, source[1].offset,
+                             d_out, valid, c + s * d_out * LANES);
+      gather_lanes<T, LANES>(source[2].base + at * source[2].point_stride, source[2].offset, 1,
+                             valid, beta + s * LANES);
       activate<T, LANES>(problem.fixed_activation, f + s * d_in * LANES, d_in);
       activate<T, LANES>(problem.target_activation, c + s * d_out * LANES, d_out);
       activate<T, LANES>(problem.rate_activation, beta + s * LANES, 1);
@@ -517,8 +836,7 @@ struct Group {
   // step's control gradients to the outputs. M is M_n, `controls` the step's block.
   void backward_step(int64_t n, const T* controls, const T* __restrict__ M,
                      T* __restrict__ gM, const T* __restrict__ activation,
-                     const T* __restrict__ factors, const T* __restrict__ coupling,
-                     T* grad_fixed, T* grad_target, T* grad_rate) {
+                     const T* __restrict__ factors, const T* __restrict__ coupling) {
     const T h = T(problem.steps[n]);
     const T* __restrict__ f = fixed_of(controls);
     const T* __restrict__ beta = rate_of(controls);
@@ -604,13 +922,13 @@ struct Group {
                                grad_f + s * d_in * LANES, d_in);
       activation_vjp<T, LANES>(problem.target_activation, target_of(controls) + s * d_out * LANES,
                                grad_e + s * d_out * LANES, d_out);
-      const int64_t row = point(n, s) * problem.flat + first;
-      scatter_add_rows<T, LANES>(grad_f + s * d_in * LANES, problem.fixed_stride, d_in, valid,
-                                 grad_fixed + row * problem.fixed_stride);
-      scatter_add_rows<T, LANES>(grad_e + s * d_out * LANES, problem.target_stride, d_out, valid,
-                                 grad_target + row * problem.target_stride);
-      scatter_add_rows<T, LANES>(rate_grad + s * LANES, problem.rate_stride, 1, valid,
-                                 grad_rate + row * problem.rate_stride);
+      const int64_t at = point(n, s) - point_base;
+      scatter_add_lanes<T, LANES>(grad_f + s * d_in * LANES, source[0].offset, d_in, valid,
+                                  source[0].grad + at * source[0].point_stride);
+      scatter_add_lanes<T, LANES>(grad_e + s * d_out * LANES, source[1].offset, d_out, valid,
+                                  source[1].grad + at * source[1].point_stride);
+      scatter_add_lanes<T, LANES>(rate_grad + s * LANES, source[2].offset, 1, valid,
+                                  source[2].grad + at * source[2].point_stride);
     }
   }
 };
@@ -621,6 +939,15 @@ struct Recurrence {
 
   static int64_t groups(const Problem<T>& p) { return (p.flat + LANES - 1) / LANES; }
 
+  // The fused slow net: the controls of the segment of steps start .. stop - 1.
+  static void compute_controls(Group<T, S, LANES>& g, int64_t start, int64_t stop) {
+    const Problem<T>& p = g.problem;
+    const int64_t heads = g.net->net.heads;
+    g.net->compute(g.first / heads, g.valid / heads, start * p.per_step,
+                   (stop - start) * p.per_step + 1);
+    g.point_base = start * p.per_step;
+  }
+
   static void forward_group(Group<T, S, LANES>& g, const T* M0, T* kept, T* checkpoints) {
     const Problem<T>& p = g.problem;
     const int64_t size = g.matrix * LANES;
@@ -630,6 +957,8 @@ struct Recurrence {
     g.scatter_matrix(M.data(), checkpoints);
     if (p.keep_position[0] >= 0) g.scatter_matrix(M.data(), kept + p.keep_position[0] * p.flat * g.matrix);
     for (int64_t n = 0; n < p.n_steps; ++n) {
+      if (g.net != nullptr && n % p.every == 0)
+        compute_controls(g, n, std::min(n + p.every, p.n_steps));
       T* current = &controls[(n % 2) * g.block];
       g.load_controls(n, current, n > 0 ? &controls[((n + 1) % 2) * g.block] : nullptr);
       g.forward_step(n, current, M.data(), M.data(), activation.data(), factors.data(),
@@ -642,20 +971,21 @@ struct Recurrence {
   }
 
   static void backward_group(Group<T, S, LANES>& g, const T* checkpoints, const T* grad_kept,
-                             T* grad_fixed, T* grad_target, T* grad_rate, T* grad_M0) {
+                             T* grad_M0) {
     const Problem<T>& p = g.problem;
     const int64_t size = g.matrix * LANES;
     const int64_t stage_size = S * p.d_out * LANES;
     const int64_t points = p.n_steps * p.per_step + 1;
-    for (int64_t point = 0; point < points; ++point)  // each group owns its rows: no race
-      for (int l = 0; l < g.valid; ++l) {
-        const int64_t row = point * p.flat + g.first + l;
-        std::fill(grad_fixed + row * p.fixed_stride, grad_fixed + row * p.fixed_stride + p.d_in,
-                  T(0));
-        std::fill(grad_target + row * p.target_stride,
-                  grad_target + row * p.target_stride + p.d_out, T(0));
-        grad_rate[row * p.rate_stride] = T(0);
-      }
+    if (g.net == nullptr)
+      for (int64_t point = 0; point < points; ++point)  // each group owns its rows: no race
+        for (int l = 0; l < g.valid; ++l) {
+          T* row[3];
+          for (int c = 0; c < 3; ++c)
+            row[c] = g.source[c].grad + point * g.source[c].point_stride + g.source[c].offset[l];
+          std::fill(row[0], row[0] + p.d_in, T(0));
+          std::fill(row[1], row[1] + p.d_out, T(0));
+          row[2][0] = T(0);
+        }
     std::vector<T> states((p.every + 1) * size), activation(p.every * stage_size),
         factors(p.every * stage_size), coupling(p.every * pairs_max * LANES),
         controls(p.every * g.block), gM(size, T(0));
@@ -665,6 +995,10 @@ struct Recurrence {
     for (int64_t segment = segments - 1; segment >= 0; --segment) {
       const int64_t start = segment * p.every;
       const int64_t stop = std::min(start + p.every, p.n_steps);
+      if (g.net != nullptr) {
+        compute_controls(g, start, stop);
+        g.net->clear_gradients();
+      }
       g.gather_matrix(checkpoints + segment * p.flat * g.matrix, states.data());
       for (int64_t n = start; n < stop; ++n) {
         const int64_t k = n - start;
@@ -677,41 +1011,52 @@ struct Recurrence {
         const int64_t k = n - start;
         g.backward_step(n, &controls[k * g.block], &states[k * size], gM.data(),
                         &activation[k * stage_size], &factors[k * stage_size],
-                        &coupling[k * pairs_max * LANES], grad_fixed, grad_target, grad_rate);
+                        &coupling[k * pairs_max * LANES]);
         if (p.keep_position[n] >= 0)
           g.add_matrix(grad_kept + p.keep_position[n] * p.flat * g.matrix, gM.data());
       }
+      if (g.net != nullptr) g.net->backward();
     }
     g.scatter_matrix(gM.data(), grad_M0);
   }
 };
 
 // Run work(group) for every group on `threads` threads; returns 0 or an error code.
+// Each worker has its own group (and fused slow net, whose parameter gradients go to the
+// worker's own slots); `grads` are the control gradients of the unfused kernel (backward).
 template <typename T, int S, int LANES, typename Work>
-int run_groups(const Problem<T>& problem, int64_t threads, Work work) {
+int run_groups(const Problem<T>& problem, int64_t threads, T* const* grads, Work work) {
   const int64_t groups = Recurrence<T, S, LANES>::groups(problem);
+  threads = std::max<int64_t>(1, std::min(threads, groups));
   std::atomic<int64_t> next{0};
   std::atomic<int> failed{0};
-  auto worker = [&]() {
+  auto worker = [&](int64_t index) {
     try {
       Group<T, S, LANES> group(problem);
-      for (int64_t index = next++; index < groups; index = next++) {
-        group.first = index * LANES;
+      std::unique_ptr<SlowNetWork<T, LANES>> net;
+      if (problem.net != nullptr) {
+        net.reset(new SlowNetWork<T, LANES>(*problem.net, problem.every * problem.per_step + 1));
+        if (problem.net_gradients != nullptr) net->bind_gradients(problem.net_gradients, index);
+        group.net = net.get();
+      }
+      for (int64_t at = next++; at < groups; at = next++) {
+        group.first = at * LANES;
         group.valid = int(std::min<int64_t>(LANES, problem.flat - group.first));
+        if (grads != nullptr) group.bind(grads[0], grads[1], grads[2]);
+        else group.bind();
         work(group);
       }
     } catch (const std::exception&) {
       failed = 1;
     }
   };
-  threads = std::max<int64_t>(1, std::min(threads, groups));
   std::vector<std::thread> pool;
   try {
-    for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+    for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker, t);
   } catch (const std::exception&) {
     failed = 1;
   }
-  worker();
+  worker(0);
   for (auto& thread : pool) thread.join();
   return failed;
 }
@@ -726,18 +1071,17 @@ template <typename T, int S>
 int forward_stages(const Problem<T>& problem, const T* M0, T* kept, T* checkpoints,
                    int64_t threads) {
   constexpr int L = lanes<T>();
-  return run_groups<T, S, L>(problem, threads, [&](Group<T, S, L>& g) {
+  return run_groups<T, S, L>(problem, threads, nullptr, [&](Group<T, S, L>& g) {
     Recurrence<T, S, L>::forward_group(g, M0, kept, checkpoints);
   });
 }
 
 template <typename T, int S>
 int backward_stages(const Problem<T>& problem, const T* checkpoints, const T* grad_kept,
-                    T* grad_fixed, T* grad_target, T* grad_rate, T* grad_M0, int64_t threads) {
+                    T* const* grads, T* grad_M0, int64_t threads) {
   constexpr int L = lanes<T>();
-  return run_groups<T, S, L>(problem, threads, [&](Group<T, S, L>& g) {
-    Recurrence<T, S, L>::backward_group(g, checkpoints, grad_kept, grad_fixed, grad_target,
-                                        grad_rate, grad_M0);
+  return run_groups<T, S, L>(problem, threads, grads, [&](Group<T, S, L>& g) {
+    Recurrence<T, S, L>::backward_group(g, checkpoints, grad_kept, grad_M0);
   });
 }
 
@@ -750,6 +1094,54 @@ Problem<T> make_problem(const T* fixed, const T* target, const T* rate, const do
   return Problem<T>{fixed, target, rate, steps, a, b, offsets, keep_position, n_steps,
                     per_step, flat, d_out, d_in, nonlinearity, every, strides[0],
                     strides[1], strides[2], activations[0], activations[1], activations[2]};
+}
+
+// The fused slow net from the arrays and sizes of the fused entry points (their order is
+// SlowNetSpec's; see fwplab/kernels/__init__.py).
+template <typename T>
+SlowNetSpec<T> make_slow_net(const void* const* arrays, const int64_t* sizes, double eps) {
+  SlowNetSpec<T> net;
+  net.coefficients = static_cast<const T*>(arrays[0]);
+  net.slopes = static_cast<const T*>(arrays[1]);
+  net.piece = static_cast<const int64_t*>(arrays[2]);
+  net.offset = static_cast<const T*>(arrays[3]);
+  net.in_weight_t = static_cast<const T*>(arrays[4]);
+  net.in_bias = static_cast<const T*>(arrays[5]);
+  net.norm_weight = static_cast<const T*>(arrays[6]);
+  net.norm_bias = static_cast<const T*>(arrays[7]);
+  net.joint_weight_t = static_cast<const T*>(arrays[8]);
+  net.joint_weight = static_cast<const T*>(arrays[9]);
+  net.joint_bias = static_cast<const T*>(arrays[10]);
+  net.value_weight_t = static_cast<const T*>(arrays[11]);
+  net.value_bias = static_cast<const T*>(arrays[12]);
+  net.path_kind = sizes[0];
+  net.batch = sizes[1];
+  net.pieces = sizes[2];
+  net.channels = sizes[3];
+  net.hidden = sizes[4];
+  net.joint = sizes[5];
+  net.heads = sizes[6];
+  net.feature_input = sizes[7];
+  net.value_input = sizes[8];
+  net.hidden_pad = sizes[9];
+  net.joint_pad = sizes[10];
+  for (int c = 0; c < 3; ++c) {
+    net.array[c] = sizes[11 + 3 * c];
+    net.column[c] = sizes[12 + 3 * c];
+    net.head_stride[c] = sizes[13 + 3 * c];
+  }
+  net.eps = T(eps);
+  return net;
+}
+
+// Whether a slow net's sizes fit the kernel's lanes and padding (0) or not (3).
+template <typename T>
+int check_slow_net(const SlowNetSpec<T>& net) {
+  constexpr int L = lanes<T>();
+  const bool fits = net.heads > 0 && L % net.heads == 0 && net.hidden_pad % L == 0 &&
+                    net.joint_pad % L == 0 && net.hidden_pad >= net.hidden &&
+                    net.joint_pad >= net.joint;
+  return fits ? 0 : 3;
 }
 
 template <typename T>
@@ -766,13 +1158,12 @@ int run_forward(const Problem<T>& problem, int64_t stages, const T* M0, T* kept,
 
 template <typename T>
 int run_backward(const Problem<T>& problem, int64_t stages, const T* checkpoints,
-             const T* grad_kept, T* grad_fixed, T* grad_target, T* grad_rate, T* grad_M0,
-             int64_t threads) {
+             const T* grad_kept, T* const* grads, T* grad_M0, int64_t threads) {
   switch (stages) {
-    case 1: return backward_stages<T, 1>(problem, checkpoints, grad_kept, grad_fixed, grad_target, grad_rate, grad_M0, threads);
-    case 2: return backward_stages<T, 2>(problem, checkpoints, grad_kept, grad_fixed, grad_target, grad_rate, grad_M0, threads);
-    case 3: return backward_stages<T, 3>(problem, checkpoints, grad_kept, grad_fixed, grad_target, grad_rate, grad_M0, threads);
-    case 4: return backward_stages<T, 4>(problem, checkpoints, grad_kept, grad_fixed, grad_target, grad_rate, grad_M0, threads);
+    case 1: return backward_stages<T, 1>(problem, checkpoints, grad_kept, grads, grad_M0, threads);
+    case 2: return backward_stages<T, 2>(problem, checkpoints, grad_kept, grads, grad_M0, threads);
+    case 3: return backward_stages<T, 3>(problem, checkpoints, grad_kept, grads, grad_M0, threads);
+    case 4: return backward_stages<T, 4>(problem, checkpoints, grad_kept, grads, grad_M0, threads);
     default: return 2;
   }
 }
@@ -809,8 +1200,41 @@ int run_backward(const Problem<T>& problem, int64_t stages, const T* checkpoints
     auto problem = make_problem<T>(fixed, target, rate, steps, a, b, offsets, keep_position, \
                                    n_steps, per_step, flat, d_out, d_in, nonlinearity,       \
                                    every, activations, strides);                             \
-    return run_backward<T>(problem, stages, checkpoints, grad_kept, grad_fixed, grad_target, \
-                           grad_rate, grad_M0, threads);                                     \
+    T* grads[3] = {grad_fixed, grad_target, grad_rate};                                      \
+    return run_backward<T>(problem, stages, checkpoints, grad_kept, grads, grad_M0, threads); \
+  }                                                                                          \
+  FWPLAB_EXPORT int fwplab_fused_forward_##SUFFIX(                                            \
+      const void* const* net_arrays, const int64_t* net_sizes, double eps, const T* M0,      \
+      const double* steps, const double* a, const double* b, const int64_t* offsets,         \
+      const int64_t* keep_position, const int64_t* activations, int64_t n_steps,             \
+      int64_t stages, int64_t per_step, int64_t flat, int64_t d_out, int64_t d_in,           \
+      int64_t nonlinearity, int64_t every, T* kept, T* checkpoints, int64_t threads) {       \
+    const int64_t strides[3] = {0, 0, 0};                                                    \
+    auto problem = make_problem<T>(nullptr, nullptr, nullptr, steps, a, b, offsets,          \
+                                   keep_position, n_steps, per_step, flat, d_out, d_in,      \
+                                   nonlinearity, every, activations, strides);               \
+    const auto net = make_slow_net<T>(net_arrays, net_sizes, eps);                           \
+    if (check_slow_net<T>(net) != 0) return 3;                                               \
+    problem.net = &net;                                                                      \
+    return run_forward<T>(problem, stages, M0, kept, checkpoints, threads);                  \
+  }                                                                                          \
+  FWPLAB_EXPORT int fwplab_fused_backward_##SUFFIX(                                           \
+      const void* const* net_arrays, const int64_t* net_sizes, double eps,                   \
+      const double* steps, const double* a, const double* b, const int64_t* offsets,         \
+      const int64_t* keep_position, const int64_t* activations, int64_t n_steps,             \
+      int64_t stages, int64_t per_step, int64_t flat, int64_t d_out, int64_t d_in,           \
+      int64_t nonlinearity, int64_t every, const T* checkpoints, const T* grad_kept,         \
+      T* const* net_gradients, T* grad_M0, int64_t threads) {                                \
+    const int64_t strides[3] = {0, 0, 0};                                                    \
+    auto problem = make_problem<T>(nullptr, nullptr, nullptr, steps, a, b, offsets,          \
+                                   keep_position, n_steps, per_step, flat, d_out, d_in,      \
+                                   nonlinearity, every, activations, strides);               \
+    const auto net = make_slow_net<T>(net_arrays, net_sizes, eps);                           \
+    if (check_slow_net<T>(net) != 0) return 3;                                               \
+    problem.net = &net;                                                                      \
+    problem.net_gradients = net_gradients;                                                   \
+    return run_backward<T>(problem, stages, checkpoints, grad_kept, nullptr, grad_M0,        \
+                           threads);                                                         \
   }
 
 FWPLAB_ENTRY_POINTS(float, f32)
