@@ -315,14 +315,18 @@ class ContinuousFWP(nn.Module):
             ``"reference"`` (torchdiffeq, any method, ``adjoint`` honoured);
             ``"stepwise"``, ``"fast"`` or ``"kernel"`` (fixed-grid methods only:
             controls precomputed at every stage, exact backprop; see
-            :mod:`fwplab.solvers`); ``"auto"`` picks the compiled kernel on CPU
-            for float32/float64 when it builds (environment variable
-            ``FWPLAB_KERNEL=0`` turns it off), else ``"fast"``, and the reference
-            for adaptive methods, ``adjoint=True`` or a rule of the ``"general"``
-            structure (which refuses the fixed-grid solvers).
-        checkpoint_every: ``"fast"`` and ``"kernel"``: keep the fast weights every
-            this many steps and recompute the others in the backward (bounded
-            memory); ``None`` keeps every step (``"fast"``) or every 16 (``"kernel"``).
+            :mod:`fwplab.solvers`); ``"fused"`` (the compiled kernel computing the
+            slow net's controls itself inside its time loop, no gradient into the
+            inputs; not with ``v_layernorm`` or heads that do not divide
+            :func:`fwplab.kernels.lanes`); ``"auto"`` picks ``"fused"`` (else
+            ``"kernel"``) on CPU for float32/float64 when the kernel builds
+            (environment variable ``FWPLAB_KERNEL=0`` turns it off), else ``"fast"``,
+            and the reference for adaptive methods, ``adjoint=True`` or a rule of the
+            ``"general"`` structure (which refuses the fixed-grid solvers).
+        checkpoint_every: ``"fast"``, ``"kernel"`` and ``"fused"``: keep the fast
+            weights every this many steps and recompute the others in the backward
+            (bounded memory); ``None`` keeps every step (``"fast"``) or every 16
+            (the kernels).
 
     The solver arguments live in :attr:`solver_options` (a
     :class:`fwplab.solvers.SolverOptions`); ``model.method`` and the others read and

@@ -41,6 +41,12 @@ Three implementations of the delta and Oja recurrence (``backend``):
   recomputes the steps in between during the backward (bounded memory).
 * ``"kernel"``: a compiled C++ recurrence (:mod:`fwplab.kernels`), the batch
   in the innermost dimension, checkpoints every ``K`` steps (16 by default).
+
+:func:`solve_fused` (the models' solver ``"fused"``) runs the same compiled
+recurrence but computes the controls itself, from the path's pieces and the slow
+net's weights (:class:`fwplab.kernels.FusedSlowNet`), one segment of ``K`` steps at a
+time inside the time loop: the controls are never stored, and the backward
+recomputes each segment's controls and returns the slow net's parameter gradients.
 """
 
 from __future__ import annotations
@@ -278,9 +284,9 @@ class SolverOptions:
         rtol, atol: tolerances of adaptive methods.
         adjoint: continuous adjoint gradients (``odeint_adjoint``).
         solver: one of :data:`SOLVERS` (the Neural CDE takes ``"reference"`` only).
-        checkpoint_every: ``"fast"``, ``"kernel"`` and ``"auto"``: steps between stored
-            fast weights (``None``: every step, or every
-            :data:`KERNEL_CHECKPOINT_EVERY` in the kernel).
+        checkpoint_every: ``"fast"``, ``"kernel"``, ``"fused"`` and ``"auto"``: steps
+            between stored fast weights (``None``: every step, or every
+            :data:`KERNEL_CHECKPOINT_EVERY` in the kernels).
 
     Raises:
         ValueError: an unknown method or solver, a fixed-grid solver with an adaptive
@@ -319,7 +325,8 @@ class SolverOptions:
             raise ValueError(f"checkpoint_every: expected a positive integer or None, "
                              f"got {every!r}")
         if every is not None and self.solver in ("reference", "stepwise"):
-            raise ValueError(f"checkpoint_every applies to solver 'fast', 'kernel' or 'auto', "
+            raise ValueError(f"checkpoint_every applies to solver 'fast', 'kernel', 'fused' or "
+                             f"'auto', "
                              f"not {self.solver!r}")
 
     def check_rule(self, rule: RuleLike) -> None:
