@@ -14,6 +14,15 @@ headers and is called through ``ctypes`` with the
 tensors' data pointers. Hebb rules need no kernel: they have no time loop.
 The build compiles this one file only (about 25 s on two cores).
 
+The same kernel can also compute the controls itself (:class:`FusedKernelRecurrence`,
+the models' solver ``"fused"``): given the path's pieces and the slow net's weights
+(:class:`FusedSlowNet`: input projection, LayerNorm, joint and value projections), each
+thread evaluates the path and the slow net at the stage points of one segment of ``K``
+steps for its group's series, runs the segment, and moves on, so the controls never
+leave the cache and are never stored; the backward recomputes a segment's controls,
+walks it in reverse and backpropagates into the slow net's weights (per-thread sums,
+added up at the end). Its row-major products keep a tile of 4 rows x 4 vectors in registers.
+
 It is built with ``torch.utils.cpp_extension`` on first use into
 ``$FWPLAB_KERNEL_CACHE`` (default ``~/.cache/fwplab/kernels/<torch>-<python>-<cpu>``,
 one folder per CPU model since the code uses the host's instruction set)

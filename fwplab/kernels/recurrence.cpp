@@ -18,7 +18,11 @@
 // so they may be column slices of one array (the slow net's joint projection).
 // The forward keeps M every `every` steps; the backward recomputes each segment from
 // its checkpoint and walks it in reverse (one hand-written backward for the whole
-// recurrence). Plain C++ without intrinsics (the dense loops use GCC/Clang vector types,
+// recurrence). With a fused slow net (SlowNetSpec), a group computes the controls of each
+// segment itself from the path's pieces (row-major products vectorised over columns, the
+// LayerNorm per row) into its own buffers, and the backward turns the segment's control
+// gradients into the slow net's parameter gradients (one set per worker thread).
+// Plain C++ without intrinsics (the dense loops use GCC/Clang vector types,
 // elementwise arrays elsewhere) and no dependency on PyTorch headers: the entry points
 // take raw pointers and are called through ctypes.
 
