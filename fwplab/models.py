@@ -459,8 +459,9 @@ class ContinuousFWP(nn.Module):
         parameter = next(self.parameters())
         device = torch.device(device) if device is not None else parameter.device
         dtype = dtype or parameter.dtype
+        fuses = kernels.supports(device, dtype) and self._fuses(dtype)
         return solvers.select_solver(self.fast_weight_rule, self.solver_options, device, dtype,
-                                     fuses=self._fuses(dtype))
+                                     fuses=fuses)
 
     def _check_fuses(self, pieces: kernels.PathPieces, dtype: torch.dtype) -> None:
         """Refuse ``solver="fused"`` where the fused kernel cannot run, in one line."""

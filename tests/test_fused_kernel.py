@@ -71,17 +71,19 @@ def test_fused_handles_batch_size_one(name):
     assert_same_logits_and_gradients(model, reference, series(batch=1), what=name)
 
 
-@pytest.mark.parametrize("heads", [1, 4, 8, 16])
 @pytest.mark.parametrize("checkpoint_every", [1, 3, 16, 40])
-def test_fused_equals_the_unfused_kernel_for_any_heads_and_segment(heads, checkpoint_every):
-    """Groups holding 16 / heads series, a partial last group, segments of any length."""
-    size = dict(hidden_channels=2 * heads if heads > 1 else 6, num_heads=heads, ff_channels=8)
-    model = fwplab.build_model("delta_cde", 4, 3, **size, solver="fused",
-                               checkpoint_every=checkpoint_every)
-    unfused = fwplab.build_model("delta_cde", 4, 3, **size, solver="kernel")
-    x = series(batch=7, length=13)
-    assert_same_logits_and_gradients(model, unfused, x, lengths=torch.tensor(
-        [13, 5, 13, 2, 8, 13, 9]), what=(heads, checkpoint_every))
+def test_fused_equals_the_unfused_kernel_for_any_heads_and_segment(checkpoint_every):
+    """Groups holding lanes / heads series, a partial last group, segments of any length."""
+    lanes = kernels.lanes(torch.float32)
+    for heads in (h for h in (1, 2, 4, 8, 16) if lanes % h == 0):
+        size = dict(hidden_channels=2 * heads if heads > 1 else 6, num_heads=heads,
+                    ff_channels=8)
+        model = fwplab.build_model("delta_cde", 4, 3, **size, solver="fused",
+                                   checkpoint_every=checkpoint_every)
+        unfused = fwplab.build_model("delta_cde", 4, 3, **size, solver="kernel")
+        x = series(batch=7, length=13)
+        assert_same_logits_and_gradients(model, unfused, x, lengths=torch.tensor(
+            [13, 5, 13, 2, 8, 13, 9]), what=(heads, checkpoint_every))
 
 
 @pytest.mark.parametrize("name", ["delta_cde", "oja_ode"])
@@ -108,19 +110,21 @@ def test_fused_gradients_do_not_depend_on_the_threads(threads):
                                             ("cde", "keys_from_path")])
 @pytest.mark.parametrize("interpolation", ["natural_cubic", "linear"])
 def test_fused_backward_passes_float64_gradcheck(driver, layout, interpolation):
-    """The hand-written backward against finite differences, for every parameter and W0."""
+    """The hand-written backward against finite differences, for every parameter and W0;
+    9 series of 2 heads make several groups, so both threads sum gradients (and gradcheck
+    asks that a second backward repeats them exactly)."""
     torch.manual_seed(0)
     model = fwplab.build_model(f"delta_{driver}", 3, 2, hidden_channels=6, num_heads=2,
                                ff_channels=4, layout=layout, interpolation=interpolation,
                                solver="fused").double()
-    x = series(batch=3, length=6, channels=3, dtype=torch.float64)
+    x = series(batch=9, length=6, channels=3, dtype=torch.float64)
     path = fwplab.paths.control_path(fwplab.interpolation_coeffs(x, interpolation=interpolation),
                                      torch.arange(6.0, dtype=torch.float64), interpolation)
     grid = torch.arange(6.0, dtype=torch.float64)
     pieces = path.pieces(solvers.stage_points(grid, "rk4"))
     net = model.slow_net.fused()
     parameters = tuple(p.detach().clone().requires_grad_() for p in net.parameters())
-    W0 = (0.3 * torch.randn(3, 2, 3, 3, dtype=torch.float64)).requires_grad_()
+    W0 = (0.3 * torch.randn(9, 2, 3, 3, dtype=torch.float64)).requires_grad_()
 
     def solve(W0, *parameters):
         names = ("in_weight", "in_bias", "norm_weight", "norm_bias", "joint_weight",
@@ -152,12 +156,20 @@ def test_auto_fuses_where_it_can_and_runs_the_unfused_kernel_elsewhere():
 @pytest.mark.parametrize("options, message", [
     (dict(v_layernorm=True), "solver: 'fused' runs slow nets without v_layernorm; use 'kernel'"),
     (dict(hidden_channels=6, num_heads=3, ff_channels=8),
-     r"solver: 'fused' needs num_heads dividing 16 in torch.float32, got 3; use 'kernel'"),
+     r"solver: 'fused' needs num_heads dividing {lanes} in torch.float32, got 3; use 'kernel'"),
 ])
 def test_fused_refuses_a_slow_net_it_cannot_run_in_one_line(options, message):
     model = fwplab.build_model("delta_cde", 4, 3, **{**TINY, **options}, solver="fused")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message.format(lanes=kernels.lanes(torch.float32))):
         model(series())
+
+
+def test_lanes_are_one_vector_register_and_refuse_other_dtypes():
+    assert kernels.lanes(torch.float32) == 2 * kernels.lanes(torch.float64)
+    assert kernels.lanes(torch.float32) in (4, 8, 16)
+    with pytest.raises(ValueError, match="dtype: the kernel runs float32 and float64"):
+        kernels.lanes(torch.float16)
+    assert not kernels.fuses_heads(2, torch.float16)
 
 
 def test_fused_refuses_inputs_that_need_gradients_and_rules_without_a_loop():

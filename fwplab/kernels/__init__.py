@@ -261,6 +261,7 @@ def _declare(library: ctypes.CDLL) -> None:
         fused_backward.argtypes = ([pointer] * 2 + [ctypes.c_double] + [pointer] * 6
                                    + [integer] * 8 + [pointer] * 4 + [integer])
         fused_backward.restype = ctypes.c_int
+        getattr(library, f"fwplab_lanes_{suffix}").restype = ctypes.c_int64
 
 
 def _address(tensor: Tensor) -> ctypes.c_void_p:
@@ -438,14 +439,25 @@ def _operand_addresses(arrays, operands) -> list[ctypes.c_void_p]:
 
 
 def lanes(dtype: torch.dtype) -> int:
-    """Recurrences the kernel runs side by side in one group: 64 bytes of ``dtype``."""
-    return 64 // torch.empty((), dtype=dtype).element_size()
+    """Recurrences the built kernel runs side by side in one group: one vector register
+    of ``dtype`` on this CPU (16 float32 with AVX-512, 8 with AVX2, 4 with SSE or NEON).
+
+    Raises:
+        RuntimeError: the kernel does not build (see :func:`load`).
+        ValueError: ``dtype`` is not float32 or float64.
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype: the kernel runs float32 and float64, got {dtype}")
+    library = load()
+    return int(library.fwplab_lanes_f64() if dtype == torch.float64 else
+               library.fwplab_lanes_f32())
 
 
 def fuses_heads(heads: int, dtype: torch.dtype) -> bool:
-    """Whether the fused kernel runs ``heads`` heads in ``dtype``: they divide the lanes,
-    so a group of recurrences holds whole series."""
-    return dtype in (torch.float32, torch.float64) and lanes(dtype) % heads == 0
+    """Whether the fused kernel runs ``heads`` heads in ``dtype``: it builds, and the heads
+    divide its lanes (:func:`lanes`), so a group of recurrences holds whole series."""
+    return (dtype in (torch.float32, torch.float64) and available()
+            and lanes(dtype) % heads == 0)
 
 
 class PathPieces(NamedTuple):
