@@ -5,6 +5,9 @@ unfused kernel, autograd in float64 (gradcheck of the hand-written backward with
 to every slow-net parameter and W0), and for its selection and refusals.
 """
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -181,3 +184,14 @@ def test_fused_refuses_inputs_that_need_gradients_and_rules_without_a_loop():
     hebb = fwplab.build_model("hebb_cde", 4, 3, **TINY, solver="fused")
     with pytest.raises(ValueError, match="the fused kernel runs delta and Oja rules"):
         hebb(series())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_kernel_threads_are_pytorchs_openmp_threads():
+    """Built with OpenMP, the kernel loads no OpenMP runtime of its own: it finds the one
+    PyTorch loaded, so its threads are PyTorch's (not rivals spinning on the same cores)."""
+    if not kernels.uses_openmp():
+        pytest.skip("the kernel was built without OpenMP (threads of its own)")
+    runtimes = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                if "libgomp" in line or "libomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, runtimes

@@ -72,6 +72,7 @@ __all__ = [
     "fuses_heads",
     "lanes",
     "recurrence",
+    "uses_openmp",
     "row_operands",
 ]
 
@@ -175,14 +176,23 @@ def _cpu_tag() -> str:
 
 
 def _compiler_flags() -> list[list[str]]:
-    """Flag sets to try in order: with the host's instruction set, then without."""
+    """Flag sets to try in order: with OpenMP and the host's instruction set, without
+    OpenMP (threads of its own), then without either."""
     if sys.platform == "win32":
         return [["/O2"]]
     # The flags PyTorch itself is built with, which let loops with comparisons vectorise.
     base = ["-O3", "-ffp-contract=fast", "-fno-trapping-math", "-fno-math-errno", "-pthread"]
     machine = platform.machine().lower()
     native = ["-mcpu=native"] if machine in ("arm64", "aarch64") else ["-march=native"]
-    return [base + native, base]
+    return [base + native + [OPENMP_FLAG], base + native, base]
+
+
+#: Built with it, the kernel runs its groups on the OpenMP threads PyTorch already has
+#: (the library asks for ``libgomp.so.1``, which PyTorch loaded): threads of its own had to
+#: share the cores with PyTorch's, which spin after each parallel operation (at B=128,
+#: 2 threads, the fused forward+backward took 92 ms with them, 82 ms with
+#: ``OMP_WAIT_POLICY=PASSIVE``).
+OPENMP_FLAG = "-fopenmp"
 
 
 def load() -> ctypes.CDLL:
@@ -209,7 +219,8 @@ def load() -> ctypes.CDLL:
                 directory.mkdir(parents=True, exist_ok=True)
                 path = cpp_extension.load(
                     name="fwplab_recurrence", sources=[str(SOURCE)], extra_cflags=flags,
-                    extra_ldflags=[] if sys.platform == "win32" else ["-pthread"],
+                    extra_ldflags=[] if sys.platform == "win32" else
+                    ["-pthread", *(f for f in flags if f == OPENMP_FLAG)],
                     build_directory=str(directory), is_python_module=False, verbose=False,
                 )
             library = ctypes.CDLL(str(path) if isinstance(path, str) else
@@ -262,6 +273,7 @@ def _declare(library: ctypes.CDLL) -> None:
                                    + [integer] * 8 + [pointer] * 4 + [integer])
         fused_backward.restype = ctypes.c_int
         getattr(library, f"fwplab_lanes_{suffix}").restype = ctypes.c_int64
+    library.fwplab_openmp.restype = ctypes.c_int64
 
 
 def _address(tensor: Tensor) -> ctypes.c_void_p:
@@ -451,6 +463,12 @@ def lanes(dtype: torch.dtype) -> int:
     library = load()
     return int(library.fwplab_lanes_f64() if dtype == torch.float64 else
                library.fwplab_lanes_f32())
+
+
+def uses_openmp() -> bool:
+    """Whether the built kernel runs its threads as OpenMP threads (PyTorch's, where
+    PyTorch uses the same OpenMP runtime) rather than threads of its own."""
+    return bool(load().fwplab_openmp())
 
 
 def fuses_heads(heads: int, dtype: torch.dtype) -> bool:

@@ -36,6 +36,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace {
 
 enum Nonlinearity : int64_t { kLinear = 0, kTanh = 1, kSoftmax = 2 };
@@ -1048,16 +1052,18 @@ struct Recurrence {
 };
 
 // Run work(group) for every group on `threads` threads; returns 0 or an error code.
-// Worker t takes groups t, t + threads, ... (the same split every call, so a fused slow
-// net's gradients, summed per worker, come out bit for bit the same). Each worker has its
-// own group (and fused slow net, whose parameter gradients go to the worker's own slots);
-// `grads` are the control gradients of the unfused kernel (backward).
+// Worker t of a team of T takes groups t, t + T, ... (the same split every call, so a
+// fused slow net's gradients, summed per worker, come out bit for bit the same). Each
+// worker has its own group (and fused slow net, whose parameter gradients go to the
+// worker's own slots); `grads` are the control gradients of the unfused kernel
+// (backward). Built with OpenMP, the team is PyTorch's own OpenMP threads; otherwise
+// threads started here.
 template <typename T, int S, int LANES, typename Work>
 int run_groups(const Problem<T>& problem, int64_t threads, T* const* grads, Work work) {
   const int64_t groups = Recurrence<T, S, LANES>::groups(problem);
   threads = std::max<int64_t>(1, std::min(threads, groups));
   std::atomic<int> failed{0};
-  auto worker = [&](int64_t index) {
+  auto worker = [&](int64_t index, int64_t team) {
     try {
       Group<T, S, LANES> group(problem);
       std::unique_ptr<SlowNetWork<T, LANES>> net;
@@ -1066,7 +1072,7 @@ int run_groups(const Problem<T>& problem, int64_t threads, T* const* grads, Work
         if (problem.net_gradients != nullptr) net->bind_gradients(problem.net_gradients, index);
         group.net = net.get();
       }
-      for (int64_t at = index; at < groups; at += threads) {  // fixed: sums repeat exactly
+      for (int64_t at = index; at < groups; at += team) {
         group.first = at * LANES;
         group.valid = int(std::min<int64_t>(LANES, problem.flat - group.first));
         if (grads != nullptr) group.bind(grads[0], grads[1], grads[2]);
@@ -1077,14 +1083,19 @@ int run_groups(const Problem<T>& problem, int64_t threads, T* const* grads, Work
       failed = 1;
     }
   };
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(int(threads))
+  worker(omp_get_thread_num(), omp_get_num_threads());
+#else
   std::vector<std::thread> pool;
   try {
-    for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker, t);
+    for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker, t, threads);
   } catch (const std::exception&) {
     failed = 1;
   }
-  worker(0);
+  worker(0, threads);
   for (auto& thread : pool) thread.join();
+#endif
   return failed;
 }
 
@@ -1266,6 +1277,11 @@ int run_backward(const Problem<T>& problem, int64_t stages, const T* checkpoints
                            threads);                                                         \
   }
 
+#if defined(_OPENMP)
+FWPLAB_EXPORT int64_t fwplab_openmp() { return 1; }
+#else
+FWPLAB_EXPORT int64_t fwplab_openmp() { return 0; }
+#endif
 FWPLAB_EXPORT int64_t fwplab_lanes_f32() { return lanes<float>(); }
 FWPLAB_EXPORT int64_t fwplab_lanes_f64() { return lanes<double>(); }
 
