@@ -395,19 +395,22 @@ template <typename T, int LANES, int R>
 inline void product_columns(const T* A, int64_t si, int64_t sp, int64_t depth, const T* B,
                             int64_t ldb, int64_t vectors, T* C, int64_t ldc, const T* bias,
                             bool accumulate) {
-  constexpr int NV = kProductVectors;
-  int64_t v = 0;
-  for (; v + NV <= vectors; v += NV)
-    product_tile<T, LANES, R, NV>(A, si, sp, depth, B + v * LANES, ldb, C + v * LANES, ldc,
-                                  bias ? bias + v * LANES : nullptr, accumulate);
-  const T* b = B + v * LANES;
-  T* c = C + v * LANES;
-  const T* bias_v = bias ? bias + v * LANES : nullptr;
-  switch (vectors - v) {
-    case 3: product_tile<T, LANES, R, 3>(A, si, sp, depth, b, ldb, c, ldc, bias_v, accumulate); break;
-    case 2: product_tile<T, LANES, R, 2>(A, si, sp, depth, b, ldb, c, ldc, bias_v, accumulate); break;
-    case 1: product_tile<T, LANES, R, 1>(A, si, sp, depth, b, ldb, c, ldc, bias_v, accumulate); break;
-    default: break;
+  // Tiles of kProductVectors column vectors; one vector more than a tile is split in two
+  // near halves (5 = 3 + 2: a tile of one vector feeds one multiply-add per broadcast).
+  for (int64_t v = 0; v < vectors;) {
+    const int64_t left = vectors - v;
+    const int64_t width = left == kProductVectors + 1 ? (left + 1) / 2
+                                                      : std::min<int64_t>(left, kProductVectors);
+    const T* b = B + v * LANES;
+    T* c = C + v * LANES;
+    const T* bias_v = bias ? bias + v * LANES : nullptr;
+    switch (width) {
+      case 4: product_tile<T, LANES, R, 4>(A, si, sp, depth, b, ldb, c, ldc, bias_v, accumulate); break;
+      case 3: product_tile<T, LANES, R, 3>(A, si, sp, depth, b, ldb, c, ldc, bias_v, accumulate); break;
+      case 2: product_tile<T, LANES, R, 2>(A, si, sp, depth, b, ldb, c, ldc, bias_v, accumulate); break;
+      default: product_tile<T, LANES, R, 1>(A, si, sp, depth, b, ldb, c, ldc, bias_v, accumulate); break;
+    }
+    v += width;
   }
 }
 
