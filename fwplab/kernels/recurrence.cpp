@@ -1143,31 +1143,23 @@ Problem<T> make_problem(const T* fixed, const T* target, const T* rate, const do
 // SlowNetSpec's; see fwplab/kernels/__init__.py).
 template <typename T>
 SlowNetSpec<T> make_slow_net(const void* const* arrays, const int64_t* sizes, double eps) {
-  SlowNetSpec<T> net;
-  net.coefficients = static_cast<const T*>(arrays[0]);
-  net.slopes = static_cast<const T*>(arrays[1]);
+  using Spec = SlowNetSpec<T>;
+  const T* Spec::*const tensors[] = {
+      &Spec::coefficients, &Spec::slopes,        nullptr,  // the pieces: int64
+      &Spec::offset,       &Spec::in_weight_t,   &Spec::in_bias,
+      &Spec::norm_weight,  &Spec::norm_bias,     &Spec::joint_weight_t,
+      &Spec::joint_weight, &Spec::joint_bias,    &Spec::value_weight_t,
+      &Spec::value_bias};
+  int64_t Spec::*const integers[] = {
+      &Spec::path_kind, &Spec::batch,         &Spec::pieces,      &Spec::channels,
+      &Spec::hidden,    &Spec::joint,         &Spec::heads,       &Spec::feature_input,
+      &Spec::value_input, &Spec::hidden_pad,  &Spec::joint_pad};
+  Spec net{};
+  for (int i = 0; i < int(sizeof(tensors) / sizeof(tensors[0])); ++i)
+    if (tensors[i] != nullptr) net.*tensors[i] = static_cast<const T*>(arrays[i]);
   net.piece = static_cast<const int64_t*>(arrays[2]);
-  net.offset = static_cast<const T*>(arrays[3]);
-  net.in_weight_t = static_cast<const T*>(arrays[4]);
-  net.in_bias = static_cast<const T*>(arrays[5]);
-  net.norm_weight = static_cast<const T*>(arrays[6]);
-  net.norm_bias = static_cast<const T*>(arrays[7]);
-  net.joint_weight_t = static_cast<const T*>(arrays[8]);
-  net.joint_weight = static_cast<const T*>(arrays[9]);
-  net.joint_bias = static_cast<const T*>(arrays[10]);
-  net.value_weight_t = static_cast<const T*>(arrays[11]);
-  net.value_bias = static_cast<const T*>(arrays[12]);
-  net.path_kind = sizes[0];
-  net.batch = sizes[1];
-  net.pieces = sizes[2];
-  net.channels = sizes[3];
-  net.hidden = sizes[4];
-  net.joint = sizes[5];
-  net.heads = sizes[6];
-  net.feature_input = sizes[7];
-  net.value_input = sizes[8];
-  net.hidden_pad = sizes[9];
-  net.joint_pad = sizes[10];
+  for (int i = 0; i < int(sizeof(integers) / sizeof(integers[0])); ++i)
+    net.*integers[i] = sizes[i];
   for (int c = 0; c < 3; ++c) {
     net.array[c] = sizes[11 + 3 * c];
     net.column[c] = sizes[12 + 3 * c];
@@ -1175,6 +1167,21 @@ SlowNetSpec<T> make_slow_net(const void* const* arrays, const int64_t* sizes, do
   }
   net.eps = T(eps);
   return net;
+}
+
+// The problem of a fused call: no control arrays, the slow net computes the controls.
+template <typename T>
+Problem<T> fused_problem(const SlowNetSpec<T>& net, const double* steps, const double* a,
+                         const double* b, const int64_t* offsets, const int64_t* keep_position,
+                         int64_t n_steps, int64_t per_step, int64_t flat, int64_t d_out,
+                         int64_t d_in, int64_t nonlinearity, int64_t every,
+                         const int64_t* activations) {
+  const int64_t strides[3] = {0, 0, 0};
+  auto problem = make_problem<T>(nullptr, nullptr, nullptr, steps, a, b, offsets, keep_position,
+                                 n_steps, per_step, flat, d_out, d_in, nonlinearity, every,
+                                 activations, strides);
+  problem.net = &net;
+  return problem;
 }
 
 // Whether a slow net's sizes fit the kernel's lanes and padding (0) or not (3).
@@ -1252,13 +1259,11 @@ int run_backward(const Problem<T>& problem, int64_t stages, const T* checkpoints
       const int64_t* keep_position, const int64_t* activations, int64_t n_steps,             \
       int64_t stages, int64_t per_step, int64_t flat, int64_t d_out, int64_t d_in,           \
       int64_t nonlinearity, int64_t every, T* kept, T* checkpoints, int64_t threads) {       \
-    const int64_t strides[3] = {0, 0, 0};                                                    \
-    auto problem = make_problem<T>(nullptr, nullptr, nullptr, steps, a, b, offsets,          \
-                                   keep_position, n_steps, per_step, flat, d_out, d_in,      \
-                                   nonlinearity, every, activations, strides);               \
     const auto net = make_slow_net<T>(net_arrays, net_sizes, eps);                           \
     if (check_slow_net<T>(net) != 0) return 3;                                               \
-    problem.net = &net;                                                                      \
+    auto problem = fused_problem<T>(net, steps, a, b, offsets, keep_position, n_steps,       \
+                                    per_step, flat, d_out, d_in, nonlinearity, every,        \
+                                    activations);                                            \
     return run_forward<T>(problem, stages, M0, kept, checkpoints, threads);                  \
   }                                                                                          \
   FWPLAB_EXPORT int fwplab_fused_backward_##SUFFIX(                                           \
@@ -1268,13 +1273,11 @@ int run_backward(const Problem<T>& problem, int64_t stages, const T* checkpoints
       int64_t stages, int64_t per_step, int64_t flat, int64_t d_out, int64_t d_in,           \
       int64_t nonlinearity, int64_t every, const T* checkpoints, const T* grad_kept,         \
       T* const* net_gradients, T* grad_M0, int64_t threads) {                                \
-    const int64_t strides[3] = {0, 0, 0};                                                    \
-    auto problem = make_problem<T>(nullptr, nullptr, nullptr, steps, a, b, offsets,          \
-                                   keep_position, n_steps, per_step, flat, d_out, d_in,      \
-                                   nonlinearity, every, activations, strides);               \
     const auto net = make_slow_net<T>(net_arrays, net_sizes, eps);                           \
     if (check_slow_net<T>(net) != 0) return 3;                                               \
-    problem.net = &net;                                                                      \
+    auto problem = fused_problem<T>(net, steps, a, b, offsets, keep_position, n_steps,       \
+                                    per_step, flat, d_out, d_in, nonlinearity, every,        \
+                                    activations);                                            \
     problem.net_gradients = net_gradients;                                                   \
     return run_backward<T>(problem, stages, checkpoints, grad_kept, nullptr, grad_M0,        \
                            threads);                                                         \
