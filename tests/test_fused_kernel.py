@@ -195,3 +195,15 @@ def test_kernel_threads_are_pytorchs_openmp_threads():
     runtimes = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
                 if "libgomp" in line or "libomp" in line or "libiomp" in line}
     assert len(runtimes) == 1, runtimes
+
+
+def test_fused_trajectory_and_stream_equal_the_unfused_kernel():
+    """Every observation time kept (the explorer's trajectories, stream=True read-outs)."""
+    model, _ = _pair("oja_cde")
+    unfused, _ = _pair("oja_cde", solver="kernel")
+    x = series(batch=5, length=10)
+    with torch.no_grad():
+        torch.testing.assert_close(model.fast_weight_trajectory(x),
+                                   unfused.fast_weight_trajectory(x), atol=1e-6, rtol=0)
+        torch.testing.assert_close(model(x, stream=True), unfused(x, stream=True),
+                                   atol=LOGITS_ATOL, rtol=0)
