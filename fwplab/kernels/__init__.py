@@ -4,7 +4,9 @@
 :mod:`fwplab.solvers` for any fixed-grid tableau with up to four stages, forward
 and one hand-written backward, checkpointing the fast weights every ``K`` steps
 and recomputing the steps in between, with the batch split across threads
-(``torch.get_num_threads()``). It applies the controls' activations itself and reads
+(``torch.get_num_threads()``: PyTorch's own OpenMP threads when it builds with
+``-fopenmp``, :func:`uses_openmp`; threads of its own otherwise), in groups of
+:func:`lanes` recurrences, one vector register. It applies the controls' activations itself and reads
 controls that are column slices of one array in place (:func:`row_operands`: the
 slow net's joint key-and-rate projection), returning that array's gradient in one
 piece. It is plain C++ without intrinsics (compiled with ``-O3`` and the host's own
@@ -12,7 +14,7 @@ instruction set, ``-march=native`` / ``-mcpu=native``, so it also builds on ARM
 laptops; the dense loops use GCC/Clang vector types), has no dependency on PyTorch
 headers and is called through ``ctypes`` with the
 tensors' data pointers. Hebb rules need no kernel: they have no time loop.
-The build compiles this one file only (about 25 s on two cores).
+The build compiles this one file only (about 20 s on two cores).
 
 The same kernel can also compute the controls itself (:class:`FusedKernelRecurrence`,
 the models' solver ``"fused"``): given the path's pieces and the slow net's weights
