@@ -270,7 +270,8 @@ def _fast_path_flop_parts(name, channels, hidden, heads, length, batch, method):
 
 
 #: Profiler event names of the recurrences' autograd nodes (forward; the backward adds
-#: ``Backward``): the compiled kernel and the pure-PyTorch fast path.
+#: ``Backward``): the compiled kernel, the fused kernel (with the slow net inside) and the
+#: pure-PyTorch fast path.
 RECURRENCE_EVENTS = ("KernelRecurrence", "FusedKernelRecurrence", "_FastRecurrence")
 
 

@@ -463,9 +463,11 @@ class ContinuousFWP(nn.Module):
         return solvers.select_solver(self.fast_weight_rule, self.solver_options, device, dtype,
                                      fuses=fuses)
 
-    def _check_fuses(self, pieces: kernels.PathPieces, dtype: torch.dtype) -> None:
-        """Refuse ``solver="fused"`` where the fused kernel cannot run, in one line."""
-        if self.slow_net.fused() is None:
+    def _check_fuses(self, net: Optional[kernels.FusedSlowNet], pieces: kernels.PathPieces,
+                     dtype: torch.dtype) -> None:
+        """Refuse ``solver="fused"`` where the fused kernel cannot run ``net`` (this slow
+        net's :meth:`SlowNet.fused`), in one line."""
+        if net is None:
             raise ValueError("solver: 'fused' runs slow nets without v_layernorm; use 'kernel'")
         if not kernels.fuses_heads(self.num_heads, dtype):
             raise ValueError(f"solver: 'fused' needs num_heads dividing {kernels.lanes(dtype)} "
@@ -530,8 +532,9 @@ class ContinuousFWP(nn.Module):
         if pieces is not None and _needs_path_gradient(pieces) and self.solver == "auto":
             solver, pieces = "kernel", None  # the fused kernel differentiates no path
         if pieces is not None:
-            self._check_fuses(pieces, W0.dtype)
-            W = solvers.solve_fused(rule, self.slow_net.fused(), pieces, W0,
+            net = self.slow_net.fused()
+            self._check_fuses(net, pieces, W0.dtype)
+            W = solvers.solve_fused(rule, net, pieces, W0,
                                     grid[1:] - grid[:-1], self.method, keep,
                                     self.checkpoint_every)
             return W if at is None else W[position, series]

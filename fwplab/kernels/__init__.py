@@ -6,8 +6,8 @@ and one hand-written backward, checkpointing the fast weights every ``K`` steps
 and recomputing the steps in between, with the batch split across threads
 (``torch.get_num_threads()``: PyTorch's own OpenMP threads when it builds with
 ``-fopenmp``, :func:`uses_openmp`; threads of its own otherwise), in groups of
-:func:`lanes` recurrences, one vector register. It applies the controls' activations itself and reads
-controls that are column slices of one array in place (:func:`row_operands`: the
+:func:`lanes` recurrences, one vector register. It applies the controls' activations
+itself and reads controls that are column slices of one array in place (:func:`row_operands`: the
 slow net's joint key-and-rate projection), returning that array's gradient in one
 piece. It is plain C++ without intrinsics (compiled with ``-O3`` and the host's own
 instruction set, ``-march=native`` / ``-mcpu=native``, so it also builds on ARM
@@ -23,7 +23,8 @@ thread evaluates the path and the slow net at the stage points of one segment of
 steps for its group's series, runs the segment, and moves on, so the controls never
 leave the cache and are never stored; the backward recomputes a segment's controls,
 walks it in reverse and backpropagates into the slow net's weights (per-thread sums,
-added up at the end). Its row-major products keep a tile of 4 rows x 4 vectors in registers.
+added up at the end). Its row-major products keep a tile of up to 6 rows x 4 vectors in
+registers.
 
 It is built with ``torch.utils.cpp_extension`` on first use into
 ``$FWPLAB_KERNEL_CACHE`` (default ``~/.cache/fwplab/kernels/<torch>-<python>-<cpu>``,
@@ -282,8 +283,27 @@ def _address(tensor: Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(tensor.data_ptr())
 
 
-def _tables(spec, activations, steps: Tensor, strides: tuple[int, ...]) -> tuple[Tensor, ...]:
-    """The non-tensor arguments as contiguous CPU arrays the C entry points read."""
+def _entry(name: str, dtype: torch.dtype):
+    """The library's entry point ``fwplab_<name>_f32`` or ``_f64`` for ``dtype``."""
+    return getattr(load(), f"fwplab_{name}_{'f64' if dtype == torch.float64 else 'f32'}")
+
+
+def _check_stages(spec) -> None:
+    if len(spec.tableau.c) > _MAX_STAGES:
+        raise ValueError(f"method: the kernel supports up to {_MAX_STAGES} stages, "
+                         f"got {len(spec.tableau.c)}")
+
+
+def _states(M0: Tensor, steps: Tensor, spec) -> tuple[Tensor, Tensor]:
+    """Room for the kept states and the checkpoints, ``(kept or checkpoints, N, d_out, d_in)``."""
+    return (M0.new_empty(len(spec.keep), *M0.shape),
+            M0.new_empty(steps.shape[0] // spec.checkpoint_every + 1, *M0.shape))
+
+
+def _tables(spec, activations, steps: Tensor,
+            strides: Optional[tuple[int, ...]] = None) -> tuple[Tensor, ...]:
+    """The non-tensor arguments as contiguous CPU arrays the C entry points read (the
+    controls' row strides last, for the unfused entry points)."""
     stages = len(spec.tableau.c)
     a = torch.zeros(stages, stages, dtype=torch.float64)
     for i, row in enumerate(spec.tableau.a):
@@ -294,8 +314,8 @@ def _tables(spec, activations, steps: Tensor, strides: tuple[int, ...]) -> tuple
     keep_position = torch.full((steps.shape[0] + 1,), -1, dtype=torch.int64)
     keep_position[torch.tensor(spec.keep, dtype=torch.int64)] = torch.arange(len(spec.keep))
     codes = torch.tensor([_ACTIVATION_CODES[name] for name in activations], dtype=torch.int64)
-    return (steps.detach().to(torch.float64).contiguous(), a, b, offsets, keep_position, codes,
-            torch.tensor(strides, dtype=torch.int64))
+    tables = (steps.detach().to(torch.float64).contiguous(), a, b, offsets, keep_position, codes)
+    return tables if strides is None else (*tables, torch.tensor(strides, dtype=torch.int64))
 
 
 def _sizes(spec, steps: Tensor, flat: int, d_out: int, d_in: int) -> tuple[int, ...]:
@@ -382,20 +402,16 @@ class KernelRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, M0, steps, spec, activations, operands, *arrays):
-        library = load()
+        load()  # a failed build is the error to report first
         tensors = (*arrays, M0)
         if not all(supports(t.device, t.dtype) and t.dtype == M0.dtype and t.is_contiguous()
                    for t in tensors):
             raise ValueError("the kernel takes contiguous CPU tensors of one dtype, float32 or "
                              f"float64; got {[(t.dtype, t.device.type) for t in tensors]}")
-        if len(spec.tableau.c) > _MAX_STAGES:
-            raise ValueError(f"method: the kernel supports up to {_MAX_STAGES} stages, "
-                             f"got {len(spec.tableau.c)}")
+        _check_stages(spec)
         flat, d_out, d_in = M0.shape
-        kept = M0.new_empty(len(spec.keep), flat, d_out, d_in)
-        checkpoints = M0.new_empty(steps.shape[0] // spec.checkpoint_every + 1, flat, d_out, d_in)
-        entry = library.fwplab_forward_f64 if M0.dtype == torch.float64 else \
-            library.fwplab_forward_f32
+        kept, checkpoints = _states(M0, steps, spec)
+        entry = _entry("forward", M0.dtype)
         tables = _tables(spec, activations, steps, tuple(o.stride for o in operands))
         status = entry(*_operand_addresses(arrays, operands), _address(M0),
                        *(_address(t) for t in tables), *_sizes(spec, steps, flat, d_out, d_in),
@@ -416,9 +432,7 @@ class KernelRecurrence(torch.autograd.Function):
                        else torch.zeros_like(a) for i, a in enumerate(arrays)]
         grad_M0 = torch.empty_like(checkpoints[0])
         grad_kept = grad_kept.contiguous()
-        library = load()
-        entry = library.fwplab_backward_f64 if checkpoints.dtype == torch.float64 else \
-            library.fwplab_backward_f32
+        entry = _entry("backward", checkpoints.dtype)
         tables = _tables(spec, ctx.activations, steps, tuple(o.stride for o in operands))
         status = entry(*_operand_addresses(arrays, operands), *(_address(t) for t in tables),
                        *_sizes(spec, steps, flat, d_out, d_in), _address(checkpoints),
@@ -462,9 +476,7 @@ def lanes(dtype: torch.dtype) -> int:
     """
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype: the kernel runs float32 and float64, got {dtype}")
-    library = load()
-    return int(library.fwplab_lanes_f64() if dtype == torch.float64 else
-               library.fwplab_lanes_f32())
+    return int(_entry("lanes", dtype)())
 
 
 def uses_openmp() -> bool:
@@ -621,7 +633,7 @@ class FusedKernelRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, M0, steps, spec, activations, net, path, oja, *parameters):
-        library = load()
+        load()  # a failed build is the error to report first
         tensors = (M0, path.coefficients, path.offset, *parameters)
         if not all(supports(t.device, t.dtype) and t.dtype == M0.dtype for t in tensors):
             raise ValueError("the fused kernel takes CPU tensors of one dtype, float32 or "
@@ -629,18 +641,14 @@ class FusedKernelRecurrence(torch.autograd.Function):
         if not fuses_heads(net.heads, M0.dtype):
             raise ValueError(f"heads: the fused kernel needs a number of heads dividing "
                              f"{lanes(M0.dtype)}, got {net.heads}")
-        if len(spec.tableau.c) > _MAX_STAGES:
-            raise ValueError(f"method: the kernel supports up to {_MAX_STAGES} stages, "
-                             f"got {len(spec.tableau.c)}")
+        _check_stages(spec)
         controls = (net.value, net.key, net.rate) if oja else (net.key, net.value, net.rate)
         operands = _fused_operands(net, path, controls)
         flat, d_out, d_in = M0.shape
         M0 = M0.contiguous()
-        kept = M0.new_empty(len(spec.keep), flat, d_out, d_in)
-        checkpoints = M0.new_empty(steps.shape[0] // spec.checkpoint_every + 1, flat, d_out, d_in)
-        entry = library.fwplab_fused_forward_f64 if M0.dtype == torch.float64 else \
-            library.fwplab_fused_forward_f32
-        tables = _tables(spec, activations, steps, (0, 0, 0))[:6]
+        kept, checkpoints = _states(M0, steps, spec)
+        entry = _entry("fused_forward", M0.dtype)
+        tables = _tables(spec, activations, steps)
         status = entry(_pointer_array(operands.tensors), _address(operands.sizes), net.eps,
                        _address(M0), *(_address(t) for t in tables),
                        *_sizes(spec, steps, flat, d_out, d_in), _address(kept),
@@ -667,10 +675,8 @@ class FusedKernelRecurrence(torch.autograd.Function):
                  zeros(threads, Hp), zeros(threads, H, Jp), zeros(threads, Jp),
                  zeros(threads, C, Hp) if value else None, zeros(threads, Hp) if value else None)
         grad_M0 = torch.empty_like(checkpoints[0])
-        library = load()
-        entry = library.fwplab_fused_backward_f64 if checkpoints.dtype == torch.float64 else \
-            library.fwplab_fused_backward_f32
-        tables = _tables(spec, ctx.activations, steps, (0, 0, 0))[:6]
+        entry = _entry("fused_backward", checkpoints.dtype)
+        tables = _tables(spec, ctx.activations, steps)
         status = entry(_pointer_array(operands.tensors), _address(operands.sizes), net.eps,
                        *(_address(t) for t in tables), *_sizes(spec, steps, flat, d_out, d_in),
                        _address(checkpoints), _address(grad_kept),

@@ -384,10 +384,13 @@ constexpr int kProductRows = 4, kProductVectors = 3, kProductBytes = 32;
 constexpr int kProductRows = 4, kProductVectors = 3, kProductBytes = 16;
 #endif
 
-// The vector width of the slow net's row-major loops: one native register (GCC lowers a
-// wider generic vector through memory: 2 GFLOP/s instead of 77 on AVX2).
+// One native vector register of T: the recurrences per group and the vector width of the
+// slow net's row-major loops (16 float32 with AVX-512, 8 with AVX2). GCC lowers a wider
+// generic vector through memory: built for AVX2 with 64-byte lanes, the kernel took
+// 160 ms instead of 134 at the Speech Commands shape, B=128, and the products ran at
+// 2 GFLOP/s instead of 77.
 template <typename T>
-constexpr int product_lanes() {
+constexpr int lanes() {
   return kProductBytes / int(sizeof(T));
 }
 
@@ -482,7 +485,8 @@ constexpr int kGradients = 8;  // the parameter gradients, in SlowNetSpec's orde
 
 // One worker's slow net: the controls of one segment of points for one group's batch
 // elements, row (point - p0) * nb + batch element, and their backward into the worker's
-// own slots of the parameter gradients.
+// own slots of the parameter gradients. Its row-major loops run on vectors of LANES
+// (lanes<T>(): one register).
 template <typename T, int LANES>
 struct SlowNetWork {
   const SlowNetSpec<T>& net;
@@ -519,8 +523,7 @@ struct SlowNetWork {
 
   // Controls at points p0 .. p0 + points - 1 of batch elements first .. first + valid - 1.
   void compute(int64_t first, int64_t valid, int64_t p0, int64_t points) {
-    constexpr int W = product_lanes<T>();
-    using V = typename LaneType<T, W>::type;
+    using V = typename LaneType<T, LANES>::type;
     rows = points * nb;
     for (int64_t p = 0; p < points; ++p) {
       const int64_t piece = net.piece[p0 + p];
@@ -552,8 +555,8 @@ struct SlowNetWork {
         }
       }
     }
-    const int64_t hv = Hp / W;
-    product<T, W>(rows, hv, C, input(net.feature_input), C, 1, net.in_weight_t, Hp,
+    const int64_t hv = Hp / LANES;
+    product<T, LANES>(rows, hv, C, input(net.feature_input), C, 1, net.in_weight_t, Hp,
                       normed.data(), Hp, net.in_bias, false);
     const V* m = reinterpret_cast<const V*>(mask.data());
     const V* gamma = reinterpret_cast<const V*>(net.norm_weight);
@@ -563,24 +566,24 @@ struct SlowNetWork {
       V* out = reinterpret_cast<V*>(&u[i * Hp]);
       V total{};
       for (int64_t v = 0; v < hv; ++v) total += z[v];
-      const T mean = lane_sum<T, W>(total) / T(H);
+      const T mean = lane_sum<T, LANES>(total) / T(H);
       V squares{};
       for (int64_t v = 0; v < hv; ++v) {
-        z[v] = (z[v] - splat<V, T, W>(mean)) * m[v];
+        z[v] = (z[v] - splat<V, T, LANES>(mean)) * m[v];
         squares += z[v] * z[v];
       }
-      const T r = T(1) / std::sqrt(lane_sum<T, W>(squares) / T(H) + net.eps);
+      const T r = T(1) / std::sqrt(lane_sum<T, LANES>(squares) / T(H) + net.eps);
       rstd[i] = r;
-      const V rv = splat<V, T, W>(r);
+      const V rv = splat<V, T, LANES>(r);
       for (int64_t v = 0; v < hv; ++v) {
         z[v] *= rv;
         out[v] = z[v] * gamma[v] + beta[v];
       }
     }
-    product<T, W>(rows, Jp / W, H, u.data(), Hp, 1, net.joint_weight_t, Jp,
+    product<T, LANES>(rows, Jp / LANES, H, u.data(), Hp, 1, net.joint_weight_t, Jp,
                       joint.data(), Jp, net.joint_bias, false);
     if (net.value_input >= 0)
-      product<T, W>(rows, hv, C, input(net.value_input), C, 1, net.value_weight_t, Hp,
+      product<T, LANES>(rows, hv, C, input(net.value_input), C, 1, net.value_weight_t, Hp,
                         value.data(), Hp, net.value_bias, false);
   }
 
@@ -591,18 +594,17 @@ struct SlowNetWork {
 
   // The parameter gradients of the last `compute`'s rows, from grad_joint and grad_value.
   void backward() {
-    constexpr int W = product_lanes<T>();
-    using V = typename LaneType<T, W>::type;
-    const int64_t hv = Hp / W;
+    using V = typename LaneType<T, LANES>::type;
+    const int64_t hv = Hp / LANES;
     if (net.value_input >= 0) {
-      product<T, W>(C, hv, rows, input(net.value_input), 1, C, grad_value.data(), Hp,
+      product<T, LANES>(C, hv, rows, input(net.value_input), 1, C, grad_value.data(), Hp,
                         grad[6], Hp, nullptr, true);
-      add_column_sums<T, W>(grad_value.data(), rows, Hp, hv, grad[7]);
+      add_column_sums<T, LANES>(grad_value.data(), rows, Hp, hv, grad[7]);
     }
-    product<T, W>(H, Jp / W, rows, u.data(), 1, Hp, grad_joint.data(), Jp, grad[4], Jp,
+    product<T, LANES>(H, Jp / LANES, rows, u.data(), 1, Hp, grad_joint.data(), Jp, grad[4], Jp,
                       nullptr, true);
-    add_column_sums<T, W>(grad_joint.data(), rows, Jp, Jp / W, grad[5]);
-    product<T, W>(rows, hv, J, grad_joint.data(), Jp, 1, net.joint_weight, Hp,
+    add_column_sums<T, LANES>(grad_joint.data(), rows, Jp, Jp / LANES, grad[5]);
+    product<T, LANES>(rows, hv, J, grad_joint.data(), Jp, 1, net.joint_weight, Hp,
                       grad_u.data(), Hp, nullptr, false);
     const V* m = reinterpret_cast<const V*>(mask.data());
     const V* gamma = reinterpret_cast<const V*>(net.norm_weight);
@@ -619,14 +621,14 @@ struct SlowNetWork {
         first += g[v];
         second += g[v] * n[v];
       }
-      const V mean_g = splat<V, T, W>(lane_sum<T, W>(first) / T(H));
-      const V mean_gn = splat<V, T, W>(lane_sum<T, W>(second) / T(H));
-      const V r = splat<V, T, W>(rstd[i]);
+      const V mean_g = splat<V, T, LANES>(lane_sum<T, LANES>(first) / T(H));
+      const V mean_gn = splat<V, T, LANES>(lane_sum<T, LANES>(second) / T(H));
+      const V r = splat<V, T, LANES>(rstd[i]);
       for (int64_t v = 0; v < hv; ++v) g[v] = r * (g[v] - mean_g - n[v] * mean_gn) * m[v];
     }
-    product<T, W>(C, hv, rows, input(net.feature_input), 1, C, grad_u.data(), Hp, grad[0],
+    product<T, LANES>(C, hv, rows, input(net.feature_input), 1, C, grad_u.data(), Hp, grad[0],
                       Hp, nullptr, true);
-    add_column_sums<T, W>(grad_u.data(), rows, Hp, hv, grad[1]);
+    add_column_sums<T, LANES>(grad_u.data(), rows, Hp, hv, grad[1]);
   }
 };
 
@@ -1102,14 +1104,6 @@ int run_groups(const Problem<T>& problem, int64_t threads, T* const* grads, Work
   return failed;
 }
 
-// Recurrences per group: one native vector register of them (16 float32 with AVX-512,
-// 8 with AVX2; a wider generic vector is lowered through memory: the kernel took 160 ms
-// instead of 134 at the Speech Commands shape, B=128, built for AVX2).
-template <typename T>
-constexpr int lanes() {
-  return kProductBytes / int(sizeof(T));
-}
-
 template <typename T, int S>
 int forward_stages(const Problem<T>& problem, const T* M0, T* kept, T* checkpoints,
                    int64_t threads) {
@@ -1184,14 +1178,12 @@ Problem<T> fused_problem(const SlowNetSpec<T>& net, const double* steps, const d
   return problem;
 }
 
-// Whether a slow net's sizes fit the kernel's lanes and padding (0) or not (3).
+// Whether a slow net's sizes fit the kernel's lanes and padding.
 template <typename T>
-int check_slow_net(const SlowNetSpec<T>& net) {
+bool slow_net_fits(const SlowNetSpec<T>& net) {
   constexpr int L = lanes<T>();
-  const bool fits = net.heads > 0 && L % net.heads == 0 && net.hidden_pad % L == 0 &&
-                    net.joint_pad % L == 0 && net.hidden_pad >= net.hidden &&
-                    net.joint_pad >= net.joint;
-  return fits ? 0 : 3;
+  return net.heads > 0 && L % net.heads == 0 && net.hidden_pad % L == 0 &&
+         net.joint_pad % L == 0 && net.hidden_pad >= net.hidden && net.joint_pad >= net.joint;
 }
 
 template <typename T>
@@ -1260,7 +1252,7 @@ int run_backward(const Problem<T>& problem, int64_t stages, const T* checkpoints
       int64_t stages, int64_t per_step, int64_t flat, int64_t d_out, int64_t d_in,           \
       int64_t nonlinearity, int64_t every, T* kept, T* checkpoints, int64_t threads) {       \
     const auto net = make_slow_net<T>(net_arrays, net_sizes, eps);                           \
-    if (check_slow_net<T>(net) != 0) return 3;                                               \
+    if (!slow_net_fits<T>(net)) return 3;  /* heads or padding do not fit the lanes */       \
     auto problem = fused_problem<T>(net, steps, a, b, offsets, keep_position, n_steps,       \
                                     per_step, flat, d_out, d_in, nonlinearity, every,        \
                                     activations);                                            \
@@ -1274,7 +1266,7 @@ int run_backward(const Problem<T>& problem, int64_t stages, const T* checkpoints
       int64_t nonlinearity, int64_t every, const T* checkpoints, const T* grad_kept,         \
       T* const* net_gradients, T* grad_M0, int64_t threads) {                                \
     const auto net = make_slow_net<T>(net_arrays, net_sizes, eps);                           \
-    if (check_slow_net<T>(net) != 0) return 3;                                               \
+    if (!slow_net_fits<T>(net)) return 3;  /* heads or padding do not fit the lanes */       \
     auto problem = fused_problem<T>(net, steps, a, b, offsets, keep_position, n_steps,       \
                                     per_step, flat, d_out, d_in, nonlinearity, every,        \
                                     activations);                                            \
