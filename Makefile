@@ -13,7 +13,7 @@ ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[notebooks,book,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[notebooks,book,dev,rl]'
 	touch $(STAMP)
 
 lab: $(STAMP)

@@ -104,6 +104,7 @@ from .train import (
 )
 from .data.uea_archive import log_signature_dataset
 from . import compare as _compare
+from .rl import command as _rl_command
 from .rules import load_rules_from
 
 __all__ = ["main", "build_parser"]
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rules_from(train)
 
     _add_rules_from(_compare.add_parser(commands, list(MODELS)))
+    _rl_command.add_parser(commands, _positive_int, _seed)
     commands.add_parser("presets", help="list the named presets",
                         description="List the presets of fwplab train --preset.")
     return parser
@@ -899,6 +901,21 @@ def _stop_processes() -> None:
         dist.destroy_process_group()
 
 
+def _rl(args: argparse.Namespace) -> int:
+    """``fwplab rl`` (fwplab.rl.command), stopped cleanly by Ctrl-C, SIGTERM or SIGHUP."""
+    try:
+        with _stop_signals_interrupt():
+            return _rl_command.run(args)
+    except KeyboardInterrupt as stop:
+        signum = stop.args[0] if isinstance(stop, _Stopped) else signal.SIGINT
+        folder = args.resume or args.out
+        kept = (f"the last finished epoch is in {folder}; continue with: fwplab rl --resume "
+                f"{folder}" if folder and (Path(folder) / "checkpoint.pt").is_file()
+                else "continue with fwplab rl --resume OUT if an epoch finished")
+        print(f"fwplab rl: interrupted ({signal.Signals(signum).name}); {kept}", file=sys.stderr)
+        return 128 + int(signum)
+
+
 def _presets() -> int:
     width = max(len(name) for name in PRESETS)
     for preset in PRESETS.values():
@@ -925,6 +942,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "compare":
             return _compare.run(args, main, DATASET_NAMES, list(MODELS))
+        if args.command == "rl":
+            return _rl(args)
         return _train(args)
     except (ValueError, TrainingDiverged, DownloadError, OSError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
