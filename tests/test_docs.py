@@ -31,7 +31,8 @@ SEARCHED = ("fwplab", "tests", "notebooks", "benchmarks", "docs")
 TEXT_SUFFIXES = {".py", ".md", ".ipynb", ".cpp", ".json", ".toml", ".txt", ".yml", ".yaml", ".cfg"}
 
 #: The section numbers the package, tests and notebooks refer to.
-SECTIONS = ("1", "2", "3", "4", "4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "5", "6", "7")
+SECTIONS = ("1", "2", "3", "4", "4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "5", "6", "7", "8",
+            "8.1", "8.2", "8.3", "8.4")
 
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)

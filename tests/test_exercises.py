@@ -9,8 +9,8 @@ ALL = [e.key for n in range(1, 10) for e in exercises_of(n)]
 
 def test_every_notebook_has_exercises():
     numbers = {key[:2] for key in ALL}
-    assert {"01", "02", "03", "04", "05", "06", "07", "08"} <= numbers, sorted(numbers)
-    for n in range(1, 9):
+    assert {"01", "02", "03", "04", "05", "06", "07", "08", "09"} <= numbers, sorted(numbers)
+    for n in range(1, 10):
         assert 2 <= len(exercises_of(n)) <= 4, (n, [e.key for e in exercises_of(n)])
 
 

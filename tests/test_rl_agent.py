@@ -180,3 +180,12 @@ def test_command_line_refusals(tmp_path, argv, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert not list(Path(tmp_path).iterdir())
+
+
+def test_a_second_writer_of_a_run_folder_is_refused(tmp_path):
+    from fwplab.train import _RunFolderLock
+
+    with _RunFolderLock(tmp_path / "r"):
+        with pytest.raises(ValueError, match="another fwplab run"):
+            train_agent(RLConfig(**{**TOY, "epochs": 1}), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()

@@ -23,6 +23,9 @@ CASES = {"latent_ode": ("latent-ode", "hebb"), "rfwp_hebb": ("latent-ode-rfwp", 
 #: adjoint's gradients carry their own integration error.
 TOLERANCE = {"euler": dict(atol=1e-6, rtol=1e-6), "dopri5": dict(atol=1e-5, rtol=1e-5),
              "dopri5_adjoint": dict(atol=1e-5, rtol=1e-5)}
+#: The adjoint's gradients come from a second adaptive solve backwards in time, whose steps
+#: round-off can shift: they agree to this (the largest gradients are about 3).
+ADJOINT_GRADIENTS = dict(atol=5e-5, rtol=1e-4)
 INPUTS = GOLDEN["inputs"]
 
 
@@ -53,7 +56,8 @@ def test_official_world_models_are_reproduced(case, run):
     with a non-zero fast weight equal the official classes' on the same weights."""
     entry, tol = GOLDEN[case], TOLERANCE[run]
     model = _model(case, run)
-    load_official_world_model(model, entry["state_dict"])
+    checkpoint = {"model_state_dict": entry["state_dict"], "model_best_test_loss": 1.0}
+    load_official_world_model(model, entry["state_dict"] if run != "euler" else checkpoint)
     train, test, step = entry[run]["train"], entry[run]["eval"], entry[run]["step"]
 
     result = sequence_losses(model, *_chunks(), train=True, noise=train["eps"])
@@ -67,7 +71,8 @@ def test_official_world_models_are_reproduced(case, run):
     grads = {official_parameter_name(n): p.grad for n, p in model.named_parameters()}
     assert set(grads) == set(train["grads"])
     for name, grad in train["grads"].items():
-        torch.testing.assert_close(grads[name], grad, **tol, msg=name)
+        torch.testing.assert_close(grads[name], grad, msg=lambda m, name=name: f"{name}: {m}",
+                                   **(ADJOINT_GRADIENTS if run == "dopri5_adjoint" else tol))
 
     with torch.no_grad():
         result = sequence_losses(model, *_chunks(), train=False, z0=test["z0"])
@@ -129,13 +134,15 @@ def test_continuous_rule_model_integrates_the_rule_between_observations():
 
 
 def test_step_gradients_float64():
-    """Backpropagation through the jump and the dopri5 flow of every model (gradcheck)."""
+    """Backpropagation through the jump and the flow of every model (gradcheck; a fixed
+    grid, so the discretised map is differentiable; dopri5's gradients against
+    torchdiffeq's are tested in tests/test_rl_flow.py)."""
     for name, rule in (("latent-ode", "hebb"), ("latent-ode-rfwp", "oja"),
                        ("latent-ode-cfwp", "delta")):
         torch.manual_seed(1)
         model = build_world_model(name, 2, 1, latent_dim=4, num_heads=2, ff_dim=4, ode_dim=4,
-                                  encoder_width=3, max_gap=3, rule=rule, rtol=1e-9,
-                                  atol=1e-10).double()
+                                  encoder_width=3, max_gap=3, rule=rule, method="rk4",
+                                  step_size=0.5).double()
         x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
         z = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
         gaps = torch.tensor([1.0, 3.0], dtype=torch.float64)

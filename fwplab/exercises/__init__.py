@@ -32,6 +32,7 @@ TOPICS = (
     "scaling",
     "reproducing",
     "rule_design",
+    "model_based_rl",
 )
 
 

@@ -166,8 +166,9 @@ class RLRun:
     """The state of one run: environment, world model and its optimiser, DDPG, running
     statistics, buffers, random generators and the history; checkpointed whole."""
 
-    def __init__(self, config: RLConfig) -> None:
+    def __init__(self, config: RLConfig, device: Union[str, torch.device, None] = None) -> None:
         self.config = c = config
+        self.device = torch.device(device or "cpu")
         spec = ENVS[c.env]
         torch.manual_seed(c.seed)
         self.rng = np.random.default_rng(c.seed)
@@ -177,6 +178,8 @@ class RLRun:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.model_lr,
                                           weight_decay=c.model_weight_decay)
         self.agent = DDPG(spec.state_dim, spec.action_dim, c.ddpg())
+        self.model.to(self.device)
+        self.agent.to(self.device)
         self.stats = RunningStats(spec.state_dim)
         self.transitions = TransitionBuffer(c.memory, spec.state_dim, spec.action_dim)
         self.train_chunks = ChunkBuffer(c.memory, c.horizon, spec.state_dim, spec.action_dim)
@@ -190,7 +193,8 @@ class RLRun:
 
     # --------------------------------------------------------------- episodes
     def _normalized(self, state: np.ndarray) -> torch.Tensor:
-        return self.stats.normalize(torch.as_tensor(state, dtype=torch.float32))
+        return self.stats.normalize(torch.as_tensor(state, dtype=torch.float32,
+                                                    device=self.device))
 
     def episode(self, mode: str, max_decisions: int) -> tuple[float, int]:
         """One episode; ``mode``: ``random``, ``mpc`` (stored, DDPG updates), ``actor``
@@ -200,6 +204,7 @@ class RLRun:
         state = env.reset()
         tracking = mode in ("mpc", "planner")
         latent = self.model.initial_latent(1) if tracking else None
+        gap_tensor = torch.zeros(1, device=self.device)
         states, actions, gaps = [state], [], []
         total, steps = 0.0, 0
         for _ in range(max_decisions):
@@ -209,15 +214,17 @@ class RLRun:
                 action = self.rng.uniform(-1.0, 1.0, env.spec.action_dim)
             elif tracking:
                 action = plan(self.model, env.model_reward, self.stats, self.agent, s_hat, latent,
-                              c.planner()).action.numpy().astype(np.float64)
+                              c.planner()).action.cpu().numpy().astype(np.float64)
             else:
-                action = self.agent.act(s_hat[None], c.proposal_noise)[0].numpy().astype(np.float64)
+                action = self.agent.act(s_hat[None], c.proposal_noise)[0].cpu().numpy()
+                action = action.astype(np.float64)
             gap = env.time_gap(state)
             following, reward, done = env.step(action, gap)
             if tracking:
                 with torch.no_grad():
-                    x = torch.cat([s_hat, torch.as_tensor(action, dtype=torch.float32)])[None]
-                    latent = self.model.step(x, latent, torch.tensor([float(gap)]))
+                    a = torch.as_tensor(action, dtype=torch.float32, device=self.device)
+                    latent = self.model.step(torch.cat([s_hat, a])[None], latent,
+                                             gap_tensor.fill_(float(gap)))
             if mode in ("random", "mpc"):
                 self.transitions.push(state, None if done else following, action, reward, gap)
                 if mode == "mpc":
@@ -262,8 +269,9 @@ class RLRun:
             index = order[start:start + size]
             lengths = chunks.lengths[index]
             width = int(lengths.max())
-            yield (chunks.states[index, :width + 1], chunks.actions[index, :width],
-                   chunks.times[index, :width + 1], lengths)
+            yield tuple(part.to(self.device) for part in (
+                chunks.states[index, :width + 1], chunks.actions[index, :width],
+                chunks.times[index, :width + 1], lengths))
 
     def _test_mse(self, chunks) -> float:
         with torch.no_grad():
@@ -376,8 +384,9 @@ def _save(run: RLRun, out: Path) -> None:
     _write_json(out / METRICS, run.metrics())
 
 
-def load_run(folder: Union[str, Path]) -> RLRun:
-    """The run saved in ``folder`` (its checkpoint), ready to continue or inspect.
+def load_run(folder: Union[str, Path], device: Union[str, torch.device, None] = None) -> RLRun:
+    """The run saved in ``folder`` (its checkpoint), ready to continue (on ``device``,
+    default the CPU) or inspect.
 
     Raises:
         ValueError: one line when there is no readable checkpoint.
@@ -391,13 +400,14 @@ def load_run(folder: Union[str, Path]) -> RLRun:
     except Exception as error:  # a truncated or foreign file
         reason = " ".join(str(error).split())[:160] or type(error).__name__
         raise ValueError(f"{path}: not a readable fwplab rl checkpoint ({reason})") from None
-    run = RLRun(config)
+    run = RLRun(config, device)
     run.load_state_dict(state)
     return run
 
 
 def train_agent(config: Optional[RLConfig] = None, out: Union[str, Path, None] = None, *,
-                resume: bool = False, progress: bool = True) -> dict[str, Any]:
+                resume: bool = False, progress: bool = True,
+                device: Union[str, torch.device, None] = None) -> dict[str, Any]:
     """Run the schedule (module docstring) and return the metrics.
 
     Args:
@@ -407,6 +417,8 @@ def train_agent(config: Optional[RLConfig] = None, out: Union[str, Path, None] =
             (atomic writes, one writer per folder). None keeps nothing.
         resume: continue the run saved in ``out`` after its last finished epoch; the
             result is the same as an uninterrupted run's.
+        device: where the networks run (default the CPU); environments and buffers stay
+            on the CPU. A run may resume on another device.
     """
     folder = None if out is None else Path(out)
     if resume and folder is None:
@@ -417,7 +429,7 @@ def train_agent(config: Optional[RLConfig] = None, out: Union[str, Path, None] =
     if lock is not None:
         lock.__enter__()
     try:
-        run = load_run(folder) if resume else RLRun(config or RLConfig())
+        run = load_run(folder, device) if resume else RLRun(config or RLConfig(), device)
         c = run.config
         total = c.random_decisions + c.epochs * c.decisions_per_epoch
         with tqdm(total=total, initial=run.decisions, disable=not progress, unit="decision",

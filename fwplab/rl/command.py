@@ -4,7 +4,7 @@
 
     fwplab rl                                          # the small preset, latent-ode-rfwp, seed 1
     fwplab rl --model latent-ode --seed 2 --out runs/rl-b
-    fwplab rl --preset appendix-hopper --model latent-ode-rfwp --seed 1   # the paper's run
+    fwplab rl --preset appendix-hopper --model latent-ode-rfwp --seed 1 --device cuda  # the paper's
     fwplab rl --corrected                              # the three corrections (fwplab.rl.agent)
     fwplab rl --resume runs/rl-b                       # continue after the last finished epoch
 
@@ -54,6 +54,8 @@ def add_parser(commands: Any, positive_int, seed) -> argparse.ArgumentParser:
     parser.add_argument("--corrected", action="store_true",
                         help="keep the best world model, evaluate the planner too, discount "
                              "rewards at their start time")
+    parser.add_argument("--device", metavar="DEVICE",
+                        help="cpu (default) or cuda: where the networks run")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (default 1: the small networks run fastest so)")
     parser.add_argument("--out", metavar="DIR",
@@ -63,6 +65,20 @@ def add_parser(commands: Any, positive_int, seed) -> argparse.ArgumentParser:
     return parser
 
 
+def _device(requested) -> torch.device:
+    if requested is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device: expected cpu or cuda, got {requested!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected cpu or cuda, got {requested!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {requested}: no CUDA GPU is available here (use cpu)")
+    return device
+
+
 _SETTINGS = {"env": "env", "model": "model", "rule": "rule", "seed": "seed",
              "epochs": "epochs", "solver": "method", "step_size": "step_size"}
 
@@ -70,6 +86,7 @@ _SETTINGS = {"env": "env", "model": "model", "rule": "rule", "seed": "seed",
 def run(args: argparse.Namespace) -> int:
     """Run ``fwplab rl`` from parsed arguments; returns the exit status."""
     torch.set_num_threads(args.threads)
+    device = _device(args.device)
     given = {field: getattr(args, flag) for flag, field in _SETTINGS.items()
              if getattr(args, flag) is not None}
     if args.resume:
@@ -81,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         folder = Path(args.resume)
         if not (folder / CHECKPOINT).is_file():
             raise ValueError(f"--resume: {folder / CHECKPOINT} does not exist")
-        metrics = train_agent(out=folder, resume=True, progress=not args.no_progress)
+        metrics = train_agent(out=folder, resume=True, progress=not args.no_progress,
+                              device=device)
     else:
         if args.step_size is not None and given.get("method", "dopri5") == "dopri5":
             raise ValueError("--step-size: needs a fixed-grid --solver (rk4, midpoint, euler)")
@@ -92,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             given["adjoint"] = False
         config = rl_preset(args.preset, **given)
         folder = Path(args.out or f"runs/rl-{config.env}-{config.model}-seed{config.seed}")
-        metrics = train_agent(config, folder, progress=not args.no_progress)
+        metrics = train_agent(config, folder, progress=not args.no_progress, device=device)
     last = metrics["history"][-1]
     print(f"fwplab rl: {metrics['model']} on {metrics['env']}, seed {metrics['seed']}: "
           f"{metrics['epochs_done']} epochs, {metrics['decisions']} decisions, last evaluation "

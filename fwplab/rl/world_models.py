@@ -50,7 +50,7 @@ import torchdiffeq
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .flow import METHODS, flow
+from .flow import METHODS, flow, mlp_field
 
 __all__ = [
     "RULE_UPDATES",
@@ -117,7 +117,7 @@ class WorldModelConfig:
     Attributes:
         state_dim, action_dim: ``S`` and ``A``.
         min_gap, max_gap: the gaps the timer classifies (``max_gap - min_gap + 1`` classes).
-        latent_dim: ``L``. num_heads: ``H`` (``L`` divisible by ``H``). ff_dim: the
+        latent_dim: ``L``. num_heads: ``H`` (fast-weight models: ``L`` divisible by ``H``). ff_dim: the
             read-out's feed-forward width. ode_dim: the flow MLP's width.
         encoder_width: the encoder's hidden-to-posterior width.
         rule: ``hebb`` (the appendix's runs), ``oja`` or ``delta``.
@@ -154,9 +154,6 @@ class WorldModelConfig:
         if not isinstance(self.max_gap, int) or self.max_gap < self.min_gap:
             raise ValueError(f"max_gap: expected an integer >= min_gap {self.min_gap}, "
                              f"got {self.max_gap!r}")
-        if self.latent_dim % self.num_heads:
-            raise ValueError(f"latent_dim {self.latent_dim} is not divisible by num_heads "
-                             f"{self.num_heads}")
         if self.rule not in RULE_UPDATES:
             raise ValueError(f"rule: expected one of {', '.join(RULE_UPDATES)}, got {self.rule!r}")
         if self.method not in METHODS:
@@ -193,8 +190,9 @@ class _Field(nn.Module):
         super().__init__()
         self.net = _mlp([latent_dim, width, width, latent_dim])
 
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:  # torchdiffeq's signature
-        return self.net(z)
+    def forward(self, *time_and_z: Tensor) -> Tensor:
+        """``f(z)``; called as ``(t, z)`` by torchdiffeq and as ``(z,)`` by :func:`flow`."""
+        return self.net(time_and_z[-1])
 
 
 class _Encoder(nn.Module):
@@ -263,17 +261,20 @@ class _JointField(nn.Module):
 
     def __init__(self, field: _Field, update: _UpdateNet, rule: str) -> None:
         super().__init__()
-        self.field, self.update = field, update
+        self.update = update
+        self.field_of_z = [field]  # the model's own field, shared, not a second copy
         self.rule = RULE_UPDATES[rule][0]
         self.u: Optional[Tensor] = None
 
-    def forward(self, t: Tensor, state: Tensor) -> Tensor:
+    def forward(self, *time_and_state: Tensor) -> Tensor:
+        """Called as ``(t, state)`` by torchdiffeq and as ``(state,)`` by :func:`flow`."""
+        state = time_and_state[-1]
         latent_dim = self.update.merge.out_features
         d = self.update.head_dim
         z, w = state[:, :latent_dim], state[:, latent_dim:]
         W = w.view(-1, self.update.num_heads, d, d)
         k, v, beta = self.update.controls(self.u, z)
-        return torch.cat([self.field.net(z), self.rule(W, k, v, beta).flatten(1)], -1)
+        return torch.cat([self.field_of_z[0].net(z), self.rule(W, k, v, beta).flatten(1)], -1)
 
 
 # ------------------------------------------------------------------------ the model
@@ -302,6 +303,9 @@ class WorldModel(nn.Module):
         if not self.record.fast_weight:
             self.jump = nn.Linear(x_dim + c.latent_dim, c.latent_dim)
             return
+        if c.latent_dim % c.num_heads:
+            raise ValueError(f"latent_dim {c.latent_dim} is not divisible by num_heads "
+                             f"{c.num_heads}")
         squash = RULE_UPDATES[c.rule][1]
         self.update = _UpdateNet(x_dim, c.latent_dim, c.num_heads, squash)
         self.read = _ReadOut(x_dim, c.latent_dim, c.num_heads, c.ff_dim)
@@ -336,11 +340,14 @@ class WorldModel(nn.Module):
     # ------------------------------------------------------------------ one step
     def _solve(self, field: nn.Module, state: Tensor, grid: Tensor) -> Tensor:
         c = self.config
-        if c.adjoint:
+        if c.adjoint and torch.is_grad_enabled():  # without gradients the adjoint is odeint
+            params = {id(p): p for p in (*field.parameters(), *self.field.parameters())}
             return torchdiffeq.odeint_adjoint(field, state, grid, method=c.method, rtol=c.rtol,
-                                              atol=c.atol, adjoint_params=tuple(field.parameters()))
-        return flow(lambda y: field(grid, y), state, grid, method=c.method, rtol=c.rtol,
-                    atol=c.atol, step_size=c.step_size)
+                                              atol=c.atol, adjoint_params=tuple(params.values()))
+        if field is self.field:  # the MLP as an MLPField: buffered products when planning
+            field = mlp_field([layer for layer in self.field.net if isinstance(layer, nn.Linear)])
+        return flow(field, state, grid, method=c.method, rtol=c.rtol, atol=c.atol,
+                    step_size=c.step_size)
 
     def _flow(self, field: nn.Module, state: Tensor, gaps: Tensor) -> Tensor:
         grid, index = torch.unique(gaps, return_inverse=True)
@@ -495,7 +502,8 @@ def official_parameter_name(name: str) -> str:
 
 
 def load_official_world_model(model: WorldModel, state_dict: dict[str, Tensor]) -> None:
-    """Load a ``state_dict`` of the official ``LatentODE`` / ``RFWPLatentVAEModel``.
+    """Load a ``state_dict`` of the official ``LatentODE`` / ``RFWPLatentVAEModel``, or the
+    checkpoint its early stopping writes (a dict with ``model_state_dict``).
 
     Raises:
         ValueError: one line naming missing, unexpected or mis-shaped parameters.
@@ -503,6 +511,8 @@ def load_official_world_model(model: WorldModel, state_dict: dict[str, Tensor]) 
     if model.record.continuous_rule:
         raise ValueError("latent-ode-cfwp is fwplab's own model; the official code has no "
                          "weights for it")
+    if "model_state_dict" in state_dict:
+        state_dict = state_dict["model_state_dict"]
     ours = model.state_dict()
     wanted = {official_parameter_name(name): name for name in ours}
     missing = sorted(set(wanted) - set(state_dict))
