@@ -53,6 +53,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 import numpy as np
 import torch
@@ -62,6 +63,7 @@ import common
 from fwplab.benchmarking import median, time_round_robin
 from fwplab.rl.buffers import RunningStats, TransitionBuffer
 from fwplab.rl.ddpg import DDPG
+from fwplab.rl.flow import MLPField
 from fwplab.rl.envs import ENVS, make_env
 from fwplab.rl.planner import PlannerConfig, plan
 from fwplab.rl.world_models import (
@@ -123,18 +125,30 @@ def matmul_rate(rows: int = 1000, width: int = 128, repeats: int = 50) -> float:
 
 
 class Counter:
-    """Counts the calls of a module's forward (the ODE MLP's evaluations)."""
+    """Counts the evaluations of an ODE MLP while ``count`` runs: the calls of a module's
+    forward (torchdiffeq, the official side) and, for a fwplab world model, the calls of the
+    ``MLPField`` over its layers that :func:`fwplab.rl.flow.flow` evaluates instead."""
 
     def __init__(self, module: nn.Module):
         self.calls = 0
+        self.first_layer = next(m for m in module.modules() if isinstance(m, nn.Linear))
         module.register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output) -> None:
         self.calls += 1
 
+    def _counted(self, method: Callable) -> Callable:
+        def call(field, *args):
+            if field.linears[0] is self.first_layer:
+                self.calls += 1
+            return method(field, *args)
+        return call
+
     def count(self, run: Callable[[], object]) -> int:
         self.calls = 0
-        run()
+        with mock.patch.object(MLPField, "__call__", self._counted(MLPField.__call__)), \
+                mock.patch.object(MLPField, "write", self._counted(MLPField.write)):
+            run()
         return self.calls
 
 

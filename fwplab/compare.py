@@ -472,7 +472,7 @@ def add_parser(commands: Any, model_names: Sequence[str]) -> argparse.ArgumentPa
     parser.add_argument("--epochs", metavar="N",
                         help="fwplab train --epochs (or fwplab rl --epochs) for every run")
     parser.add_argument("--missing-rate", metavar="R", help="fwplab train --missing-rate")
-    parser.add_argument("--device", metavar="DEVICE", help="fwplab train --device")
+    parser.add_argument("--device", metavar="DEVICE", help="fwplab train/rl --device")
     parser.add_argument("--rl-preset", choices=list(RL_PRESETS),
                         help="with --envs: fwplab rl --preset (default small)")
     parser.add_argument("--corrected", action="store_true",
@@ -513,7 +513,7 @@ def _train_grid(args: argparse.Namespace, train_main: Callable[[list[str]], int]
 
 def _rl_grid(args: argparse.Namespace, train_main: Callable[[list[str]], int],
              ) -> tuple[list[Row], list[str]]:
-    _refuse(args, ("missing_rate", "device", "rules_from"), "--data")
+    _refuse(args, ("missing_rate", "rules_from"), "--data")
     unknown = [model for model in args.models if model not in WORLD_MODELS]
     if unknown:
         raise ValueError(f"--models: with --envs expected world models "
@@ -526,6 +526,7 @@ def _rl_grid(args: argparse.Namespace, train_main: Callable[[list[str]], int],
         raise ValueError(f"--envs: an environment is named twice ({', '.join(args.envs)})")
     extra = ["--epochs", str(args.epochs)] if args.epochs is not None else []
     extra += ["--corrected"] if args.corrected else []
+    extra += ["--device", args.device] if args.device is not None else []
     return compare_rl(args.models, args.envs, args.seeds, Path(args.out), train_main,
                       args.rl_preset or "small", extra, progress=not args.no_progress)
 

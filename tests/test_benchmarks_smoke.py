@@ -40,9 +40,6 @@ def test_speed_benchmark_smoke(tmp_path):
     for compiled in ("kernel", "fused"):
         if compiled in solvers:
             assert [row["threads"] for row in profiled[f"{compiled}_threads"]] == [1, 2]
-    if "fused" in solvers:  # the slow net runs inside the fused node: most of the time
-        assert profiled["solvers"]["fused"]["timed"]["outside_share"] < \
-            profiled["solvers"]["kernel"]["timed"]["outside_share"]
     retained = results["results_freed_memory_retained"]  # glibc: the fast solvers again
     if retained:
         again = {row["solver"] for row in retained[0]["rows"]}

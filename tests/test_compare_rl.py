@@ -78,12 +78,13 @@ def _rows(out: Path) -> list[dict[str, str]]:
 def test_every_cell_runs_once_with_the_rl_flags_and_the_tables_hold_mean_and_std(
         tmp_path, capsys):
     out, fake = tmp_path / "cmp", FakeRL()
-    assert _grid(out, fake, "--epochs", "2", "--corrected", "--rl-preset", "small") == 0
+    assert _grid(out, fake, "--epochs", "2", "--corrected", "--rl-preset", "small",
+                 "--device", "cpu") == 0
     assert len(fake.calls) == 12
     folder = out / "runs" / "swimmer-latent-ode-seed1"
     assert fake.calls[0] == ["rl", "--preset", "small", "--env", "swimmer", "--model",
                              "latent-ode", "--seed", "1", "--out", str(folder),
-                             "--no-progress", "--epochs", "2", "--corrected"]
+                             "--no-progress", "--epochs", "2", "--corrected", "--device", "cpu"]
     rows = _rows(out)
     assert list(rows[0]) == list(RL_RESULT_FIELDS)
     assert {(r["env"], r["model"], r["seed"]) for r in rows} == {
@@ -157,8 +158,8 @@ def test_an_interrupted_cell_stops_the_grid(tmp_path, capsys):
     (["--models", "latent-ode", "--envs", "swimmer,swimmer"], "--envs: an environment is named"),
     (["--models", "latent-ode", "--envs", "swimmer", "--epochs", "0"],
      "--epochs: expected a positive integer, got '0'"),
-    (["--models", "latent-ode", "--envs", "swimmer", "--device", "cpu"],
-     "--device: only for the --data grid"),
+    (["--models", "latent-ode", "--envs", "swimmer", "--missing-rate", "0.5"],
+     "--missing-rate: only for the --data grid"),
     (["--models", "gru", "--data", "spirals", "--rl-preset", "small", "--corrected"],
      "--rl-preset, --corrected: only for the --envs grid"),
 ])

@@ -306,8 +306,10 @@ class RLRun:
                 break
         if best_state is not None:
             self.model.load_state_dict(best_state)
+        last = record[-1]["test_mse"]
         return {"passes": len(record), "best_test_mse": best, "best_pass": best_pass + 1,
-                "last_test_mse": record[-1]["test_mse"], "curve": record,
+                "last_test_mse": last, "used_test_mse": best if c.keep_best_world_model else last,
+                "curve": record,
                 "chunks": [len(train.lengths), len(test.lengths)]}
 
     # ------------------------------------------------------------------ epochs
@@ -367,9 +369,12 @@ class RLRun:
         self.env.set_rng_state(json.loads(state["env_rng"]))
 
     def metrics(self) -> dict[str, Any]:
-        """The run's ``metrics.json``: settings, learning curves and the last epoch."""
+        """The run's ``metrics.json``: settings, the learning curves (evaluation return per
+        epoch, epoch 0 the random phase; the test MSE of the world model the agent planned
+        with in each epoch: the last pass's, or the best one's with
+        ``keep_best_world_model``) and every epoch's record."""
         curve = [r["eval_return"] for r in self.history]
-        wm = [r["world_model"]["best_test_mse"] for r in self.history if "world_model" in r]
+        wm = [r["world_model"]["used_test_mse"] for r in self.history if "world_model" in r]
         return {"kind": "rl", "env": self.config.env, "model": self.config.model,
                 "origin": WORLD_MODELS[self.config.model].origin, "seed": self.config.seed,
                 "config": dataclasses.asdict(self.config), "epochs_done": self.epoch - 1,
