@@ -21,6 +21,7 @@ import platform
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -99,3 +100,16 @@ def write_json(path: Optional[str], payload: dict) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(payload, indent=2))
         print(f"wrote {path}")
+
+
+def matmul_rate(rows: int = 1000, width: int = 128, repeats: int = 50) -> float:
+    """GFLOP/s of one float32 ``rows x width @ width x width`` product (best of repeats): the
+    rate of the world models' products, which are this shape when planning."""
+    a, b = torch.randn(rows, width), torch.randn(width, width)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * rows * width * width / best / 1e9

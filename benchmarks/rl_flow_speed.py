@@ -27,7 +27,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torchdiffeq
@@ -79,16 +78,6 @@ class CountedMLPField(MLPField):
         return super().write(z, out)
 
 
-def matmul_rate(batch: int, width: int, repeats: int = 20) -> float:
-    """GFLOP/s of one ``batch x width`` by ``width x width`` float32 product (best of repeats)."""
-    a, b = torch.randn(batch, width), torch.randn(width, width)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * batch * width * width / best / 1e9
 
 
 def main(argv=None) -> None:
@@ -97,7 +86,7 @@ def main(argv=None) -> None:
         arguments.batch, arguments.latent, arguments.repeats = 8, 8, 1
     torch.set_num_threads(arguments.threads)
     N, D = arguments.batch, arguments.latent
-    rate = matmul_rate(N, D)
+    rate = common.matmul_rate(N, D)
     print(f"threads {arguments.threads}: a {N}x{D} @ {D}x{D} float32 matmul runs at "
           f"{rate:.1f} GFLOP/s")
 

@@ -23,12 +23,12 @@ with the Hebb rule, built as its ``MBRL`` builds them, dopri5 rtol 1e-5 atol 1e-
   same work).
 
 fwplab runs in three ways: ``faithful`` (dopri5 with the adjoint, the configuration the
-agent builds; its planning then goes through torchdiffeq's ``odeint_adjoint``, which
-without gradients is torchdiffeq's ``odeint``), ``faithful, flow`` (the same weights with
-``adjoint=False``: planning through :func:`fwplab.rl.flow.flow`, the same numbers as
-dopri5; its training batch backpropagates through the solver, which is *not* the
-README's adjoint gradient, so that column is only informative) and the fast option
-``rk4`` on a fixed grid (``step_size`` 1 and 0.5: integer gaps fall on the grid).
+agent builds: planning, which takes no gradient, goes through :func:`fwplab.rl.flow.flow`,
+torchdiffeq's dopri5 step for step; training through torchdiffeq's adjoint),
+``faithful, flow`` (the same weights with ``adjoint=False``: the same planning; its
+training batch backpropagates through the solver, which is *not* the README's adjoint
+gradient, so that column is only informative) and the fast options on a fixed grid
+(``rk4`` with ``step_size`` 1 and 0.5, ``euler`` with 1: integer gaps fall on the grid).
 
 Printed: the matrix-product rate (1000x128 @ 128x128 float32), torch's threads, then per
 model a table of seconds per decision and per batch (medians of ``--repeats`` after a
@@ -90,6 +90,7 @@ VARIANTS = {
                               "backprop through dopri5 (not the adjoint)"),
     "fwplab fast rk4 h=1": (dict(method="rk4", step_size=1.0), "backprop through rk4"),
     "fwplab fast rk4 h=0.5": (dict(method="rk4", step_size=0.5), "backprop through rk4"),
+    "fwplab fast euler h=1": (dict(method="euler", step_size=1.0), "backprop through euler"),
 }
 OFFICIAL = "official"
 
@@ -112,16 +113,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------ machine
-def matmul_rate(rows: int = 1000, width: int = 128, repeats: int = 50) -> float:
-    """GFLOP/s of one float32 ``rows x width @ width x width`` product (best of repeats)."""
-    a, b = torch.randn(rows, width), torch.randn(width, width)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * rows * width * width / best / 1e9
 
 
 class Counter:
@@ -475,7 +466,7 @@ def main(argv=None) -> None:
     arguments = parse_arguments(argv)
     sizes = QUICK if arguments.quick else FULL
     torch.set_num_threads(arguments.threads)
-    rate = matmul_rate()
+    rate = common.matmul_rate()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); float32 matmul "
           f"1000x128 @ 128x128: {rate:.1f} GFLOP/s; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -105,6 +105,7 @@ from .train import (
 from .data.uea_archive import log_signature_dataset
 from . import compare as _compare
 from .rl import command as _rl_command
+from .rl.presets import RL_PRESETS
 from .rules import load_rules_from
 
 __all__ = ["main", "build_parser"]
@@ -322,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rules_from(_compare.add_parser(commands, list(MODELS)))
     _rl_command.add_parser(commands, _positive_int, _seed)
     commands.add_parser("presets", help="list the named presets",
-                        description="List the presets of fwplab train --preset.")
+                        description="List the presets of fwplab train --preset and "
+                                    "fwplab rl --preset.")
     return parser
 
 
@@ -905,7 +907,7 @@ def _rl(args: argparse.Namespace) -> int:
     """``fwplab rl`` (fwplab.rl.command), stopped cleanly by Ctrl-C, SIGTERM or SIGHUP."""
     try:
         with _stop_signals_interrupt():
-            return _rl_command.run(args)
+            return _rl_command.run(args, _device)
     except KeyboardInterrupt as stop:
         signum = stop.args[0] if isinstance(stop, _Stopped) else signal.SIGINT
         folder = args.resume or args.out
@@ -917,9 +919,11 @@ def _rl(args: argparse.Namespace) -> int:
 
 
 def _presets() -> int:
-    width = max(len(name) for name in PRESETS)
+    width = max(len(name) for name in [*PRESETS, *RL_PRESETS])
     for preset in PRESETS.values():
         print(f"{preset.name:<{width}}  {preset.dataset} / {preset.model}: {preset.description}")
+    for preset in RL_PRESETS.values():
+        print(f"{preset.name:<{width}}  fwplab rl --preset {preset.name}: {preset.description}")
     return 0
 
 

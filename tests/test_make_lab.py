@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -55,3 +56,13 @@ def test_make_lab_serves_jupyterlab():
     assert f"http://127.0.0.1:{port}/lab?token={token}" in output
     if os.geteuid() == 0:
         assert "Running as root" in output
+
+
+def test_the_printed_url_carries_the_token_jupyterlab_gets():
+    """Without TOKEN, `make lab` draws one token and uses it in the URL it prints and in
+    the command it runs (a recursively expanded variable drew two)."""
+    plan = subprocess.run(["make", "--no-print-directory", "-n", "lab"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout
+    printed = re.findall(r"lab\?token=([0-9a-f]+)", plan)
+    given = re.findall(r"IdentityProvider\.token=([0-9a-f]+)", plan)
+    assert len(printed) == len(given) == 1 and printed == given, plan

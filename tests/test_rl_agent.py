@@ -189,3 +189,27 @@ def test_a_second_writer_of_a_run_folder_is_refused(tmp_path):
         with pytest.raises(ValueError, match="another fwplab run"):
             train_agent(RLConfig(**{**TOY, "epochs": 1}), tmp_path / "r", progress=False)
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_appendix_presets_are_the_official_command_and_are_listed(capsys):
+    from fwplab.cli import main
+    from fwplab.rl import rl_preset
+
+    for env in ("hopper", "swimmer"):
+        c = rl_preset(f"appendix-{env}", model="latent-ode-rfwp")
+        assert (c.env, c.rule, c.latent_dim, c.num_heads, c.ff_dim, c.ode_dim,
+                c.encoder_width) == (env, "hebb", 128, 16, 512, 128, 20)
+        assert (c.method, c.rtol, c.atol, c.adjoint) == ("dopri5", 1e-5, 1e-6, True)
+        assert (c.random_decisions, c.epochs, c.decisions_per_epoch, c.max_steps) == \
+            (15_000, 80, 5_000, 1_000)
+        assert (c.candidates, c.horizon, c.elite, c.gamma, c.model_batch, c.max_passes,
+                c.patience_start, c.patience_min, c.memory) == \
+            (1_000, 10, 50, 0.99, 128, 200, 15, 3, 1_000_000)
+        assert (c.keep_best_world_model, c.evaluate_planner, c.discount_at) == \
+            (False, False, "end")
+    with pytest.raises(ValueError, match="unknown settings latent"):
+        rl_preset("small", latent=3)
+    assert main(["presets"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"fwplab rl --preset {name}" in listing
+               for name in ("appendix-hopper", "appendix-swimmer", "small"))

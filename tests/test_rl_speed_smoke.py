@@ -28,7 +28,7 @@ def test_rl_speed_quick_runs_and_reports(tmp_path):
     assert model["model"] == "latent-ode-rfwp" and model["reference"] == "fwplab faithful"
     rows = {row["run"]: row for row in model["rows"]}
     assert set(rows) == {"fwplab faithful", "fwplab faithful, flow", "fwplab fast rk4 h=1",
-                         "fwplab fast rk4 h=0.5"}
+                         "fwplab fast rk4 h=0.5", "fwplab fast euler h=1"}
     for row in rows.values():
         assert row["decision_s"] > 0 and row["batch_s"] > 0 and row["run_hours"] > 0
         assert row["nfe_per_imagined_step"] > 0 and row["nfe_per_batch"] > 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -65,28 +65,16 @@ def add_parser(commands: Any, positive_int, seed) -> argparse.ArgumentParser:
     return parser
 
 
-def _device(requested) -> torch.device:
-    if requested is None:
-        return torch.device("cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise ValueError(f"--device: expected cpu or cuda, got {requested!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device: expected cpu or cuda, got {requested!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {requested}: no CUDA GPU is available here (use cpu)")
-    return device
-
-
 _SETTINGS = {"env": "env", "model": "model", "rule": "rule", "seed": "seed",
              "epochs": "epochs", "solver": "method", "step_size": "step_size"}
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``fwplab rl`` from parsed arguments; returns the exit status."""
+def run(args: argparse.Namespace, resolve_device: Callable[[str], torch.device]) -> int:
+    """Run ``fwplab rl`` from parsed arguments; returns the exit status.
+
+    ``resolve_device`` checks ``--device`` (default ``cpu``) as ``fwplab train`` does."""
     torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device or "cpu")
     given = {field: getattr(args, flag) for flag, field in _SETTINGS.items()
              if getattr(args, flag) is not None}
     if args.resume:
