@@ -213,3 +213,31 @@ def test_appendix_presets_are_the_official_command_and_are_listed(capsys):
     listing = capsys.readouterr().out
     assert all(f"fwplab rl --preset {name}" in listing
                for name in ("appendix-hopper", "appendix-swimmer", "small"))
+
+
+def test_command_line_flags_reach_the_settings(monkeypatch, tmp_path, capsys):
+    from fwplab.cli import main
+    from fwplab.rl import command
+
+    seen = {}
+
+    def fake_train(config, folder, **options):
+        seen.update(config=config, folder=folder, **options)
+        return {"model": config.model, "env": config.env, "seed": config.seed,
+                "epochs_done": config.epochs, "decisions": 0,
+                "history": [{"eval_return": 0.0}]}
+
+    monkeypatch.setattr(command, "train_agent", fake_train)
+    assert main(["rl", "--model", "latent-ode", "--seed", "4", "--solver", "euler",
+                 "--step-size", "1", "--epochs", "2", "--corrected", "--no-progress",
+                 "--out", str(tmp_path / "r")]) == 0
+    c = seen["config"]
+    assert (c.model, c.seed, c.method, c.step_size, c.epochs, c.adjoint, c.env) == \
+        ("latent-ode", 4, "euler", 1.0, 2, False, "swimmer")
+    assert (c.keep_best_world_model, c.evaluate_planner, c.discount_at) == (True, True, "start")
+    assert seen["progress"] is False and seen["device"] == torch.device("cpu")
+    assert main(["rl", "--no-adjoint", "--preset", "appendix-hopper", "--out",
+                 str(tmp_path / "h")]) == 0
+    c = seen["config"]
+    assert (c.env, c.method, c.adjoint, c.latent_dim) == ("hopper", "dopri5", False, 128)
+    assert "fwplab rl: latent-ode-rfwp on hopper" in capsys.readouterr().out
