@@ -908,6 +908,11 @@ def _rl(args: argparse.Namespace) -> int:
     try:
         with _stop_signals_interrupt():
             return _rl_command.run(args, _device)
+    except FloatingPointError as error:  # the world model's flow diverged
+        message = " ".join(str(error).split())
+        print(f"fwplab rl: error: {message}; every finished epoch is kept in the run folder",
+              file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt as stop:
         signum = stop.args[0] if isinstance(stop, _Stopped) else signal.SIGINT
         folder = args.resume or args.out

@@ -241,3 +241,23 @@ def test_command_line_flags_reach_the_settings(monkeypatch, tmp_path, capsys):
     c = seen["config"]
     assert (c.env, c.method, c.adjoint, c.latent_dim) == ("hopper", "dopri5", False, 128)
     assert "fwplab rl: latent-ode-rfwp on hopper" in capsys.readouterr().out
+
+
+def test_sigterm_stops_a_run_between_checkpoints_and_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "fwplab", "rl", "--out", str(out),
+                                "--no-progress"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the random phase's epoch ends in a few seconds
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert f"continue with: fwplab rl --resume {out}" in err and len(err.strip().splitlines()) == 1
+    saved = json.loads((out / "metrics.json").read_text())
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == saved["epochs_done"] + 1 and not list(out.glob(".*.tmp"))
