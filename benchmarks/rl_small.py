@@ -19,7 +19,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 MODELS = ("latent-ode", "latent-ode-rfwp", "latent-ode-cfwp")
-CORRECTED = dict(keep_best_world_model=True, evaluate_planner=True, discount_at="start")
+CORRECTED = dict(keep_best_world_model=True, evaluate_planner=True, discount_at="start",
+                 planning_reward="seconds")
 
 
 def _run(cell: tuple[str, int, str]) -> dict:

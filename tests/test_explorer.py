@@ -17,6 +17,7 @@ from fwplab.widgets.explorer import (
     FastWeightExplorer,
     FastWeightFigure,
     cut_predictions,
+    cut_steps,
     dense_grid,
     draw_fast_weights,
     drop_data_points,
@@ -75,8 +76,8 @@ def test_trace_shapes_and_series_end(model, batch):
     x, times, lengths = batch
     trace = fast_weight_trace(model, x, times, lengths, series=1)
     length, d = LENGTHS[1], HIDDEN // HEADS
-    # The solver steps at most the smallest gap (0.2): 0.5 -> 3 steps, 0.2 -> 1, 0.9 -> 5.
-    points = POINTS_PER_STEP * (3 + 1 + 5) + 1
+    # POINTS_PER_STEP parts in each of the 3 gaps between the 4 time points.
+    points = POINTS_PER_STEP * 3 + 1
     assert trace.rule == "delta" and trace.series == 1
     torch.testing.assert_close(trace.series_times, times[:length])
     torch.testing.assert_close(trace.times[trace.series_index], times[:length], rtol=0, atol=0)
@@ -86,23 +87,23 @@ def test_trace_shapes_and_series_end(model, batch):
     assert trace.keys.shape == trace.values.shape == trace.readouts.shape == (points, HEADS, d)
     assert trace.singular_values.shape == (points, HEADS, d)
     assert trace.rates.shape == trace.norms.shape == (points, HEADS)
-    assert trace.query.shape == (HEADS, d)
+    assert trace.query.shape == (points, HEADS, d)
     assert trace.probabilities.shape == (length, CLASSES)
     torch.testing.assert_close(trace.keys.sum(-1), torch.ones(points, HEADS))
 
 
 def test_trace_matches_the_model(model, batch):
-    """W at the time points is the model's own solution; the last prediction is the model's."""
+    """At the series' end W and the prediction are the model's own on the whole series."""
     x, times, lengths = batch
     trace = fast_weight_trace(model, x, times, lengths, series=2)
     with torch.no_grad():
         logits = model(x, times, lengths)
         weights = model.fast_weight_trajectory(x[2:3, :LENGTHS[2]], times[:LENGTHS[2]])[0]
-    torch.testing.assert_close(trace.weights[trace.series_index], weights, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(trace.weights[-1], weights[-1], rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(trace.probabilities[-1], logits[2].softmax(-1),
                                rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(
-        trace.readouts, torch.einsum("thij,hj->thi", trace.weights, trace.query))
+        trace.readouts, torch.einsum("thij,thj->thi", trace.weights, trace.query))
     torch.testing.assert_close(trace.norms, trace.weights.flatten(-2).norm(dim=-1))
     torch.testing.assert_close(trace.singular_values[..., 0],
                                torch.linalg.matrix_norm(trace.weights, ord=2))
@@ -110,14 +111,17 @@ def test_trace_matches_the_model(model, batch):
 
 @pytest.mark.parametrize("rule", ["delta", "hebb", "oja"])
 def test_dense_weights_follow_a_finer_solve(model, batch, rule):
-    """Between the solver's steps W is its cubic dense output: close to a solve 8x finer."""
+    """Inside a gap W is the cubic interpolation of its cut's solve: close to a solve 8x finer."""
     x, times, lengths = batch
     trace = fast_weight_trace(model, x, times, lengths, rule=rule)
     finer = with_rule(model, rule)
-    finer.step_size = float(trace.times.diff().min()) / 8
-    fine = _fine_solution(finer, x[:1], times, trace.times)
-    error = (trace.weights - fine).abs().max() / fine.abs().max()
-    assert error < DENSE_OUTPUT_TOLERANCE, float(error)
+    finer.step_size = float(times.diff().min()) / 8
+    for i in range(1, LENGTHS[0]):  # the gap before t_i comes from the series cut at t_i
+        gap = slice(int(trace.series_index[i - 1]) + (i > 1), int(trace.series_index[i]) + 1)
+        fine = _fine_solution(finer, x[:1, : i + 1], times[: i + 1],
+                              trace.times[: gap.stop])[gap]
+        error = (trace.weights[gap] - fine).abs().max() / fine.abs().max()
+        assert error < DENSE_OUTPUT_TOLERANCE, (i, float(error))
     # Inside a step the dense output moves: it is not held at the step's start.
     assert not torch.allclose(trace.weights[1], trace.weights[0])
 
@@ -147,6 +151,90 @@ def test_dense_grid_keeps_every_time_exactly():
     assert torch.equal(dense_grid(times, 1)[0], times)
     with pytest.raises(ValueError, match="points_per_step: expected a positive integer, got 0"):
         dense_grid(times, 0)
+
+
+def _alone(model, x, times, i):
+    """The model run on x_0 .. x_i alone: W(t_i), shown key, value, rate and read-out, p."""
+    record = RULES[model.rule].option("post_tanh", model.post_tanh)
+    cut, cut_times = x[:1, : i + 1], times[: i + 1]
+    with torch.no_grad():
+        W = model.fast_weight_trajectory(cut, cut_times)[0, -1]
+        path = control_path(interpolation_coeffs(cut, cut_times, interpolation=model.interpolation),
+                            cut_times, model.interpolation)
+        end = cut_times[-1:]
+        key, value, rate = model.slow_net(path.evaluate(end), path.derivative(end))
+        key, value, rate = shown_controls(record, key[0, 0], value[0, 0], rate[0, 0])
+        read = torch.einsum("hij,hj->hi", W, model.query(path, end)[0, 0])
+        p = model(cut, cut_times).softmax(-1)[0]
+    return W, key, value, rate[..., 0], read, p
+
+
+@pytest.mark.parametrize("rule", ["delta", "hebb"])
+@pytest.mark.parametrize("interpolation", ["natural_cubic", "hermite_cubic"])
+def test_every_panel_at_t_i_is_the_model_on_x_0_to_x_i(batch, rule, interpolation):
+    """What the figure shows at t_i is what the model holds after x_0 .. x_i, nothing later."""
+    x, times, lengths = batch
+    torch.manual_seed(0)
+    model = with_rule(fwplab.build_model("delta_cde", CHANNELS, CLASSES, hidden_channels=HIDDEN,
+                                         num_heads=HEADS, interpolation=interpolation), rule)
+    trace = fast_weight_trace(model, x, times, lengths, series=0)
+    figure = FastWeightFigure(trace, head=1)
+    for i in range(1, LENGTHS[0]):
+        W, key, value, rate, read, p = _alone(model, x, times, i)
+        at = int(trace.series_index[i])
+        torch.testing.assert_close(trace.weights[at], W, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(trace.keys[at], key, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(trace.values[at], value, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(trace.rates[at], rate, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(trace.readouts[at], read, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(trace.probabilities[i], p, rtol=RTOL, atol=ATOL)
+        # The figure at any time in [t_i, t_{i+1}) shows the same, and no curve past t_i.
+        end = int(trace.series_index[i + 1]) if i + 1 < LENGTHS[0] else at + 1
+        for index in range(at, end):
+            figure.show(index)
+            np.testing.assert_allclose(figure.image.get_array(), W[1].numpy(), rtol=1e-5,
+                                       atol=1e-6)
+            assert [bar.get_height() for bar in figure.key_bars] == pytest.approx(
+                key[1].tolist(), rel=1e-5, abs=1e-6)
+            assert [bar.get_width() for bar in figure.value_bars] == pytest.approx(
+                value[1].tolist(), rel=1e-5, abs=1e-6)
+            assert figure.rate_bars[0].get_height() == pytest.approx(float(rate[1]), rel=1e-5)
+            for line, _ in figure.curves:
+                assert line.get_xdata().max() == pytest.approx(float(times[i]))
+            for mark, _, _ in figure.point_marks:
+                assert (mark.get_xdata() <= float(times[i]) + 1e-9).all()
+    figure.show(0)  # at t_0 the model has too little to run on: nothing is shown
+    assert np.isnan(np.ma.getdata(figure.image.get_array())).all()
+    assert all(len(line.get_xdata()) == 0 for line, _ in figure.curves)
+
+
+def test_no_value_at_or_before_t_i_depends_on_later_observations_or_times(model, batch):
+    x, times, lengths = batch
+    trace = fast_weight_trace(model, x, times, lengths, series=0)
+    i = 3
+    later = x.clone()
+    later[0, i + 1 :] = torch.randn(LENGTHS[0] - i - 1, CHANNELS)
+    closer = times.clone()
+    closer[i + 2] = closer[i + 1] + 0.01  # a gap after t_i smaller than any before it
+    for other_x, other_times in ((later, times), (x, closer)):
+        other = fast_weight_trace(model, other_x, other_times, lengths, series=0)
+        seen = int(trace.series_index[i]) + 1
+        for name in ("weights", "keys", "values", "rates", "readouts", "norms",
+                     "singular_values"):
+            torch.testing.assert_close(getattr(other, name)[:seen], getattr(trace, name)[:seen],
+                                       rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(other.probabilities[: i + 1], trace.probabilities[: i + 1],
+                                   rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(
+            cut_predictions(model, other_x, other_times, lengths)[: i + 1],
+            trace.probabilities[: i + 1], rtol=0, atol=0, equal_nan=True)
+
+
+def test_cut_steps_come_from_the_gaps_seen_so_far():
+    times = torch.tensor([0.0, 0.5, 0.7, 1.6, 2.0, 2.05])
+    assert cut_steps(times) == [(1, 1, 0.5), (2, 4, pytest.approx(0.2)),
+                                (5, 5, pytest.approx(0.05))]
+    assert cut_steps(times, 0.1) == [(1, 5, 0.1)]
 
 
 def test_cut_predictions_are_the_model_on_each_prefix(model, batch):
@@ -317,15 +405,17 @@ def test_figure_shows_the_chosen_time_and_head(model, batch):
     figure = FastWeightFigure(trace, head=1, class_names=["left", "right"])
     inside = int(trace.series_index[3]) + 2  # between t3 = 1.6 and t4 = 2.0
     figure.show(inside)
-    np.testing.assert_allclose(figure.image.get_array(), trace.weights[inside, 1].numpy(),
+    at = int(trace.series_index[3])  # everything at t3, the last time point before
+    np.testing.assert_allclose(figure.image.get_array(), trace.weights[at, 1].numpy(),
                                rtol=1e-6)
     assert [bar.get_height() for bar in figure.key_bars] == pytest.approx(
-        trace.keys[inside, 1].tolist())
+        trace.keys[at, 1].tolist())
     assert [bar.get_width() for bar in figure.readout_bars] == pytest.approx(
-        trace.readouts[inside, 1].tolist())
+        trace.readouts[at, 1].tolist())
     for line, dot, curve in figure.markers:
         assert line.get_xdata()[0] == pytest.approx(float(trace.times[inside]))
-        assert tuple(dot.get_data()[1]) == pytest.approx((float(curve[inside]),))
+        assert tuple(dot.get_data()[0]) == pytest.approx((1.6,))
+        assert tuple(dot.get_data()[1]) == pytest.approx((float(curve[at]),))
     best = int(trace.probabilities[3].argmax())
     caption = figure.time_text.get_text()
     assert f"t = {float(trace.times[inside]):.2f}; last time point t3 = 1.60 (observed)" in caption
@@ -346,6 +436,7 @@ def test_figure_marks_observed_and_dropped_time_points(model, batch):
     labels = [line.get_label() for line in figure.norm_axes.get_lines()]
     assert labels.count("observed") == 1 and labels.count("dropped") == 1
     marks = {line.get_label(): line for line in figure.norm_axes.get_lines()}
+    figure.show(-1)
     np.testing.assert_allclose(marks["dropped"].get_xdata(), [0.7])
     np.testing.assert_allclose(marks["observed"].get_ydata(),
                                trace.norms[trace.series_index[trace.observed], 0].numpy())
@@ -357,7 +448,7 @@ def test_blitted_png_matches_a_full_redraw(model, batch):
     x, times, lengths = batch
     figure = FastWeightFigure(fast_weight_trace(model, x, times, lengths), head=1)
     first = figure.png()
-    figure.show(25)
+    figure.show(18)
     blitted = np.asarray(PIL.Image.open(io.BytesIO(figure.png())))
     assert figure.png()[:8] == b"\x89PNG\r\n\x1a\n" and figure.png() != first
     figure.figure.canvas.draw()

@@ -151,7 +151,8 @@ def test_a_folder_holding_a_run_is_not_overwritten(tmp_path):
 
 def test_corrected_options_restore_the_best_model_and_evaluate_the_planner():
     metrics = train_agent(RLConfig(**{**TOY, "epochs": 1, "keep_best_world_model": True,
-                                      "evaluate_planner": True, "discount_at": "start"}),
+                                      "evaluate_planner": True, "discount_at": "start",
+                                      "planning_reward": "seconds"}),
                           progress=False)
     last = metrics["history"][-1]
     assert len(last["eval_returns_planner"]) == TOY["eval_episodes"]
@@ -159,11 +160,27 @@ def test_corrected_options_restore_the_best_model_and_evaluate_the_planner():
                                                        last["world_model"]["curve"])
 
 
+def test_the_planning_reward_in_seconds_is_the_real_rewards_scale():
+    env = make_env("swimmer", 0)
+    generator = torch.Generator().manual_seed(0)
+    states = torch.randn(4, 4, 10, generator=generator)
+    actions = torch.rand(4, 3, 2, generator=generator) * 2 - 1
+    gaps = torch.randint(1, 8, (4, 3), generator=generator).float()
+    official, _ = env.model_reward(states, actions, gaps)
+    seconds, _ = env.model_reward(states, actions, gaps, in_seconds=True)
+    control = -1e-4 * actions.square().sum(-1)
+    progress = (states[:, 1:, -1] - states[:, :-1, -1]) / gaps
+    torch.testing.assert_close(official, progress + control)
+    torch.testing.assert_close(seconds, progress / env.spec.timestep + control)
+
+
 def test_bad_settings_are_refused_in_one_line():
     with pytest.raises(ValueError, match="has discrete actions"):
         RLConfig(env="windy_grid")
     with pytest.raises(ValueError, match="model: expected one of"):
         RLConfig(model="latent-gru")
+    with pytest.raises(ValueError, match="planning_reward: expected 'official' or 'seconds'"):
+        RLConfig(planning_reward="meters")
     with pytest.raises(ValueError, match="elite 60 exceeds candidates 50"):
         RLConfig(candidates=50, elite=60)
 
@@ -205,8 +222,8 @@ def test_appendix_presets_are_the_official_command_and_are_listed(capsys):
         assert (c.candidates, c.horizon, c.elite, c.gamma, c.model_batch, c.max_passes,
                 c.patience_start, c.patience_min, c.memory) == \
             (1_000, 10, 50, 0.99, 128, 200, 15, 3, 1_000_000)
-        assert (c.keep_best_world_model, c.evaluate_planner, c.discount_at) == \
-            (False, False, "end")
+        assert (c.keep_best_world_model, c.evaluate_planner, c.discount_at,
+                c.planning_reward) == (False, False, "end", "official")
     with pytest.raises(ValueError, match="unknown settings latent"):
         rl_preset("small", latent=3)
     assert main(["presets"]) == 0
@@ -234,7 +251,8 @@ def test_command_line_flags_reach_the_settings(monkeypatch, tmp_path, capsys):
     c = seen["config"]
     assert (c.model, c.seed, c.method, c.step_size, c.epochs, c.adjoint, c.env) == \
         ("latent-ode", 4, "euler", 1.0, 2, False, "swimmer")
-    assert (c.keep_best_world_model, c.evaluate_planner, c.discount_at) == (True, True, "start")
+    assert (c.keep_best_world_model, c.evaluate_planner, c.discount_at, c.planning_reward) == \
+        (True, True, "start", "seconds")
     assert seen["progress"] is False and seen["device"] == torch.device("cpu")
     assert main(["rl", "--no-adjoint", "--preset", "appendix-hopper", "--out",
                  str(tmp_path / "h")]) == 0

@@ -5,7 +5,7 @@
     fwplab rl                                          # the small preset, latent-ode-rfwp, seed 1
     fwplab rl --model latent-ode --seed 2 --out runs/rl-b
     fwplab rl --preset appendix-hopper --model latent-ode-rfwp --seed 1 --device cuda  # the paper's
-    fwplab rl --corrected                              # the three corrections (fwplab.rl.agent)
+    fwplab rl --corrected                              # the four corrections (fwplab.rl.agent)
     fwplab rl --solver euler --step-size 1             # the fast option: a fixed grid
     fwplab rl --resume runs/rl-b                       # continue after the last finished epoch
 
@@ -58,7 +58,7 @@ def add_parser(commands: Any, positive_int, seed) -> argparse.ArgumentParser:
                              "faster per batch at the appendix's sizes)")
     parser.add_argument("--corrected", action="store_true",
                         help="keep the best world model, evaluate the planner too, discount "
-                             "rewards at their start time")
+                             "rewards at their start time, plan with the real reward's scale")
     parser.add_argument("--device", metavar="DEVICE",
                         help="cpu (default) or cuda: where the networks run")
     parser.add_argument("--threads", type=positive_int, default=1,
@@ -96,7 +96,8 @@ def run(args: argparse.Namespace, resolve_device: Callable[[str], torch.device])
         if args.step_size is not None and given.get("method", "dopri5") == "dopri5":
             raise ValueError("--step-size: needs a fixed-grid --solver (rk4, midpoint, euler)")
         if args.corrected:
-            given.update(keep_best_world_model=True, evaluate_planner=True, discount_at="start")
+            given.update(keep_best_world_model=True, evaluate_planner=True, discount_at="start",
+                         planning_reward="seconds")
         given.setdefault("model", "latent-ode-rfwp")
         if given.get("method", "dopri5") != "dopri5" or args.no_adjoint:
             given["adjoint"] = False

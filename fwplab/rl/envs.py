@@ -188,9 +188,11 @@ class SemiMDPEnv(abc.ABC):
 
     @abc.abstractmethod
     def model_reward(
-        self, states: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor
+        self, states: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor,
+        in_seconds: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Planning reward: states ``(K, H+1, S)``, actions ``(K, H, A)``, gaps ``(K, H)``."""
+        """Planning reward: states ``(K, H+1, S)``, actions ``(K, H, A)``, gaps ``(K, H)``;
+        ``in_seconds``: progress per second, as the real reward, instead of per time unit."""
 
     def rng_state(self) -> dict:
         """The state of the environment's numpy generator (a dict of strings and ints)."""
@@ -359,19 +361,25 @@ class MujocoSemiMDP(SemiMDPEnv):
         return obs, reward, terminal
 
     def model_reward(
-        self, states: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor
+        self, states: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor,
+        in_seconds: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched planning reward on unnormalised predicted observations.
 
         states ``(K, H+1, S)``, actions ``(K, H, A)``, gaps ``(K, H)`` -> rewards ``(K, H)``,
         alive ``(K, H)`` bool. ``r_i = (o_{i+1}[-1] - o_i[-1]) / gap_i + alive - ctrl ||a_i||^2``
-        (divided by the gap in units). Hopper: ``alive_i`` holds while every
+        (divided by the gap in units, the official code's choice, which makes the progress
+        term ``1 / timestep`` times smaller than in the real reward while the alive bonus and
+        the control cost keep their scale; ``in_seconds=True`` divides by ``timestep * gap``
+        as the real reward does). Hopper: ``alive_i`` holds while every
         ``o_j`` (``j = 1..i+1``) is finite with ``|o_j[1:]| < 100``, ``o_j[0] > 0.7`` and
         ``|o_j[1]| < 0.2``; the reward is 0 where not alive. Other tasks: all alive.
         """
         self._check_batch(states, actions, gaps)
         phys = self._phys
         run = (states[:, 1:, -1] - states[:, :-1, -1]) / gaps
+        if in_seconds:
+            run = run / self.spec.timestep
         ctrl = -phys.ctrl_cost * actions.square().sum(-1)
         if not phys.can_fall:
             rewards = run + ctrl
@@ -486,7 +494,8 @@ class WindyGridSemiMDP(SemiMDPEnv):
         return np.array([x, y]), reward, goal or self.time >= _GRID_TIME_LIMIT
 
     def model_reward(
-        self, states: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor
+        self, states: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor,
+        in_seconds: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Not available: the windy grid has discrete actions and no planning reward."""
         raise ValueError("windy_grid has discrete actions and no planning reward (model_reward)")

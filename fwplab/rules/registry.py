@@ -14,9 +14,11 @@
 The field receives activated controls (by default ``key = softmax``, ``value = tanh``,
 ``rate = sigmoid``, as the delta rule) and ``W = None`` for the initial fast weight.
 A rule declared with a structure other than ``"general"`` runs on the fast
-fixed-grid solvers; :func:`register_rule` checks on random inputs that the field
-is that structure, so a wrong declaration fails at once instead of giving wrong
-numbers later. :func:`load_rules_from` runs a Python file that registers rules
+fixed-grid solvers; :func:`register_rule` checks on one fixed random draw that the
+field equals that structure's formula, so a declaration wrong on that draw fails at
+once; the fast solvers compute the structure's formula, never the field, so a field
+that agrees only on that draw (a clipped delta rule) runs without its difference.
+:func:`load_rules_from` runs a Python file that registers rules
 (the command line's ``--rules-from FILE``).
 """
 

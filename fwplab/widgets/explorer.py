@@ -2,30 +2,31 @@
 
 For a continuous FWP (trained or not) and one observed series with time points
 ``t_0 < ... < t_{n-1}`` (the rows of ``x``), :func:`fast_weight_trace` computes once,
-on a dense time grid that splits every step of the solver's grid (which runs through
-every ``t_i``) into equal parts, and for every head ``h``::
+on a dense time grid that splits every gap between time points into equal parts,
+and for every head ``h``::
 
     W_h(t)                        the fast weight (d x d)
     k_h(t), v_h(t), b_h(t)        what the slow net writes at t, activated by the rule
                                   (softmax(k), tanh(v), sigma(b) for the built-in rules)
     dW_h/dt                       the rule's write at t
-    W_h(t) q_h(T)                 the read-out of the final query q(T)
+    W_h(t) q_h(t)                 the read-out of the query at t
     ||W_h(t)||_F, s_1..s_d        the norm and the singular values of W_h(t)
 
 and at every time point ``t_i`` of the series::
 
     p(class | x_0 .. x_i)         the model run on the series cut after t_i
 
-At the solver's grid points (the time points among them), ``W`` is the model's own
-solution. Between them it is the solver's cubic dense output: the cubic that matches
-``W`` and ``dW/dt`` at both ends of the step. Keys, values and rates are the slow
-net's own at every ``t``, read from the path.
-
-The prediction is that of the *cut* series, computed by running the model on the
-batch of every prefix ``x_0 .. x_i`` (one forward with ``lengths``). It is not the
-streamed read-out ``model(x, stream=True)`` of the whole series: a natural cubic
-spline through all observations lets the path before ``t_i`` depend on later
-observations, so the streamed read-out at ``t_i`` can see the future.
+All of it is causal. Nothing comes from the path of the whole series: a natural
+cubic spline through all observations lets the path before ``t_i`` depend on later
+observations (so does the streamed read-out ``model(x, stream=True)``). The values
+at ``t_i`` come from the model run on ``x_0 .. x_i`` alone, solved with the step that
+cut alone would take (:func:`cut_steps`); the values inside a gap ``(t_{i-1}, t_i)``
+from the same cut, the solve of that gap once ``x_i`` has arrived. Between a cut's
+solver steps ``W`` is fwplab's cubic interpolation of the solve (the cubic that
+matches ``W`` and ``dW/dt`` at both ends of the step, :func:`hermite_dense_output`).
+The figure at time ``t`` shows the last time point ``t_i`` at or before ``t`` and
+the curves up to it; only its axis and colour ranges are set from the whole series,
+so that frames compare.
 
 (for ``oja``, the softmax Oja rule, the key shown is the softmax of the slow net's
 key, before the rule subtracts ``W^T v``: :func:`shown_controls`).
@@ -60,7 +61,13 @@ from torch import Tensor
 from ..data import drop_observations
 from ..discrete import retrieval_error
 from ..models import ContinuousFWP
-from ..paths import check_observations, control_path, integration_grid, interpolation_coeffs
+from ..paths import (
+    ObservedBatch,
+    batch_coeffs,
+    check_observations,
+    control_path,
+    integration_grid,
+)
 from ..rules import RULES, FastWeightRule, get_rule
 from ..rules.record import CORRECTIONS
 from .still import add_still
@@ -86,6 +93,7 @@ __all__ = [
     "with_rule",
     "fast_weight_trace",
     "cut_predictions",
+    "cut_steps",
     "dense_grid",
     "hermite_dense_output",
     "observed_points",
@@ -103,7 +111,7 @@ FIGURE_DPI = 80
 PNG_COMPRESS_LEVEL = 1
 #: Relative tolerance of :func:`time_index` for slider values that carry float round-off.
 TIME_TOLERANCE = 1e-6
-#: Dense-grid points per step of the solver's grid.
+#: Dense-grid points per gap between time points.
 POINTS_PER_STEP = 4
 #: The missing-rate selector's fractions of observations dropped.
 MISSING_RATES = (0.0, 0.3, 0.5, 0.7)
@@ -125,10 +133,14 @@ class FastWeightTrace(NamedTuple):
     ``points`` is the number of dense-grid times, ``n`` the number of time points of
     the series (its rows in ``x``, observed or dropped).
 
+    Every value at a dense time ``t`` comes from the series cut at the first time point
+at or after ``t`` (at ``t_0``: the cut after ``t_1``), never from the whole series
+(:func:`fast_weight_trace`).
+
     Attributes:
         rule: the learning rule that produced :attr:`weights`.
         series: index of the series in the data it came from.
-        times: the dense grid ``(points,)``, through every point of the solver's grid.
+        times: the dense grid ``(points,)``, through every time point.
         series_times: the series' time points ``t_i`` ``(n,)``.
         series_index: position of each ``t_i`` in :attr:`times` ``(n,)``.
         observed: whether ``t_i`` carries data (not dropped) ``(n,)``.
@@ -140,8 +152,9 @@ class FastWeightTrace(NamedTuple):
         rates: the activated rate ``b(t)`` (``sigma`` for the built-in rules) of shape
             ``(points, heads)``.
         updates: what the rule writes, ``dW/dt`` at ``t``, of shape ``(points, heads, d, d)``.
-        query: the final query ``q(T)`` of shape ``(heads, d)``.
-        readouts: ``W(t) q(T)`` of shape ``(points, heads, d)``.
+        query: the query ``q(t)`` of shape ``(points, heads, d)``.
+        readouts: ``W(t) q(t)`` of shape ``(points, heads, d)``; at ``t_i`` what the
+            model on the cut series feeds its read-out layers.
         norms: ``||W(t)||_F`` of shape ``(points, heads)``.
         singular_values: of ``W(t)``, decreasing, ``(points, heads, d)``.
         probabilities: class probabilities of the series cut after ``t_i``,
@@ -359,6 +372,42 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def cut_steps(times: Tensor, step_size: Optional[float] = None) -> list[tuple[int, int, float]]:
+    """The solver step of every cut of a series, from what the cut has seen.
+
+    The series cut after time point ``i`` (``1 <= i < n``) is solved with the step a
+    model gives that cut alone: ``step_size`` when the model has one, else the
+    smallest gap among ``t_0 .. t_i`` (:func:`fwplab.paths.integration_grid`). So no
+    cut's grid depends on the times after it. Consecutive cuts with the same step
+    share one solve (one batch with ``lengths``).
+
+    Args:
+        times: the series' time points ``(n,)``, ``n >= 2``.
+        step_size: the model's fixed step, or ``None``.
+
+    Returns:
+        ``(first, last, step)`` for each run of cuts ``first .. last`` with step ``step``.
+    """
+    gaps = (times[1:] - times[:-1]).tolist()
+    groups: list[tuple[int, int, float]] = []
+    smallest = float("inf")
+    for i, gap in enumerate(gaps, start=1):
+        smallest = min(smallest, gap)
+        step = float(step_size) if step_size else smallest
+        if groups and groups[-1][2] == step:
+            groups[-1] = (groups[-1][0], i, step)
+        else:
+            groups.append((i, i, step))
+    return groups
+
+
+def _cut_batch(observations: Tensor, times: Tensor, first: int, last: int) -> ObservedBatch:
+    """The cuts ``first .. last`` of one series ``(1, n, channels)`` as a batch."""
+    prefixes = observations[0, : last + 1].expand(last - first + 1, -1, -1)
+    lengths = torch.arange(first + 1, last + 2, device=observations.device)
+    return ObservedBatch(prefixes, times[: last + 1], lengths)
+
+
 def cut_predictions(
     model: ContinuousFWP,
     x: Tensor,
@@ -369,9 +418,11 @@ def cut_predictions(
     """Class probabilities of one series cut after each of its time points (no gradients).
 
     Row ``i`` is what ``model`` predicts for the series ``x_0 .. x_i`` alone, the
-    same as ``model(x[series:series + 1, :i + 1], times[:i + 1])``; all cuts run as
-    one batch with ``lengths = 2 .. n``. A cut series is interpolated on its own
-    observations, so no cut sees the observations after it.
+    same as ``model(x[series:series + 1, :i + 1], times[:i + 1])``: the cut is
+    interpolated on its own observations and solved with the step that call would
+    take (:func:`cut_steps`: the model's ``step_size``, else the smallest gap among
+    ``t_0 .. t_i``), so no row depends on the observations or the time points after
+    it. Cuts that share a step run as one batch with ``lengths``.
 
     Args:
         model: a continuous FWP (dropout is off in the computation).
@@ -388,16 +439,20 @@ def cut_predictions(
     _check_series(series, batch.x.shape[0])
     length = int(batch.lengths[series])
     device = _model_device(model)
-    prefixes = batch.x[series, :length].to(device).expand(length - 1, -1, -1)
-    was_training = model.training
+    observations = batch.x[series : series + 1, :length].to(device)
+    own_times = batch.times[:length].to(device)
+    was_training, own_step = model.training, model.step_size
     model.eval()
+    rows = []
     try:
         with torch.no_grad():
-            logits = model(prefixes, batch.times[:length].to(device),
-                           torch.arange(2, length + 1, device=device))
+            for first, last, step in cut_steps(own_times, own_step):
+                model.step_size = step
+                rows.append(model(*_cut_batch(observations, own_times, first, last)))
     finally:
         model.train(was_training)
-    probabilities = torch.softmax(logits, -1)
+        model.step_size = own_step
+    probabilities = torch.softmax(torch.cat(rows), -1)
     return torch.cat([torch.full_like(probabilities[:1], float("nan")), probabilities])
 
 
@@ -411,12 +466,19 @@ def fast_weight_trace(
     points_per_step: int = POINTS_PER_STEP,
     time_channel: bool = True,
 ) -> FastWeightTrace:
-    """Compute what the explorer shows for one series of a batch (no gradients).
+    """Compute what the explorer shows for one series of a batch (no gradients), causally.
 
-    The series is cut at its own end (``lengths[series]`` time points) and solved
-    alone, exactly as ``model`` would solve it, on the solver's own grid
-    (:func:`fwplab.paths.integration_grid`); ``W`` between the grid points is the
-    solver's cubic dense output (:func:`hermite_dense_output`).
+    Every value comes from the model run on a *cut* of the series, never on the
+    whole series: at a time point ``t_i`` (``i >= 1``) from the series cut after
+    ``t_i`` (``x_0 .. x_i`` alone, interpolated on its own observations and solved
+    with the step that cut alone would take, :func:`cut_steps`); inside a gap
+    ``(t_{i-1}, t_i)`` from the same cut after ``t_i``, the solve the model does over
+    that gap once ``x_i`` has arrived. ``t_0`` takes the cut after ``t_1`` (a path
+    needs two time points; the figure shows nothing there). So a value at ``t``
+    uses no observation after the first time point at or after ``t``, and the
+    values at and before ``t_i`` use none after ``t_i``. Between the cut's solver
+    steps ``W`` is fwplab's cubic interpolation of the solve
+    (:func:`hermite_dense_output`), not the solver's own output.
 
     The explorer shows ODE models and CDE models whose keys and rates come from
     ``dX/dt`` (``delta_cde``'s layout; :func:`with_rule` keeps it when it swaps the
@@ -432,7 +494,7 @@ def fast_weight_trace(
         series: which series of the batch, ``0 <= series < batch``.
         rule: learning rule to run instead of the model's own (see :func:`with_rule`);
             ``None`` keeps the model's.
-        points_per_step: dense-grid points per solver step (:func:`dense_grid`).
+        points_per_step: dense-grid points per gap between time points (:func:`dense_grid`).
         time_channel: channel 0 of ``x`` is the time (see :func:`observed_points`).
 
     Returns:
@@ -450,27 +512,40 @@ def fast_weight_trace(
     observed = observed_points(observations[0], time_channel)
     rule_function = get_rule(rule)
     record = rule_function.option("post_tanh", model.post_tanh)
-    # The solver's own grid; a fixed step makes the solve on it the model's own solve.
-    model.step_size = model.step_size or float((own_times[1:] - own_times[:-1]).min())
-    solver_grid = integration_grid(own_times, model.step_size)
-    grid, _ = dense_grid(solver_grid, points_per_step)
-    series_index = torch.searchsorted(grid, own_times)
+    grid, series_index = dense_grid(own_times, points_per_step)
+    # The cut each dense point comes from: the first time point at or after it (at least 1).
+    cut_of_point = torch.searchsorted(own_times, grid).clamp(min=1)
+    own_step = model.step_size
 
-    def controls(at: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def controls(path, at: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The slow net's raw controls at ``at``, time first: ``(points, cuts, heads, .)``."""
         derivative = path.derivative(at) if model.driver == "cde" else None
-        key, value, rate = model.slow_net(path.evaluate(at), derivative)
-        return key[0], value[0], rate[0]
+        return tuple(c.movedim(1, 0) for c in model.slow_net(path.evaluate(at), derivative))
 
+    weights, key, value, rate, query = [], [], [], [], []
     with torch.no_grad():
-        coeffs = interpolation_coeffs(observations, own_times, interpolation=model.interpolation)
-        path = control_path(coeffs, own_times, model.interpolation)
-        at_steps = model._fast_weights(path, solver_grid)[:, 0]
-        slopes = rule_function(at_steps, *controls(solver_grid), post_tanh=model.post_tanh)
-        weights = hermite_dense_output(solver_grid, at_steps, slopes, grid)
-        key, value, rate = controls(grid)
+        for first, last, step in cut_steps(own_times, own_step):
+            cuts = _cut_batch(observations, own_times, first, last)
+            path = control_path(batch_coeffs(cuts, model.interpolation), cuts.times,
+                                model.interpolation)
+            model.step_size = step
+            solver_grid = integration_grid(cuts.times, step)
+            at_steps = model._fast_weights(path, solver_grid)  # (steps, cuts, heads, d, d)
+            slopes = rule_function(at_steps, *controls(path, solver_grid),
+                                   post_tanh=model.post_tanh)
+            mine = ((cut_of_point >= first) & (cut_of_point <= last)).nonzero().flatten()
+            at, row = grid[mine], cut_of_point[mine] - first
+            dense = hermite_dense_output(solver_grid, at_steps, slopes, at)
+            picked = torch.arange(at.shape[0], device=device)
+            weights.append(dense[picked, row])
+            for store, control in zip((key, value, rate), controls(path, at), strict=True):
+                store.append(control[picked, row])
+            query.append(model.query(path, at).movedim(1, 0)[picked, row])
+        model.step_size = own_step
+        weights, key, value, rate = (torch.cat(item) for item in (weights, key, value, rate))
+        query = torch.cat(query)
         updates = rule_function(weights, key, value, rate, post_tanh=model.post_tanh)
         shown_key, shown_value, shown_rate = shown_controls(record, key, value, rate)
-        query = model.query(path, own_times[-1:])[0, 0]  # (heads, d)
         readouts = torch.matmul(weights, query.unsqueeze(-1)).squeeze(-1)
         return FastWeightTrace(
             rule=rule,
@@ -602,12 +677,13 @@ def _symbol(activation: str, control: str) -> str:
 class FastWeightFigure:
     """The explorer's figure: one head of one trace, redrawn in place when the time moves.
 
-    Top row at the shown time ``t``: the heatmap of ``W(t)``, the key, the value and the
-    rate written at ``t``, and the read-out ``W(t) q(T)``. Bottom row over the whole
-    series: ``||W(t)||_F`` and the singular values on the dense grid, the series'
-    observed time points marked (filled dots; hollow where the data was dropped),
-    with a marker at ``t``. The title line names the prediction of the series cut
-    at the last time point at or before ``t``. :meth:`select` (new trace or head)
+    Everything is shown at the last time point ``t_i`` at or before the shown time
+    ``t``, from the series cut there (nothing at ``t_0``). Top row: the heatmap of
+    ``W(t_i)``, the key, the value and the rate written at ``t_i``, and the read-out
+    ``W(t_i) q(t_i)``. Bottom row: ``||W||_F`` and the singular values on the dense
+    grid up to ``t_i``, the time points marked (filled dots; hollow where the data
+    was dropped), a line at ``t``. The title line names the prediction of the series
+    cut at ``t_i``. :meth:`select` (new trace or head)
     rebuilds the artists; :meth:`show` (new time) only changes their data. Colour
     and axis ranges are fixed per selection, so frames at different times compare
     directly. Tensors may be on any device; they are copied to the CPU to draw.
@@ -675,17 +751,24 @@ class FastWeightFigure:
         self.readout_bars = self.readout_axes.barh(components, [0.0] * d, color=READOUT_COLOR)
         reach = 1.05 * symmetric_limit(trace.readouts[:, head])
         self.readout_axes.set(xlim=(-reach, reach), ylim=(d - 0.5, -0.5))
-        self.readout_axes.set_title("read-out W(t) q(T)", fontsize="medium")
+        self.readout_axes.set_title("read-out W(t) q(t)", fontsize="medium")
         for ax in (self.value_axes, self.readout_axes):
             ax.axvline(0, color="0.5", lw=0.8)
 
         times = trace.times
-        draw_norm_curve(self.norm_axes, times, trace.norms[:, head], label="$\\|W(t)\\|_F$")
-        mark_time_points(self.norm_axes, trace.series_times,
-                         trace.norms[trace.series_index, head], trace.observed)
-        draw_singular_value_curves(self.singular_axes, times, trace.singular_values[:, head])
-        mark_time_points(self.singular_axes, trace.series_times,
-                         trace.singular_values[trace.series_index, head, 0], trace.observed)
+        # Drawn over the whole series to fix the axis ranges; show() cuts every curve
+        # and mark at the shown time point.
+        self.curves = [(draw_norm_curve(self.norm_axes, times, trace.norms[:, head],
+                                        label="$\\|W(t)\\|_F$"), trace.norms[:, head])]
+        singular = trace.singular_values[:, head]
+        lines = draw_singular_value_curves(self.singular_axes, times, singular)
+        self.curves += [(line, singular[:, i]) for i, line in enumerate(lines)]
+        self.point_marks = []
+        for ax, heights in ((self.norm_axes, trace.norms[trace.series_index, head]),
+                            (self.singular_axes, trace.singular_values[trace.series_index, head, 0])):
+            marks = mark_time_points(ax, trace.series_times, heights, trace.observed)
+            kinds = [trace.observed] + ([~trace.observed] if len(marks) > 1 else [])
+            self.point_marks += [(mark, kind, heights) for mark, kind in zip(marks, kinds, strict=True)]
         self.markers = []
         for ax, curve in ((self.norm_axes, trace.norms[:, head]),
                           (self.singular_axes, trace.singular_values[:, head, 0])):
@@ -707,8 +790,9 @@ class FastWeightFigure:
     def _moving_artists(self) -> list[Artist]:
         """The artists :meth:`show` changes; everything else is the static background."""
         markers = [artist for line, dot, _ in self.markers for artist in (line, dot)]
+        curves = [line for line, _ in self.curves] + [mark for mark, _, _ in self.point_marks]
         return [self.image, *self.key_bars, *self.value_bars, *self.rate_bars,
-                *self.readout_bars, *markers, self.time_text]
+                *self.readout_bars, *curves, *markers, self.time_text]
 
     def _capture_background(self) -> None:
         """Draw the figure without the moving artists once and keep the pixels."""
@@ -722,10 +806,15 @@ class FastWeightFigure:
         for artist in moving:
             artist.set_visible(True)
 
+    def time_point(self, index: int) -> int:
+        """The last time point at or before dense-grid time ``index``: what the figure shows."""
+        return int(torch.searchsorted(self.trace.series_index, torch.tensor(index),
+                                      right=True)) - 1
+
     def caption(self, index: int) -> str:
         """The line above the plots at dense-grid time ``index``: time and prediction."""
         trace = self.trace
-        point = int(torch.searchsorted(trace.series_index, torch.tensor(index), right=True)) - 1
+        point = self.time_point(index)
         t, t_point = float(trace.times[index]), float(trace.series_times[point])
         state = "observed" if bool(trace.observed[point]) else "dropped"
         text = (f"t = {t:.2f}; last time point t{point} = {t_point:.2f} ({state}), "
@@ -745,19 +834,36 @@ class FastWeightFigure:
         index %= points
         self.index = index
         trace, head = self.trace, self.head
-        self.image.set_data(trace.weights[index, head].double().numpy())
-        for bars, heights in ((self.key_bars, trace.keys[index, head]),
-                              (self.rate_bars, trace.rates[index, head : head + 1])):
+        # Everything at the last time point t_i at or before t, from the series cut
+        # there; nothing at t_0 (a path needs two time points).
+        point = self.time_point(index)
+        shown = int(trace.series_index[point])
+        seen = shown + 1 if point > 0 else 0
+        weight = trace.weights[shown, head].double()
+        self.image.set_data((weight if point > 0 else torch.full_like(weight, float("nan")))
+                            .numpy())
+        for bars, heights in ((self.key_bars, trace.keys[shown, head]),
+                              (self.rate_bars, trace.rates[shown, head : head + 1])):
             for bar, height in zip(bars, heights.tolist(), strict=True):
-                bar.set_height(height)
-        for bars, widths in ((self.value_bars, trace.values[index, head]),
-                             (self.readout_bars, trace.readouts[index, head])):
+                bar.set_height(height if point > 0 else 0.0)
+        for bars, widths in ((self.value_bars, trace.values[shown, head]),
+                             (self.readout_bars, trace.readouts[shown, head])):
             for bar, width in zip(bars, widths.tolist(), strict=True):
-                bar.set_width(width)
+                bar.set_width(width if point > 0 else 0.0)
+        times = trace.times.double().numpy()
+        for line, curve in self.curves:
+            line.set_data(times[:seen], curve[:seen].double().numpy())
+        point_times = trace.series_times.double().numpy()
+        for mark, kind, heights in self.point_marks:
+            keep = kind.clone()
+            keep[point + 1 if point > 0 else 0 :] = False
+            keep = keep.numpy()
+            mark.set_data(point_times[keep], heights.double().numpy()[keep])
         t = float(trace.times[index])
         for line, dot, curve in self.markers:
             line.set_xdata([t, t])
-            dot.set_data([t], [float(curve[index])])
+            dot.set_data([float(trace.series_times[point])] if point > 0 else [],
+                         [float(curve[shown])] if point > 0 else [])
         self.time_text.set_text(self.caption(index))
         return self.figure
 
@@ -807,7 +913,8 @@ class FastWeightExplorer:
     :func:`fast_weight_trace` (on the model's device) and kept on the CPU in
     :attr:`traces`; moving the time slider only updates the figure's artists and
     sends a new image. The slider runs over the dense grid in the series' own time
-    units and shows the last grid time at or before its value (:func:`time_index`).
+    units and shows the last grid time at or before its value (:func:`time_index`);
+    the figure then shows the last time point at or before that time.
     The missing-rate selector drops a seeded random fraction of every series'
     observations (:func:`drop_data_points`) and shows the model on what is left.
     Display the explorer in a notebook as it is, or its :attr:`widget`.
@@ -825,7 +932,7 @@ class FastWeightExplorer:
         missing_rates: the fractions of observations the missing-rate selector offers.
         seed: seeds the dropping.
         time_channel: channel 0 of ``x`` is the time: never dropped.
-        points_per_step: dense-grid points per solver step.
+        points_per_step: dense-grid points per gap between time points.
     """
 
     def __init__(
