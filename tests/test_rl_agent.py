@@ -279,3 +279,19 @@ def test_sigterm_stops_a_run_between_checkpoints_and_says_how_to_resume(tmp_path
     saved = json.loads((out / "metrics.json").read_text())
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == saved["epochs_done"] + 1 and not list(out.glob(".*.tmp"))
+
+
+def test_run_defaults_are_the_world_model_defaults():
+    """RLConfig repeats the world model's settings so that a run is one flat record; their
+    defaults must agree (the appendix's command), except the adjoint: a world model built
+    alone backpropagates through its solver, the appendix's runs use the adjoint."""
+    import dataclasses
+
+    from fwplab.rl import WorldModelConfig
+
+    run = RLConfig()
+    shared = [f for f in dataclasses.fields(WorldModelConfig) if hasattr(run, f.name)]
+    assert len(shared) == 11
+    for field in shared:
+        expected = True if field.name == "adjoint" else field.default
+        assert getattr(run, field.name) == expected, field.name

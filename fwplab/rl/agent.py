@@ -156,12 +156,12 @@ class RLConfig:
                              self.gamma, self.discount_at)
 
     def world_model_options(self) -> dict[str, Any]:
+        """The :class:`WorldModelConfig` options of this run: its fields of the same names,
+        and the gap range of the environment."""
         spec = ENVS[self.env]
-        options = dict(min_gap=spec.min_gap, max_gap=spec.max_gap, latent_dim=self.latent_dim,
-                       num_heads=self.num_heads, ff_dim=self.ff_dim, ode_dim=self.ode_dim,
-                       encoder_width=self.encoder_width, rule=self.rule, method=self.method,
-                       rtol=self.rtol, atol=self.atol, step_size=self.step_size,
-                       adjoint=self.adjoint)
+        options = {field.name: getattr(self, field.name)
+                   for field in dataclasses.fields(WorldModelConfig) if hasattr(self, field.name)}
+        options.update(min_gap=spec.min_gap, max_gap=spec.max_gap)
         WorldModelConfig(state_dim=spec.state_dim, action_dim=spec.action_dim, **options)
         return options
 
