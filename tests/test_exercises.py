@@ -36,3 +36,146 @@ def test_unanswered_and_unknown():
     assert not verdict and "not answered yet" in verdict.message
     with pytest.raises(ValueError, match="unknown exercise"):
         check("99.nothing", 1)
+
+
+# ---------------------------------------------------------------- answers that must pass too
+# The judges draw fresh inputs at every call, so each valid alternative is checked a few times.
+
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from fwplab.exercises import package_pass_through, uses_a_loop  # noqa: E402
+
+
+def _numpy_oja_step(w, x, eta):
+    w, x = w.numpy(), x.numpy()
+    y = (w * x).sum(-1, keepdims=True)
+    return w + eta * y * (x - y * w)
+
+
+def _numpy_attention(phi_k, values, phi_q):
+    return np.tril(phi_q.numpy() @ phi_k.numpy().T) @ values.numpy()
+
+
+def _numpy_delta_step(W, k, v, beta):
+    W, k, v = W.numpy(), k.numpy(), v.numpy()
+    return W + beta * np.outer(v - W @ k, k)
+
+
+def _handwritten_drop(x, lengths, rate):
+    """Random drops without fwplab.drop_observations: a random permutation per series."""
+    out = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        count = min(math.floor(rate * n), n - 2)
+        out[b, torch.randperm(n)[:count]] = math.nan
+    time = torch.arange(x.shape[1], dtype=x.dtype)[None, :, None].expand(x.shape[0], -1, 1)
+    return torch.cat([time, out], dim=-1)
+
+
+VALID_ALTERNATIVES = {
+    "01.oja-euler-step": [_numpy_oja_step],
+    "01.batch-lms-bound": [1.33, np.float64(4 / 3), torch.tensor(4 / 3)],  # 3 significant digits
+    "01.oja-norm": [np.float32(0.5), torch.tensor([0.5])],
+    "01.lms-fixed-point": [np.array([[0.833, 0.333]]), [[5 / 6, 1 / 3]]],
+    "02.linear-attention": [_numpy_attention],
+    "02.delta-step": [_numpy_delta_step],
+    "04.drop-observations": [_handwritten_drop],
+    "06.stage-points": [lambda: tuple(float(v) for v in solution("06.stage-points")),
+                        lambda: tuple(np.int64(v) for v in solution("06.stage-points"))],
+    "06.rank-one-flops": [lambda d: 4 * d * d - d, lambda d: np.int64(4 * d * d + d),
+                          lambda d: float(4 * d * d + 2 * d)],
+    "07.sepsis-lr": [np.float64(4.8e-4)],
+}
+
+
+@pytest.mark.parametrize("key", sorted(VALID_ALTERNATIVES))
+def test_valid_alternatives_pass(key):
+    for answer in VALID_ALTERNATIVES[key]:
+        if key == "06.stage-points":
+            answer = answer()
+        for _ in range(3):
+            verdict = check(key, answer, quiet=True)
+            assert verdict, (answer, verdict.message)
+
+
+@pytest.mark.parametrize("key", ALL)
+def test_judges_are_stable_over_fresh_draws(key):
+    """Inputs are drawn anew at every check: the solution passes and the wrong answers fail
+    on every draw, not only on a lucky one."""
+    for _ in range(4):
+        assert check(key, solution(key), quiet=True)
+        for answer in EXERCISES[key].wrong_answers():
+            assert not check(key, answer, quiet=True)
+
+
+def test_rounded_number_gets_a_precision_hint():
+    verdict = check("01.batch-lms-bound", 1.3, quiet=True)
+    assert not verdict and "significant digits" in verdict.message
+
+
+def test_non_integer_counts_are_refused():
+    verdict = check("06.stage-points", (640.9, 481.9), quiet=True)
+    assert not verdict and "whole numbers" in verdict.message
+    verdict = check("06.rank-one-flops", lambda d: 4 * d * d + d + 0.5, quiet=True)
+    assert not verdict and "whole number" in verdict.message
+
+
+def test_package_functions_are_refused_by_identity_and_by_name():
+    import functools
+
+    from fwplab.rules.classic import discrete_update
+    from fwplab.rules.fast_weight import delta_rule, delta_update
+
+    assert package_pass_through(delta_rule, ("delta_rule",))
+    assert package_pass_through(functools.partial(discrete_update, "oja"), ())
+    assert package_pass_through(lambda W, k, v, b: W + delta_update(W, k, v, b), ("delta_update",))
+    assert package_pass_through(lambda W, k, v, b: W + b * torch.outer(v - W @ k, k),
+                                ("delta_update",)) is None
+    for key, name in (("03.delta-field", "delta_rule"), ("02.delta-step", "delta_update"),
+                      ("01.oja-euler-step", "discrete_update"),
+                      ("02.linear-attention", "fast_weight_attention")):
+        messages = [check(key, a, quiet=True).message for a in EXERCISES[key].wrong_answers()]
+        assert any("fwplab" in m and name in m for m in messages), (key, messages)
+
+
+def test_loops_are_found_in_the_code():
+    def for_loop(x):
+        total = 0
+        for value in x:
+            total += value
+        return total
+
+    def while_loop(x):
+        while x > 0:
+            x -= 1
+        return x
+
+    assert uses_a_loop(for_loop) and uses_a_loop(while_loop)
+    assert uses_a_loop(lambda x: torch.stack([row for row in x]))
+    assert not uses_a_loop(lambda phi_k, v, phi_q: torch.tril(phi_q @ phi_k.T) @ v)
+    verdict = check("02.linear-attention", EXERCISES["02.linear-attention"].wrong_answers()[5],
+                    quiet=True)
+    assert not verdict and "loop" in verdict.message
+
+
+def test_drops_must_be_random_and_the_caller_rng_is_untouched():
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    assert check("04.drop-observations", solution("04.drop-observations"), quiet=True)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    messages = [check("04.drop-observations", a, quiet=True).message
+                for a in EXERCISES["04.drop-observations"].wrong_answers()[3:]]
+    assert all("random" in m for m in messages), messages
+
+
+def test_orthonormal_rate_checks_rates_above_two():
+    verdict = check("02.orthonormal-rate", lambda b, s: min(1.0, (1 - b) ** (2 * s)), quiet=True)
+    assert not verdict
+
+
+def test_lookup_tables_fail():
+    table = EXERCISES["05.cut-prediction"].wrong_answers()[-1]
+    assert not check("05.cut-prediction", table, quiet=True)
+    assert not check("06.rank-one-flops", {8: 264, 20: 1620, 64: 16448}.get, quiet=True)

@@ -144,3 +144,198 @@ def check(key: str, answer: Any, quiet: bool = False) -> Verdict:
 def solution(key: str) -> Any:
     """The reference solution of exercise ``key``."""
     return _get(key).solution()
+
+
+# ----------------------------------------------------------------------------- judging helpers
+# Shared by the judges so that every exercise follows the same rules:
+#
+# * functions are run on fresh random inputs and sizes, drawn when the judge runs
+#   (:func:`fresh_generator`), so a table of the checked outputs cannot pass;
+# * the package's own implementation handed back (itself, wrapped, or called by name
+#   from a thin wrapper) is refused (:func:`package_pass_through`);
+# * tensors may come back as torch tensors, NumPy arrays or nested lists (:func:`as_tensor`);
+# * a number typed by hand is right when it matches to three significant digits
+#   (:data:`NUMBER_RTOL`, :func:`close_number`); a count must be a whole number
+#   (:func:`as_count`).
+
+#: Relative tolerance of a number typed by hand: three significant digits suffice.
+NUMBER_RTOL = 5e-3
+
+
+def fresh_generator():
+    """A torch generator seeded from the operating system's entropy, new at every call."""
+    import os
+
+    import torch
+
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(7), "little"))
+
+
+def fresh_int(generator, low: int, high: int) -> int:
+    """A random integer in ``[low, high]`` drawn from ``generator``."""
+    import torch
+
+    return int(torch.randint(low, high + 1, (), generator=generator))
+
+
+def fresh_float(generator, low: float, high: float) -> float:
+    """A random float in ``[low, high)`` drawn from ``generator``."""
+    import torch
+
+    return low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+def as_tensor(answer: Any, dtype=None):
+    """``answer`` (torch tensor, NumPy array, number or nested list) as a torch tensor.
+
+    Raises TypeError for anything else, so that a judge's hint can say what to return.
+    """
+    import numpy as np
+    import torch
+
+    if isinstance(answer, torch.Tensor):
+        tensor = answer.detach()
+    elif isinstance(answer, (np.ndarray, np.generic, list, tuple, int, float)) and not isinstance(
+        answer, bool
+    ):
+        tensor = torch.as_tensor(np.asarray(answer, dtype=np.float64))
+    else:
+        raise TypeError(f"expected a tensor (torch or NumPy), got {type(answer).__name__}")
+    return tensor if dtype is None else tensor.to(dtype)
+
+
+def as_number(answer: Any) -> float:
+    """One number from a Python/NumPy number or a one-element tensor/array."""
+    if isinstance(answer, bool):
+        raise TypeError("expected a number, got a bool")
+    tensor = as_tensor(answer)
+    if tensor.numel() != 1:
+        raise ValueError(f"expected one number, got shape {tuple(tensor.shape)}")
+    return float(tensor.reshape(()))
+
+
+def as_count(answer: Any) -> Optional[int]:
+    """``answer`` as an int when it is a whole number (``640`` or ``640.0``), else ``None``."""
+    import math
+
+    try:
+        value = as_number(answer)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(value) or value != math.floor(value):
+        return None
+    return int(value)
+
+
+def close_number(value: float, expected: float) -> bool:
+    """The tolerance policy of numbers typed by hand (relative :data:`NUMBER_RTOL`)."""
+    import math
+
+    return math.isclose(value, expected, rel_tol=NUMBER_RTOL, abs_tol=1e-12)
+
+
+def near_miss(value: float, expected: float) -> Optional[str]:
+    """A hint for a number that is close but not within :data:`NUMBER_RTOL`, else ``None``."""
+    import math
+
+    if math.isclose(value, expected, rel_tol=0.05) and not close_number(value, expected):
+        return ("close, but not within the tolerance: give the number to at least three "
+                "significant digits (relative tolerance 0.5 %)")
+    return None
+
+
+def _code_objects(code) -> list:
+    found = [code]
+    for constant in code.co_consts:
+        if hasattr(constant, "co_code"):
+            found.extend(_code_objects(constant))
+    return found
+
+
+def _unwrap(function: Any) -> Any:
+    import functools
+    import inspect
+
+    seen = set()
+    while id(function) not in seen:
+        seen.add(id(function))
+        if isinstance(function, functools.partial):
+            function = function.func
+            continue
+        unwrapped = inspect.unwrap(function) if callable(function) else function
+        if unwrapped is not function:
+            function = unwrapped
+            continue
+        if inspect.ismethod(function):
+            function = function.__func__
+            continue
+        break
+    return function
+
+
+def _is_package_function(function: Any) -> bool:
+    module = getattr(function, "__module__", None) or ""
+    return (module == "fwplab" or module.startswith("fwplab.")) and not module.startswith(
+        __name__
+    )
+
+
+def package_pass_through(answer: Any, names: tuple[str, ...]) -> Optional[str]:
+    """A hint when ``answer`` is, wraps or calls by name one of the package's own functions.
+
+    ``names`` are the package functions that compute the exercise's answer (for example
+    ``("delta_rule",)``). Refused: any function defined in ``fwplab`` outside this
+    package (the function itself, a ``functools.partial`` or decorated wrapper of it, or
+    one sharing its code), and a function whose code refers to one of ``names``.
+    """
+    import fwplab
+
+    function = _unwrap(answer)
+    forbidden = {name: getattr(_find_package_function(fwplab, name), "__code__", None)
+                 for name in names}
+    code = getattr(function, "__code__", None)
+    if _is_package_function(function) or (code is not None and code in forbidden.values()):
+        shown = getattr(function, "__name__", type(function).__name__)
+        return (f"that is fwplab's own {shown}; write the computation yourself (the check "
+                "refuses the package's functions handed back)")
+    if code is not None:
+        used = {name for c in _code_objects(code)
+                for name in c.co_names + c.co_freevars} & set(names)
+        if used:
+            return (f"write the computation yourself instead of calling fwplab's "
+                    f"{', '.join(sorted(used))} (the check reads the names your function uses)")
+    return None
+
+
+def _find_package_function(package: Any, name: str) -> Any:
+    """``name`` in the package or one of its already imported modules (nothing is imported)."""
+    import sys
+
+    if hasattr(package, name):
+        return getattr(package, name)
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith(package.__name__ + ".") and hasattr(module, name):
+            return getattr(module, name)
+    return None
+
+
+def uses_a_loop(answer: Any) -> bool:
+    """Whether the code of ``answer`` (nested functions and comprehensions included) loops.
+
+    Reads the compiled code for ``for`` loops and comprehensions (a ``FOR_ITER``) and
+    ``while`` loops (a backward jump); it needs no source file, so lambdas count too.
+    Helpers that the function calls are not read.
+    """
+    import dis
+
+    code = getattr(_unwrap(answer), "__code__", None)
+    if code is None:
+        return False
+    for each in _code_objects(code):
+        for instruction in dis.get_instructions(each):
+            name = instruction.opname
+            if name == "FOR_ITER" or "BACKWARD" in name:
+                return True
+            if name in ("JUMP_ABSOLUTE",) and instruction.argval <= instruction.offset:
+                return True
+    return False

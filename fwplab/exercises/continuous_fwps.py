@@ -10,7 +10,7 @@ from torch import Tensor
 from ..discrete import fast_weight_recurrent
 from ..models import build_model
 from ..rules.fast_weight import delta_rule
-from . import exercise
+from . import as_count, as_tensor, exercise, fresh_generator, fresh_int, package_pass_through
 
 #: Relative tolerance of the float64 comparisons.
 TOLERANCE = 1e-9
@@ -19,24 +19,36 @@ SIZES = ((64, 13, 4), (32, 3, 2), (80, 21, 4), (16, 8, 16))
 
 
 def _close(ours: Tensor, reference: Tensor) -> bool:
-    ours = torch.as_tensor(ours, dtype=reference.dtype)
+    ours = as_tensor(ours, reference.dtype)
     if ours.shape != reference.shape:
         return False
     return bool((ours - reference).abs().max() <= TOLERANCE * (1 + reference.abs().max()))
 
 
-def _random_controls(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fast weights ``(2, 3, 4, 4)``, key logits and value pre-activations ``(2, 3, 4)``, rate logits ``(2, 3, 1)``."""
-    generator = torch.Generator().manual_seed(seed)
-    W = 0.5 * torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=generator)
-    key, value = (2 * torch.randn(2, 3, 4, dtype=torch.float64, generator=generator)
+def _random_controls(generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fast weights ``(batch, heads, d, d)``, key logits and value pre-activations
+    ``(batch, heads, d)``, rate logits ``(batch, heads, 1)``, of random sizes."""
+    batch, heads, d = (fresh_int(generator, 1, 4), fresh_int(generator, 1, 4),
+                       fresh_int(generator, 2, 7))
+    W = 0.5 * torch.randn(batch, heads, d, d, dtype=torch.float64, generator=generator)
+    key, value = (2 * torch.randn(batch, heads, d, dtype=torch.float64, generator=generator)
                   for _ in range(2))
-    rate = torch.randn(2, 3, 1, dtype=torch.float64, generator=generator)
+    rate = torch.randn(batch, heads, 1, dtype=torch.float64, generator=generator)
     return W, key, value, rate
 
 
 def _delta_field(W: Optional[Tensor], key: Tensor, value: Tensor, rate: Tensor) -> Tensor:
-    return delta_rule(W, key, value, rate)
+    key, value, rate = key.softmax(-1), value.tanh(), rate.sigmoid()
+    if W is not None:
+        value = value - (W @ key.unsqueeze(-1)).squeeze(-1)
+    return _outer(rate * value, key)
+
+
+def _post_tanh_field(W: Optional[Tensor], key: Tensor, value: Tensor, rate: Tensor) -> Tensor:
+    key, rate = key.softmax(-1), rate.sigmoid()
+    if W is not None:
+        value = value - (W @ key.unsqueeze(-1)).squeeze(-1)
+    return _outer(rate * value.tanh(), key)
 
 
 def _outer(a: Tensor, b: Tensor) -> Tensor:
@@ -48,16 +60,17 @@ def _wrong_fields() -> list[Callable]:
         return _outer(rate.sigmoid() * value.tanh(), key.softmax(-1))
 
     def squash_after(W, key, value, rate):
-        return delta_rule(W, key, value, rate, post_tanh=True)
+        return _post_tanh_field(W, key, value, rate)
 
     def raw_rate(W, key, value, rate):
-        field = delta_rule(W, key, value, rate)
+        field = _delta_field(W, key, value, rate)
         return field / rate.sigmoid().unsqueeze(-1) * rate.unsqueeze(-1)
 
     def transposed(W, key, value, rate):
-        return delta_rule(None if W is None else W.transpose(-1, -2), key, value, rate)
+        return _delta_field(None if W is None else W.transpose(-1, -2), key, value, rate)
 
-    return [no_correction, squash_after, raw_rate, transposed]
+    return [no_correction, squash_after, raw_rate, transposed, delta_rule,
+            lambda W, key, value, rate: delta_rule(W, key, value, rate)]
 
 
 @exercise(
@@ -72,8 +85,12 @@ def _wrong_fields() -> list[Callable]:
 def _judge_delta_field(answer: Any) -> Optional[str]:
     if not callable(answer):
         return f"expected a function field(W, key, value, rate), got {type(answer).__name__}"
-    for seed in range(3):
-        W, key, value, rate = _random_controls(seed)
+    refused = package_pass_through(answer, ("delta_rule", "delta_update", "RULES", "get_rule"))
+    if refused:
+        return refused
+    generator = fresh_generator()
+    for _ in range(3):
+        W, key, value, rate = _random_controls(generator)
         initial = answer(None, key, value, rate)
         if not _close(initial, delta_rule(None, key, value, rate)):
             return ("with W=None your field should give W(t0): the write of the first "
@@ -158,8 +175,16 @@ def _built_counts(hidden: int, channels: int, heads: int) -> tuple[int, int]:
 def _judge_field_outputs(answer: Any) -> Optional[str]:
     if not callable(answer):
         return f"expected a function counts(hidden, channels, heads), got {type(answer).__name__}"
-    for size in SIZES:
-        ncde, fwp = (int(n) for n in answer(*size))
+    generator = fresh_generator()
+    sizes = list(SIZES)
+    for _ in range(2):
+        heads = fresh_int(generator, 1, 8)
+        sizes.append((heads * fresh_int(generator, 1, 12), fresh_int(generator, 1, 30), heads))
+    for size in sizes:
+        counts = [as_count(n) for n in answer(*size)]
+        if len(counts) != 2 or None in counts:
+            return f"return two whole numbers (ncde, fwp), got {answer(*size)!r}"
+        ncde, fwp = counts
         expected_ncde, expected_fwp = _built_counts(*size)
         if ncde != expected_ncde:
             return ("a Neural CDE's vector field is a matrix that multiplies dX/dt: how many "

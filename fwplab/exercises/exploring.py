@@ -9,13 +9,14 @@ from torch import Tensor
 
 from ..models import ContinuousFWP, build_model
 from ..widgets.explorer import cut_predictions
-from . import exercise
+from . import as_tensor, exercise, fresh_float, fresh_generator, fresh_int
 
 #: Tolerance of the probability comparisons (float32 models).
 PROBABILITY_TOLERANCE = 1e-5
 #: Relative tolerance of the float64 comparisons.
 TOLERANCE = 1e-9
-#: Cut points checked by the judge of "05.cut-prediction".
+#: Cut points of the judge's former fixed check of "05.cut-prediction" (the judge now draws a
+#: fresh model, series and cut points; a lookup table of these outputs is a recorded wrong answer).
 CUT_POINTS = (1, 3, 6)
 #: RK4 steps of the reference solve of the delta rule in "05.delta-error-decay".
 RK4_STEPS = 400
@@ -31,11 +32,11 @@ def _small_model(seed: int = 0) -> ContinuousFWP:
     return model.eval()
 
 
-def _series(seed: int = 0) -> Tensor:
-    """One series ``(1, 8, CHANNELS)``: a time channel and two random channels."""
+def _series(seed: int = 0, length: int = 8) -> Tensor:
+    """One series ``(1, length, CHANNELS)``: a time channel and two random channels."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 8, CHANNELS, generator=generator)
-    x[..., 0] = torch.arange(8.0)
+    x = torch.randn(1, length, CHANNELS, generator=generator)
+    x[..., 0] = torch.arange(float(length))
     return x
 
 
@@ -57,7 +58,13 @@ def _wrong_cuts() -> list[Callable]:
         with torch.no_grad():
             return torch.softmax(model(x), -1)[0]
 
-    return [streamed, one_too_short, whole_series]
+    # a lookup table of the outputs on the model, series and cut points once checked
+    table = {i: _cut_solution(_small_model(), _series(), i) for i in CUT_POINTS}
+
+    def looked_up(model, x, i):
+        return table[i] if i in table else _cut_solution(_small_model(), _series(), 1)
+
+    return [streamed, one_too_short, whole_series, looked_up]
 
 
 @exercise(
@@ -71,12 +78,16 @@ def _wrong_cuts() -> list[Callable]:
 def _judge_cut(answer: Any) -> Optional[str]:
     if not callable(answer):
         return f"expected a function cut(model, x, i), got {type(answer).__name__}"
-    model, x = _small_model(), _series()
+    generator = fresh_generator()
+    length = fresh_int(generator, 6, 10)
+    model = _small_model(fresh_int(generator, 0, 2**31))
+    x = _series(fresh_int(generator, 0, 2**31), length)
     expected = cut_predictions(model, x)
     with torch.no_grad():
         streamed = torch.softmax(model(x, stream=True), -1)[0]
-    for i in CUT_POINTS:
-        probabilities = torch.as_tensor(answer(model, x, i), dtype=expected.dtype).detach()
+    cut_points = sorted({1, length - 2, fresh_int(generator, 2, length - 2)})
+    for i in cut_points:
+        probabilities = as_tensor(answer(model, x, i), expected.dtype)
         if probabilities.shape != expected[i].shape:
             return (f"expected probabilities of shape {tuple(expected[i].shape)}, "
                     f"got {tuple(probabilities.shape)}")
@@ -131,16 +142,16 @@ def _judge_crosstalk_rate(answer: Any) -> Optional[str]:
     if not callable(answer):
         return ("expected a function rate(W, k, v, beta, other_key, other_value), got "
                 f"{type(answer).__name__}")
-    generator = torch.Generator().manual_seed(5)
+    generator = fresh_generator()
     for _ in range(4):
-        W = torch.randn(6, 6, dtype=torch.float64, generator=generator)
-        k, other_key = torch.softmax(torch.randn(2, 6, dtype=torch.float64,
+        d = fresh_int(generator, 2, 8)
+        W = torch.randn(d, d, dtype=torch.float64, generator=generator)
+        k, other_key = torch.softmax(torch.randn(2, d, dtype=torch.float64,
                                                  generator=generator), -1)
-        v, other_value = torch.tanh(torch.randn(2, 6, dtype=torch.float64, generator=generator))
+        v, other_value = torch.tanh(torch.randn(2, d, dtype=torch.float64, generator=generator))
         beta = float(torch.rand((), dtype=torch.float64, generator=generator))
         expected = float(_crosstalk_rate_solution(W, k, v, beta, other_key, other_value))
-        value = torch.as_tensor(answer(W, k, v, beta, other_key, other_value),
-                                dtype=torch.float64)
+        value = as_tensor(answer(W, k, v, beta, other_key, other_value), torch.float64)
         if value.numel() != 1:
             return f"expected one number, got shape {tuple(value.shape)}"
         if abs(float(value) - expected) > TOLERANCE * (1 + abs(expected)):
@@ -197,14 +208,16 @@ def _delta_rule_error(W0: Tensor, k: Tensor, v: Tensor, beta: float, t: float) -
 def _judge_decay(answer: Any) -> Optional[str]:
     if not callable(answer):
         return f"expected a function error_after(e0, k, beta, t), got {type(answer).__name__}"
-    generator = torch.Generator().manual_seed(7)
-    for t in (0.5, 2.0, 6.0):
-        W0 = torch.randn(5, 5, dtype=torch.float64, generator=generator)
-        k = torch.softmax(2 * torch.randn(5, dtype=torch.float64, generator=generator), -1)
-        v = torch.tanh(torch.randn(5, dtype=torch.float64, generator=generator))
+    generator = fresh_generator()
+    for t in (fresh_float(generator, 0.2, 1.0), fresh_float(generator, 1.0, 3.0),
+              fresh_float(generator, 3.0, 6.0)):
+        d = fresh_int(generator, 2, 8)
+        W0 = torch.randn(d, d, dtype=torch.float64, generator=generator)
+        k = torch.softmax(2 * torch.randn(d, dtype=torch.float64, generator=generator), -1)
+        v = torch.tanh(torch.randn(d, dtype=torch.float64, generator=generator))
         beta = 0.2 + float(torch.rand((), dtype=torch.float64, generator=generator))
         expected = _delta_rule_error(W0, k, v, beta, t)
-        value = torch.as_tensor(answer(v - W0 @ k, k, beta, t), dtype=torch.float64)
+        value = as_tensor(answer(v - W0 @ k, k, beta, t), torch.float64)
         if value.shape != expected.shape:
             return f"expected shape {tuple(expected.shape)}, got {tuple(value.shape)}"
         if (value - expected).abs().max() > 1e-8 * (1 + expected.abs().max()):

@@ -11,30 +11,71 @@ from torch import Tensor
 from ..data import drop_observations
 from ..models import build_model, count_parameters
 from ..paths import interpolation_coeffs
-from . import exercise
+from . import as_count, as_tensor, exercise, fresh_float, fresh_generator, fresh_int
 
 #: JapaneseVowels as the models see it: time and 12 cepstrum channels, 9 speakers.
 CHANNELS, CLASSES = 13, 9
 #: The defaults of ``fwplab train`` for both models (the japanese-vowels preset).
 HIDDEN, HEADS = 64, 16
-#: Missing rates the drop exercise is checked at.
+#: Missing rates the drop exercise is always checked at (a random one is added).
 RATES = (0.3, 0.5, 0.7)
+#: Series and length of the large batch on which the randomness of the drops is checked.
+RANDOMNESS_BATCH, RANDOMNESS_LENGTH = 400, 40
 
 
-def _test_batch() -> tuple[Tensor, Tensor]:
-    """Five series of 3 data channels, lengths 4..20, padded with NaN after their end."""
-    generator = torch.Generator().manual_seed(4)
-    lengths = torch.tensor([20, 4, 13, 9, 17])
-    x = torch.randn(5, 20, 3, generator=generator)
-    x[torch.arange(20) >= lengths[:, None]] = math.nan
+def _test_batch(generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A random batch of series, random lengths (4 or more), padded with NaN after their end."""
+    batch, length = fresh_int(generator, 3, 8), fresh_int(generator, 8, 30)
+    lengths = torch.randint(4, length + 1, (batch,), generator=generator)
+    lengths[0] = length
+    x = torch.randn(batch, length, fresh_int(generator, 2, 4), generator=generator)
+    x[torch.arange(length) >= lengths[:, None]] = math.nan
     return x, lengths
 
 
 def _drop_and_add_time(x: Tensor, lengths: Tensor, rate: float) -> Tensor:
-    generator = torch.Generator().manual_seed(0)
-    dropped = drop_observations(x, lengths, rate, generator)
+    dropped = drop_observations(x, lengths, rate)  # torch's global generator: a new draw
     time = torch.arange(x.shape[1], dtype=x.dtype)[None, :, None].expand(x.shape[0], -1, 1)
     return torch.cat([time, dropped], dim=-1)
+
+
+def _drop_with_fixed_seed(x: Tensor, lengths: Tensor, rate: float) -> Tensor:
+    """A typical mistake: the same points are dropped at every call."""
+    dropped = drop_observations(x, lengths, rate, torch.Generator().manual_seed(0))
+    time = torch.arange(x.shape[1], dtype=x.dtype)[None, :, None].expand(x.shape[0], -1, 1)
+    return torch.cat([time, dropped], dim=-1)
+
+
+def _drop_the_end(x: Tensor, lengths: Tensor, rate: float) -> Tensor:
+    """A typical mistake: truncation, the last points of each series are dropped."""
+    dropped = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        count = min(math.floor(rate * n), n - 2)
+        if count > 0:
+            dropped[b, n - count:n] = math.nan
+    time = torch.arange(x.shape[1], dtype=x.dtype)[None, :, None].expand(x.shape[0], -1, 1)
+    return torch.cat([time, dropped], dim=-1)
+
+
+def _drop_every_other(x: Tensor, lengths: Tensor, rate: float) -> Tensor:
+    """A typical mistake: a fixed pattern (evenly spread points) instead of a random one."""
+    dropped = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        count = min(math.floor(rate * n), n - 2)
+        if count > 0:
+            chosen = torch.linspace(1, n - 2, count).round().long().unique()
+            extra = [i for i in range(1, n) if i not in set(chosen.tolist())]
+            chosen = (chosen.tolist() + extra)[:count]
+            dropped[b, chosen] = math.nan
+    time = torch.arange(x.shape[1], dtype=x.dtype)[None, :, None].expand(x.shape[0], -1, 1)
+    return torch.cat([time, dropped], dim=-1)
+
+
+def _call_seeded(answer: Callable, seed: int, *args: Any) -> Tensor:
+    """``answer(*args)`` with torch's global generator seeded, leaving the caller's state alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return as_tensor(answer(*args))
 
 
 def _drop_channelwise(x: Tensor, lengths: Tensor, rate: float) -> Tensor:
@@ -54,18 +95,23 @@ def _drop_time_too(x: Tensor, lengths: Tensor, rate: float) -> Tensor:
 @exercise(
     "04.drop-observations",
     "Write prepare(x, lengths, rate): x holds data channels (batch, time, channels), NaN "
-    "after each series' end. Drop the fraction `rate` of each series' observed time points "
-    "(all channels at once, at least two kept), then put a complete time channel "
+    "after each series' end. Drop the fraction `rate` of each series' observed time points, "
+    "chosen at random (all channels at once, at least two kept), then put a complete time channel "
     "0, 1, ..., time - 1 first. Return (batch, time, channels + 1).",
     solution=lambda: _drop_and_add_time,
     wrong_answers=lambda: [_drop_channelwise, _drop_time_too,
-                           lambda x, lengths, rate: drop_observations(x, lengths, rate)],
+                           lambda x, lengths, rate: drop_observations(x, lengths, rate),
+                           _drop_with_fixed_seed, _drop_the_end, _drop_every_other],
 )
 def _judge_drop(answer: Callable[[Tensor, Tensor, float], Tensor]) -> Optional[str]:
-    x, lengths = _test_batch()
+    if not callable(answer):
+        return f"expected a function prepare(x, lengths, rate), got {type(answer).__name__}"
+    generator = fresh_generator()
+    x, lengths = _test_batch(generator)
     batch, length, channels = x.shape
-    for rate in RATES:
-        prepared = answer(x.clone(), lengths.clone(), rate)
+    for rate in RATES + (fresh_float(generator, 0.1, 0.9),):
+        seed = fresh_int(generator, 0, 2**31)
+        prepared = _call_seeded(answer, seed, x.clone(), lengths.clone(), rate).to(x.dtype)
         if tuple(prepared.shape) != (batch, length, channels + 1):
             return (f"expected shape {(batch, length, channels + 1)} (time channel first), "
                     f"got {tuple(prepared.shape)}")
@@ -84,9 +130,31 @@ def _judge_drop(answer: Callable[[Tensor, Tensor, float], Tensor]) -> Optional[s
                 return (f"at rate {rate} a series of {n} points should lose "
                         f"floor({rate} * {n}) of them (keeping at least two), yours lost "
                         f"{dropped}")
-        coeffs = interpolation_coeffs(prepared, lengths=lengths)
+        coeffs = interpolation_coeffs(prepared.to(x.dtype), lengths=lengths)
         if not bool(coeffs.isfinite().all()):
             return "the path through your series has non-finite coefficients"
+    return _judge_randomness(answer, generator)
+
+
+def _judge_randomness(answer: Callable, generator: torch.Generator) -> Optional[str]:
+    """Two seeds give different drops, and every position is about equally likely to go."""
+    x = torch.randn(RANDOMNESS_BATCH, RANDOMNESS_LENGTH, 1, generator=generator)
+    lengths = torch.full((RANDOMNESS_BATCH,), RANDOMNESS_LENGTH)
+    rate = 0.5
+    first, second = fresh_int(generator, 0, 2**30), fresh_int(generator, 2**30 + 1, 2**31)
+    drops = [_call_seeded(answer, seed, x.clone(), lengths.clone(), rate)[..., 1].isnan()
+             for seed in (first, second)]
+    if torch.equal(drops[0], drops[1]):
+        return ("two calls under different random seeds dropped the same points: choose "
+                "the dropped points at random (from torch's random generator), not by a rule "
+                "or a fixed seed")
+    half = RANDOMNESS_LENGTH // 2
+    for name, part in (("first", drops[0][:, :half]), ("second", drops[0][:, half:])):
+        frequency = float(part.float().mean())
+        if abs(frequency - rate) > 0.1:
+            return (f"on {RANDOMNESS_BATCH} series of {RANDOMNESS_LENGTH} points at rate {rate}, "
+                    f"the {name} half of the time points was dropped with frequency "
+                    f"{frequency:.2f}: every point should be equally likely to be dropped")
     return None
 
 
@@ -116,7 +184,10 @@ def _fewer() -> tuple[str, int]:
                                num_heads=4)))],
 )
 def _judge_fewer(answer: Any) -> Optional[str]:
-    name, count = answer
+    name, raw_count = answer
+    count = as_count(raw_count)
+    if count is None:
+        return f"the count is a whole number of parameters, got {raw_count!r}"
     counts = _parameters()
     right_name, right_count = _fewer()
     if name not in counts:
@@ -124,7 +195,7 @@ def _judge_fewer(answer: Any) -> Optional[str]:
     if name != right_name:
         return ("compare both counts: build each model with fwplab.build_model and count with "
                 "fwplab.count_parameters")
-    if int(count) != right_count:
+    if count != right_count:
         return (f"right model, but {count} is not its count: use hidden_channels={HIDDEN} and "
                 f"num_heads={HEADS}, {CHANNELS} inputs and {CLASSES} outputs")
     return None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 from ..cli import _model_options, _train_config, build_parser
 from ..models import build_model, count_parameters
 from ..presets import get_preset, preset_argv
 from ..train import TrainConfig
-from . import exercise
+from . import as_count, as_number, close_number, exercise, near_miss
 
 #: Input channels (time and 34 measurements) and classes of the sepsis data without OI.
 SEPSIS_NO_OI_CHANNELS, SEPSIS_CLASSES = 35, 2
@@ -36,14 +35,16 @@ def _sepsis_oi_lr_at_smaller_batch() -> float:
                            SEPSIS_OI_BASE_LR * SMALLER_BATCH, 1e-5 * SMALLER_BATCH / 32],
 )
 def _judge_sepsis_lr(answer: Any) -> Optional[str]:
-    value = float(answer)
-    if math.isclose(value, _sepsis_oi_lr_at_smaller_batch(), rel_tol=1e-3):
+    value = as_number(answer)
+    if close_number(value, _sepsis_oi_lr_at_smaller_batch()):
         return None
-    if math.isclose(value, SEPSIS_OI_BASE_LR, rel_tol=1e-3):
+    if near_miss(value, _sepsis_oi_lr_at_smaller_batch()):
+        return near_miss(value, _sepsis_oi_lr_at_smaller_batch())
+    if close_number(value, SEPSIS_OI_BASE_LR):
         return "that is the base rate; the official code scales it with the batch size"
-    if math.isclose(value, get_preset("sepsis-oi").train["lr"], rel_tol=1e-3):
+    if close_number(value, get_preset("sepsis-oi").train["lr"]):
         return "that is the rate at batches of 1024; the rate follows the batch size"
-    if math.isclose(value, 1e-5 * SMALLER_BATCH / 32, rel_tol=1e-3):
+    if close_number(value, 1e-5 * SMALLER_BATCH / 32):
         return "1e-5 was the base rate of an older README; the camera-ready one differs"
     return "the official rate is base_lr * batch_size / 32"
 
@@ -72,9 +73,9 @@ def _parameters_without(option: str, value: Any) -> int:
                            _sepsis_no_oi_parameters() - 2],
 )
 def _judge_parameters(answer: Any) -> Optional[str]:
-    if isinstance(answer, bool) or int(answer) != answer:
+    value = as_count(answer)
+    if value is None:
         return f"expected a whole number of parameters, got {answer!r}"
-    value = int(answer)
     if value == _sepsis_no_oi_parameters():
         return None
     if value == _parameters_without("v_layernorm", False):

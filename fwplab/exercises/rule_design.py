@@ -8,7 +8,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from . import exercise
+from ..rules.fast_weight import oja_update
+from . import as_tensor, exercise, fresh_float, fresh_generator, fresh_int, package_pass_through
 
 #: Relative tolerance of the float64 comparisons.
 TOLERANCE = 1e-8
@@ -17,7 +18,7 @@ DECAY_CASES = ((0.5, 0.8, 0.3), (2.0, 0.2, 1.7), (0.1, 1.0, 4.0))
 #: Steps of the judge's RK4 reference solve of the decaying Hebb rule.
 RK4_STEPS = 2000
 #: Batch and head dimensions, and the size d, of the judge's random fields.
-FIELD_SHAPE, SIZE = (3, 2), 5
+FIELD_SHAPE, SIZE = (3, 2), 5  # sizes of the former fixed cases; the judges now draw theirs
 #: The structures a rule record can declare.
 STRUCTURES = ("hebb", "delta", "oja", "general")
 
@@ -26,14 +27,16 @@ def _outer(a: Tensor, b: Tensor) -> Tensor:
     return a.unsqueeze(-1) * b.unsqueeze(-2)
 
 
-def _random_case(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Random ``W (..., d, d)``, softmax key, tanh value and sigmoid rate ``(..., 1)``, float64."""
-    generator = torch.Generator().manual_seed(seed)
+def _random_case(generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Random ``W (..., d, d)``, softmax key, tanh value and sigmoid rate ``(..., 1)``, float64,
+    of random leading dimensions and size d."""
+    leading = (fresh_int(generator, 1, 4), fresh_int(generator, 1, 3))
+    size = fresh_int(generator, 2, 7)
 
     def draw(*shape: int) -> Tensor:
-        return torch.randn(*FIELD_SHAPE, *shape, generator=generator, dtype=torch.float64)
+        return torch.randn(*leading, *shape, generator=generator, dtype=torch.float64)
 
-    return (draw(SIZE, SIZE), torch.softmax(draw(SIZE), -1), torch.tanh(draw(SIZE)),
+    return (draw(size, size), torch.softmax(draw(size), -1), torch.tanh(draw(size)),
             torch.sigmoid(draw(1)))
 
 
@@ -89,13 +92,16 @@ def _judge_decay(answer: Any) -> Optional[str]:
     if not callable(answer):
         return ("expected a function W_at(W0, key, value, rate, decay, t), got "
                 f"{type(answer).__name__}")
-    generator = torch.Generator().manual_seed(8)
-    W0 = torch.randn(SIZE, SIZE, generator=generator, dtype=torch.float64)
-    key = torch.softmax(torch.randn(SIZE, generator=generator, dtype=torch.float64), -1)
-    value = torch.tanh(torch.randn(SIZE, generator=generator, dtype=torch.float64))
-    for decay, rate, t in DECAY_CASES:
+    generator = fresh_generator()
+    size = fresh_int(generator, 2, 7)
+    W0 = torch.randn(size, size, generator=generator, dtype=torch.float64)
+    key = torch.softmax(torch.randn(size, generator=generator, dtype=torch.float64), -1)
+    value = torch.tanh(torch.randn(size, generator=generator, dtype=torch.float64))
+    cases = list(DECAY_CASES) + [(fresh_float(generator, 0.1, 2.0), fresh_float(generator, 0.1, 1.0),
+                                  fresh_float(generator, 0.1, 4.0))]
+    for decay, rate, t in cases:
         expected = _decay_reference(W0, key, value, rate, decay, t)
-        got = torch.as_tensor(answer(W0, key, value, rate, decay, t), dtype=torch.float64)
+        got = as_tensor(answer(W0.clone(), key, value, rate, decay, t), torch.float64)
         if got.shape != expected.shape:
             return f"expected W(t) of shape {tuple(expected.shape)}, got {tuple(got.shape)}"
         if not torch.allclose(got, expected, rtol=TOLERANCE, atol=TOLERANCE):
@@ -127,7 +133,7 @@ def _wrong_oja_fields() -> list[Callable]:
         key = key - torch.matmul(W.transpose(-1, -2), value.unsqueeze(-1)).squeeze(-1)
         return rate.unsqueeze(-1) * _outer(value, key)
 
-    return [through_W_k, no_rate, transposed, ignores_none]
+    return [through_W_k, no_rate, transposed, ignores_none, oja_update]
 
 
 @exercise(
@@ -142,15 +148,19 @@ def _wrong_oja_fields() -> list[Callable]:
 def _judge_oja_field(answer: Any) -> Optional[str]:
     if not callable(answer):
         return f"expected a function field(W, key, value, rate), got {type(answer).__name__}"
-    W, key, value, rate = _random_case(seed=1)
-    start = torch.as_tensor(answer(None, key, value, rate), dtype=torch.float64)
+    refused = package_pass_through(answer, ("oja_update", "softmax_oja_update", "RULES",
+                                            "get_rule"))
+    if refused:
+        return refused
+    W, key, value, rate = _random_case(fresh_generator())
+    start = as_tensor(answer(None, key, value, rate), torch.float64)
     if start.shape != W.shape:
         return f"with W=None, expected shape {tuple(W.shape)}, got {tuple(start.shape)}"
     if not torch.allclose(start, _oja_style_field(None, key, value, rate), rtol=TOLERANCE,
                           atol=TOLERANCE):
         return ("with W=None the field is the W-independent part beta v k^T: rows follow the "
                 "value, columns the key, scaled by the rate")
-    got = torch.as_tensor(answer(W, key, value, rate), dtype=torch.float64)
+    got = as_tensor(answer(W, key, value, rate), torch.float64)
     if got.shape != W.shape:
         return f"expected dW/dt of shape {tuple(W.shape)}, got {tuple(got.shape)}"
     if not torch.allclose(got, _oja_style_field(W, key, value, rate), rtol=TOLERANCE,
