@@ -22,6 +22,7 @@ from fwplab.rl import (  # noqa: E402
     train_agent,
 )
 from fwplab.rl import agent as agent_module  # noqa: E402
+from test_train import one_thread  # noqa: E402, F401 (autouse fixture)
 
 #: Seconds-long settings: the whole schedule with every part exercised.
 TOY = dict(env="swimmer", latent_dim=8, num_heads=2, ff_dim=8, ode_dim=8, encoder_width=4,
@@ -31,12 +32,6 @@ TOY = dict(env="swimmer", latent_dim=8, num_heads=2, ff_dim=8, ode_dim=8, encode
            ddpg_batch=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _curves(metrics):

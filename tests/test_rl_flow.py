@@ -12,6 +12,7 @@ import torchdiffeq
 from torch import nn
 
 from fwplab.rl.flow import METHODS, MLPField, flow, mlp_field
+from test_train import one_thread  # noqa: F401 (autouse fixture)
 
 flow_module = importlib.import_module("fwplab.rl.flow")  # the module, not the function
 GRIDS = ([0.0, 1.0, 2.0, 5.0, 7.0], [0.0, 0.5, 2.0], [0.0, 3.0])
@@ -51,12 +52,6 @@ def ours(field: Counted, z, grid, **options):
     return solution, field.calls
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

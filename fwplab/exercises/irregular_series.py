@@ -33,42 +33,48 @@ def _test_batch(generator: torch.Generator) -> tuple[Tensor, Tensor]:
     return x, lengths
 
 
+def _time_channel(x: Tensor) -> Tensor:
+    """The complete time channel ``0, 1, ..., time - 1`` of ``x``, shape ``(batch, time, 1)``."""
+    return torch.arange(x.shape[1], dtype=x.dtype)[None, :, None].expand(x.shape[0], -1, 1)
+
+
 def _drop_and_add_time(x: Tensor, lengths: Tensor, rate: float) -> Tensor:
     dropped = drop_observations(x, lengths, rate)  # torch's global generator: a new draw
-    time = torch.arange(x.shape[1], dtype=x.dtype)[None, :, None].expand(x.shape[0], -1, 1)
-    return torch.cat([time, dropped], dim=-1)
+    return torch.cat([_time_channel(x), dropped], dim=-1)
 
 
 def _drop_with_fixed_seed(x: Tensor, lengths: Tensor, rate: float) -> Tensor:
     """A typical mistake: the same points are dropped at every call."""
     dropped = drop_observations(x, lengths, rate, torch.Generator().manual_seed(0))
-    time = torch.arange(x.shape[1], dtype=x.dtype)[None, :, None].expand(x.shape[0], -1, 1)
-    return torch.cat([time, dropped], dim=-1)
+    return torch.cat([_time_channel(x), dropped], dim=-1)
+
+
+def _drop_chosen(x: Tensor, lengths: Tensor, rate: float,
+                 choose: Callable[[int, int], list[int]]) -> Tensor:
+    """Drop, in each series of ``n`` points, the ``min(floor(rate n), n - 2)`` points
+    ``choose(n, count)`` picks (the wrong answers' deterministic choices), time channel first."""
+    dropped = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        count = min(math.floor(rate * n), n - 2)
+        if count > 0:
+            dropped[b, choose(n, count)] = math.nan
+    return torch.cat([_time_channel(x), dropped], dim=-1)
 
 
 def _drop_the_end(x: Tensor, lengths: Tensor, rate: float) -> Tensor:
     """A typical mistake: truncation, the last points of each series are dropped."""
-    dropped = x.clone()
-    for b, n in enumerate(lengths.tolist()):
-        count = min(math.floor(rate * n), n - 2)
-        if count > 0:
-            dropped[b, n - count:n] = math.nan
-    time = torch.arange(x.shape[1], dtype=x.dtype)[None, :, None].expand(x.shape[0], -1, 1)
-    return torch.cat([time, dropped], dim=-1)
+    return _drop_chosen(x, lengths, rate, lambda n, count: list(range(n - count, n)))
+
+
+def _evenly_spread(n: int, count: int) -> list[int]:
+    chosen = torch.linspace(1, n - 2, count).round().long().unique().tolist()
+    extra = [i for i in range(1, n) if i not in set(chosen)]
+    return (chosen + extra)[:count]
 
 
 def _drop_every_other(x: Tensor, lengths: Tensor, rate: float) -> Tensor:
     """A typical mistake: a fixed pattern (evenly spread points) instead of a random one."""
-    dropped = x.clone()
-    for b, n in enumerate(lengths.tolist()):
-        count = min(math.floor(rate * n), n - 2)
-        if count > 0:
-            chosen = torch.linspace(1, n - 2, count).round().long().unique()
-            extra = [i for i in range(1, n) if i not in set(chosen.tolist())]
-            chosen = (chosen.tolist() + extra)[:count]
-            dropped[b, chosen] = math.nan
-    time = torch.arange(x.shape[1], dtype=x.dtype)[None, :, None].expand(x.shape[0], -1, 1)
-    return torch.cat([time, dropped], dim=-1)
+    return _drop_chosen(x, lengths, rate, _evenly_spread)
 
 
 def _call_seeded(answer: Callable, seed: int, *args: Any) -> Tensor:
@@ -82,14 +88,12 @@ def _drop_channelwise(x: Tensor, lengths: Tensor, rate: float) -> Tensor:
     """A typical mistake: every channel loses its own points."""
     dropped = torch.cat([drop_observations(x[..., c:c + 1], lengths, rate) for c in
                          range(x.shape[-1])], dim=-1)
-    time = torch.arange(x.shape[1], dtype=x.dtype)[None, :, None].expand(x.shape[0], -1, 1)
-    return torch.cat([time, dropped], dim=-1)
+    return torch.cat([_time_channel(x), dropped], dim=-1)
 
 
 def _drop_time_too(x: Tensor, lengths: Tensor, rate: float) -> Tensor:
     """A typical mistake: the time channel is dropped along with the data."""
-    time = torch.arange(x.shape[1], dtype=x.dtype)[None, :, None].expand(x.shape[0], -1, 1)
-    return drop_observations(torch.cat([time, x], dim=-1), lengths, rate)
+    return drop_observations(torch.cat([_time_channel(x), x], dim=-1), lengths, rate)
 
 
 @exercise(

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..baselines import _positive_ints
 from ..train import _atomic_write, _RunFolderLock, _write_json
 from .buffers import (
     ChunkBuffer,
@@ -133,11 +134,9 @@ class RLConfig:
         if self.model not in WORLD_MODELS:
             raise ValueError(f"model: expected one of {', '.join(WORLD_MODELS)}, "
                              f"got {self.model!r}")
-        for name in ("model_batch", "max_passes", "patience_start", "patience_min", "epochs",
-                     "decisions_per_epoch", "max_steps", "eval_episodes", "memory", "ddpg_batch"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        counts = ("model_batch", "max_passes", "patience_start", "patience_min", "epochs",
+                  "decisions_per_epoch", "max_steps", "eval_episodes", "memory", "ddpg_batch")
+        _positive_ints(**{name: getattr(self, name) for name in counts})
         if not isinstance(self.random_decisions, int) or self.random_decisions < self.horizon:
             raise ValueError(f"random_decisions: expected an integer >= horizon {self.horizon}, "
                              f"got {self.random_decisions!r}")
@@ -182,6 +181,7 @@ class RLRun:
         torch.manual_seed(c.seed)
         self.rng = np.random.default_rng(c.seed)
         self.env = make_env(c.env, c.seed)
+        self.planner = c.planner()
         self.reward = functools.partial(self.env.model_reward,
                                         in_seconds=c.planning_reward == "seconds")
         self.model: WorldModel = build_world_model(c.model, spec.state_dim, spec.action_dim,
@@ -225,7 +225,7 @@ class RLRun:
                 action = self.rng.uniform(-1.0, 1.0, env.spec.action_dim)
             elif tracking:
                 action = plan(self.model, self.reward, self.stats, self.agent, s_hat, latent,
-                              c.planner()).action.cpu().numpy().astype(np.float64)
+                              self.planner).action.cpu().numpy().astype(np.float64)
             else:
                 action = self.agent.act(s_hat[None], c.proposal_noise)[0].cpu().numpy()
                 action = action.astype(np.float64)

@@ -22,11 +22,13 @@ from typing import Any, Callable
 import torch
 
 from .agent import CHECKPOINT, train_agent
+from .envs import ENVS
+from .flow import METHODS
 from .presets import RL_PRESETS, rl_preset
+from .world_models import RULE_UPDATES, WORLD_MODELS
 
 __all__ = ["add_parser", "run"]
 
-_SOLVERS = ("dopri5", "rk4", "midpoint", "euler")
 
 
 def add_parser(commands: Any, positive_int, seed) -> argparse.ArgumentParser:
@@ -40,15 +42,16 @@ def add_parser(commands: Any, positive_int, seed) -> argparse.ArgumentParser:
                                        for p in RL_PRESETS.values()))
     parser.add_argument("--preset", choices=list(RL_PRESETS), default="small",
                         help="the settings (default small)")
-    parser.add_argument("--env", choices=["hopper", "swimmer", "half_cheetah"],
+    parser.add_argument("--env", choices=[name for name, spec in ENVS.items()
+                                          if spec.continuous_actions],
                         help="the semi-MDP (default: the preset's)")
-    parser.add_argument("--model", choices=["latent-ode", "latent-ode-rfwp", "latent-ode-cfwp"],
+    parser.add_argument("--model", choices=list(WORLD_MODELS),
                         default=None, help="the world model (default latent-ode-rfwp)")
-    parser.add_argument("--rule", choices=["hebb", "oja", "delta"],
+    parser.add_argument("--rule", choices=list(RULE_UPDATES),
                         help="the fast-weight models' learning rule (default hebb)")
     parser.add_argument("--seed", type=seed, help="the seed (default 1)")
     parser.add_argument("--epochs", type=positive_int, help="model-based epochs")
-    parser.add_argument("--solver", choices=_SOLVERS,
+    parser.add_argument("--solver", choices=list(METHODS),
                         help="the world model's ODE method (default dopri5, the official)")
     parser.add_argument("--step-size", type=float, metavar="H",
                         help="a fixed-grid solver's step (gaps are integers: 1 or 0.5 fit)")

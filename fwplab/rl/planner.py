@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from ..baselines import _positive_ints
 from .buffers import RunningStats
 from .ddpg import DDPG
 from .world_models import Latent, WorldModel
@@ -50,10 +51,7 @@ class PlannerConfig:
     discount_at: str = "end"
 
     def __post_init__(self) -> None:
-        for name in ("candidates", "horizon", "elite"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        _positive_ints(candidates=self.candidates, horizon=self.horizon, elite=self.elite)
         if self.elite > self.candidates:
             raise ValueError(f"elite {self.elite} exceeds candidates {self.candidates}")
         if self.discount_at not in ("end", "start"):

@@ -50,6 +50,7 @@ import torchdiffeq
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from ..baselines import _positive_ints
 from .flow import METHODS, flow, mlp_field
 
 __all__ = [
@@ -146,11 +147,9 @@ class WorldModelConfig:
     adjoint: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("state_dim", "action_dim", "latent_dim", "num_heads", "ff_dim", "ode_dim",
-                     "encoder_width", "min_gap"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        sizes = ("state_dim", "action_dim", "latent_dim", "num_heads", "ff_dim", "ode_dim",
+                 "encoder_width", "min_gap")
+        _positive_ints(**{name: getattr(self, name) for name in sizes})
         if not isinstance(self.max_gap, int) or self.max_gap < self.min_gap:
             raise ValueError(f"max_gap: expected an integer >= min_gap {self.min_gap}, "
                              f"got {self.max_gap!r}")
@@ -298,6 +297,8 @@ class WorldModel(nn.Module):
         x_dim = c.state_dim + c.action_dim
         self.encoder = _Encoder(x_dim, c.latent_dim, c.encoder_width)
         self.field = _Field(c.latent_dim, c.ode_dim)
+        # the same layers as an MLPField, whose buffers the planner's solves reuse
+        self._field_mlp = mlp_field([m for m in self.field.net if isinstance(m, nn.Linear)])
         self.decoder = nn.Linear(c.latent_dim, c.state_dim)
         self.timer = _mlp([x_dim + c.latent_dim, 20, c.gap_classes])
         if not self.record.fast_weight:
@@ -345,7 +346,7 @@ class WorldModel(nn.Module):
             return torchdiffeq.odeint_adjoint(field, state, grid, method=c.method, rtol=c.rtol,
                                               atol=c.atol, adjoint_params=tuple(params.values()))
         if field is self.field:  # the MLP as an MLPField: buffered products when planning
-            field = mlp_field([layer for layer in self.field.net if isinstance(layer, nn.Linear)])
+            field = self._field_mlp
         return flow(field, state, grid, method=c.method, rtol=c.rtol, atol=c.atol,
                     step_size=c.step_size)
 
