@@ -14,7 +14,7 @@ instruction set, ``-march=native`` / ``-mcpu=native``, so it also builds on ARM
 laptops; the dense loops use GCC/Clang vector types), has no dependency on PyTorch
 headers and is called through ``ctypes`` with the
 tensors' data pointers. Hebb rules need no kernel: they have no time loop.
-The build compiles this one file only (about 20 s on two cores).
+The build compiles this one file only (about 15 s on two idle cores).
 
 The same kernel can also compute the controls itself (:class:`FusedKernelRecurrence`,
 the models' solver ``"fused"``): given the path's pieces and the slow net's weights
@@ -26,35 +26,33 @@ walks it in reverse and backpropagates into the slow net's weights (per-thread s
 added up at the end). Its row-major products keep a tile of up to 6 rows x 4 vectors in
 registers.
 
-It is built with ``torch.utils.cpp_extension`` on first use into
-``$FWPLAB_KERNEL_CACHE`` (default ``~/.cache/fwplab/kernels/<torch>-<python>-<cpu>``,
-one folder per CPU model since the code uses the host's instruction set)
-and reused afterwards. Where no compiler or ``ninja`` is present, or the build
-fails, :func:`available` warns once and returns ``False``, and the models fall
-back to the pure-PyTorch fast path. ``FWPLAB_KERNEL=0`` keeps the ``"auto"``
-solver off the kernel. The build is quiet: PyTorch's build messages (such as its
-"No CUDA runtime is found" notice on machines without a GPU) are kept off stderr,
-and only a failure reaches the user, as that one-line warning.
+It is compiled on first use with the system's C++ compiler (:mod:`fwplab.kernels.build`:
+``$CXX`` or ``c++``/``g++``/``clang++``; no ``ninja``, no PyTorch headers) into a folder of
+``$FWPLAB_KERNEL_CACHE`` (default ``~/.cache/fwplab/kernels``) named by a hash of the
+source, the compiler, the flags, the torch and Python versions and the CPU
+(:func:`cache_directory`), saying so once on stderr with the time it took, and reused
+afterwards; a library is loaded only after its size and sha256 match the manifest written
+beside it after a complete build. Where no compiler is present or the build fails,
+:func:`available` warns once (one line) and returns ``False``, and the models fall back to
+the pure-PyTorch fast path. ``FWPLAB_KERNEL=0`` turns the kernel off: nothing is built,
+loaded or locked (:func:`load` refuses in one line). :func:`prepare` builds it before a
+progress bar or a timer starts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import hashlib
-import io
-import logging
 import os
-import platform
-import sys
 import time
 import warnings
 from itertools import pairwise
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
+
+from . import build
 
 __all__ = [
     "SOURCE",
@@ -63,7 +61,7 @@ __all__ = [
     "cache_directory",
     "enabled",
     "load",
-    "quiet_build",
+    "prepare",
     "supports",
     "supports_rule",
     "FusedKernelRecurrence",
@@ -96,7 +94,7 @@ class _Build:
 
 
 def enabled() -> bool:
-    """Whether the ``"auto"`` solver may use the kernel (``FWPLAB_KERNEL`` is not ``0``)."""
+    """Whether the kernel may be built and run (``FWPLAB_KERNEL`` is not ``0``)."""
     return os.environ.get("FWPLAB_KERNEL", "1").strip() != "0"
 
 
@@ -116,145 +114,87 @@ def supports_rule(nonlinearity: str, activations: tuple[str, str, str]) -> bool:
                                                        for a in activations)
 
 
-#: The logger PyTorch's extension builder writes its notices to.
-BUILD_LOGGER = "torch.utils.cpp_extension"
-
-
-@contextlib.contextmanager
-def quiet_build() -> Iterator[list[str]]:
-    """Keep the build's chatter off stderr; yields the list that collects it.
-
-    PyTorch's extension builder logs notices (on a CUDA build of PyTorch without a
-    GPU: "No CUDA runtime is found, using CUDA_HOME=...") and may print or warn; all
-    of it goes into the yielded list instead of stderr.
-    """
-    collected: list[str] = []
-
-    class _Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            collected.append(record.getMessage())
-
-    logger = logging.getLogger(BUILD_LOGGER)
-    handler, propagate = _Collect(), logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
-    printed = io.StringIO()
-    try:
-        with warnings.catch_warnings(record=True) as caught, \
-                contextlib.redirect_stderr(printed), contextlib.redirect_stdout(printed):
-            warnings.simplefilter("always")
-            yield collected
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-        collected.extend(str(w.message) for w in caught)
-        collected.extend(line for line in printed.getvalue().splitlines() if line.strip())
-
-
 def cache_directory() -> Path:
-    """Where the kernel is built: ``$FWPLAB_KERNEL_CACHE`` or a folder under ``~/.cache``.
+    """The cache folder of this kernel's build (:func:`fwplab.kernels.build.library_directory`).
 
-    The default folder is specific to the torch and Python versions and the CPU, since
-    the code is compiled for the host's instruction set.
+    Raises:
+        RuntimeError: no C++ compiler is found.
     """
-    root = os.environ.get("FWPLAB_KERNEL_CACHE")
-    if root:
-        return Path(root).expanduser()
-    version = torch.__version__.replace("+", "_")
-    python = f"py{sys.version_info.major}{sys.version_info.minor}"
-    return (Path.home() / ".cache" / "fwplab" / "kernels"
-            / f"torch{version}-{python}-{platform.machine() or 'cpu'}-{_cpu_tag()}")
+    return build.library_directory(SOURCE, _label())
 
 
-def _cpu_tag() -> str:
-    """A short hash of the CPU model and its instruction set extensions."""
-    description = platform.processor()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        description += "".join(sorted({line for line in lines
-                                       if line.startswith(("model name", "flags", "Features"))}))
-    except OSError:
-        pass
-    return hashlib.sha1(description.encode()).hexdigest()[:8]
+def _label() -> str:
+    """The torch version's part of the build key (the library runs on PyTorch's OpenMP)."""
+    return f"torch{torch.__version__}"
 
 
-def _compiler_flags() -> list[list[str]]:
-    """Flag sets to try in order: with OpenMP and the host's instruction set, without
-    OpenMP (threads of its own), then without either."""
-    if sys.platform == "win32":
-        return [["/O2"]]
-    # The flags PyTorch itself is built with, which let loops with comparisons vectorise.
-    base = ["-O3", "-ffp-contract=fast", "-fno-trapping-math", "-fno-math-errno", "-pthread"]
-    machine = platform.machine().lower()
-    native = ["-mcpu=native"] if machine in ("arm64", "aarch64") else ["-march=native"]
-    return [base + native + [OPENMP_FLAG], base + native, base]
-
-
-#: Built with it, the kernel runs its groups on the OpenMP threads PyTorch already has
-#: (the library asks for ``libgomp.so.1``, which PyTorch loaded): threads of its own had to
-#: share the cores with PyTorch's, which spin after each parallel operation (at B=128,
-#: 2 threads, the fused forward+backward took 92 ms with them, 82 ms with
-#: ``OMP_WAIT_POLICY=PASSIVE``).
-OPENMP_FLAG = "-fopenmp"
+#: The one line :func:`load` gives when ``FWPLAB_KERNEL=0``.
+TURNED_OFF = ("fwplab kernel: turned off by FWPLAB_KERNEL=0; unset it to run solver 'kernel' "
+              "or 'fused', or use solver 'fast'")
 
 
 def load() -> ctypes.CDLL:
-    """Build (first call only) and load the kernel library.
+    """Build (first call on this machine only) and load the kernel library.
 
     Returns:
         The loaded library.
 
     Raises:
-        RuntimeError: naming why the kernel could not be built or loaded.
+        RuntimeError: one line: the kernel is turned off (``FWPLAB_KERNEL=0``), or why it
+            could not be built or loaded.
     """
+    if not enabled():
+        raise RuntimeError(TURNED_OFF)
     if _Build.library is not None:
         return _Build.library
     if _Build.error is not None:
         raise RuntimeError(_Build.error)
-    directory = cache_directory()
-    failures = []
     started = time.perf_counter()
-    for flags in _compiler_flags():
-        try:
-            with quiet_build():
-                from torch.utils import cpp_extension  # its import logs the CUDA notice
-
-                directory.mkdir(parents=True, exist_ok=True)
-                path = cpp_extension.load(
-                    name="fwplab_recurrence", sources=[str(SOURCE)], extra_cflags=flags,
-                    extra_ldflags=[] if sys.platform == "win32" else
-                    ["-pthread", *(f for f in flags if f == OPENMP_FLAG)],
-                    build_directory=str(directory), is_python_module=False, verbose=False,
-                )
-            library = ctypes.CDLL(str(path) if isinstance(path, str) else
-                                  str(directory / "fwplab_recurrence.so"))
-            _declare(library)
-        except Exception as error:  # no compiler, no ninja, failed build or load
-            failures.append(" ".join(f"{type(error).__name__}: {error}".split())[:300])
-            continue
-        _Build.library = library
-        _Build.seconds = time.perf_counter() - started
-        return library
-    _Build.error = "fwplab kernel build failed: " + " | ".join(failures)
-    raise RuntimeError(_Build.error)
+    try:
+        library = ctypes.CDLL(str(build.cached_library(SOURCE, _label())))
+        _declare(library)
+    except (RuntimeError, OSError, AttributeError) as error:  # no compiler, failed build, load
+        _Build.error = "fwplab kernel: " + " ".join(str(error).split())[:400]
+        raise RuntimeError(_Build.error) from None
+    _Build.library = library
+    _Build.seconds = time.perf_counter() - started
+    return library
 
 
 def available() -> bool:
-    """Whether the kernel builds and loads; warns once (one line) when it does not."""
+    """Whether the kernel runs: turned on, builds and loads; warns once (one line) when
+    it is turned on but does not build or load. ``FWPLAB_KERNEL=0``: ``False``, touching
+    nothing."""
+    if not enabled():
+        return False
     try:
         load()
     except RuntimeError as error:
         if not _Build.warned:
             _Build.warned = True
-            first_line = str(error).splitlines()[0][:200]
-            warnings.warn(f"{first_line}; using the pure-PyTorch fast path instead",
+            warnings.warn(f"{error}; using the pure-PyTorch fast path instead",
                           RuntimeWarning, stacklevel=2)
         return False
     return True
 
 
+def prepare(model: torch.nn.Module) -> bool:
+    """Build or load the kernel now if ``model`` would run it, so that its first step does
+    not include the compile: call it before a progress bar or a timer starts.
+
+    Args:
+        model: any module; its submodules with a ``selected_solver()`` method (the FWP
+            models) are asked which solver they run on their parameters' device and dtype.
+
+    Returns:
+        Whether one of them runs the kernel (``"kernel"`` or ``"fused"``).
+    """
+    return any(module.selected_solver() in ("kernel", "fused") for module in model.modules()
+               if callable(getattr(module, "selected_solver", None)))
+
+
 def build_seconds() -> Optional[float]:
-    """Seconds the first :func:`load` of this process took (build or cache hit), if any."""
+    """Seconds the first :func:`load` of this process took (build or verified cache hit)."""
     return _Build.seconds
 
 
