@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import json
 import os
 import signal
 import sys
@@ -49,78 +48,35 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-import torch
-import torch.distributed as dist
-
-from .data import DATASET_NAMES, Dataset, load_dataset, load_ts_pair
-from .data.download import DownloadError
-from .data.transforms import (
-    data_channels,
-    increment_autocorrelation,
-    moving_average,
-    series_scale_spread,
-    standardise_each_series,
-    time_in_windows,
-    warped_copies,
-    with_delays,
-    with_time_features,
-)
-from .devices import retain_freed_memory
-from .models import MODELS, NonFiniteOutputError, build_model, count_parameters
-from .paths import INTERPOLATIONS
 from .presets import (
     DEFAULT_PRESET,
     LONG_SERIES,
     PRESETS,
     SCALE_SPREAD_LIMIT,
     SMOOTHING_WIDTH,
-    TIME_FEATURE_CYCLES,
-    TIME_BUDGET,
-    Choice,
     Preset,
-    adaptive_augmentation,
-    adaptive_data_options,
-    adaptive_ensemble,
-    adaptive_epochs,
-    adaptive_retry,
-    adaptive_train_settings,
     get_preset,
     preset_for_dataset,
 )
-from .train import (
-    CHECKPOINT_NAME,
-    MAX_SEED,
-    History,
-    METRICS_NAME,
-    SCHEDULES,
-    TrainConfig,
-    TrainingDiverged,
-    _atomic_write,
-    _write_json,
-    evaluate_ensemble,
-    fit,
-    load_checkpoint,
-    seconds_per_step,
-)
-from .data.uea_archive import log_signature_dataset
-from . import compare as _compare
-from .rl import command as _rl_command
-from .rl.presets import RL_PRESETS
-from .rules import load_rules_from
+
+# Nothing here imports torch at module level: ``fwplab --help`` and argument errors answer
+# at once; each command imports what it needs when it runs.
 
 __all__ = ["main", "build_parser"]
 
 RUNS_DIR = "runs"
-#: File of an ensemble's members in the run folder (the first one is also checkpoint.pt).
+#: File of an ensemble's members in the run folder (as fwplab.adaptive.ENSEMBLE_NAME).
 ENSEMBLE_NAME = "ensemble.pt"
+#: Files of a run folder (as fwplab.train.CHECKPOINT_NAME and METRICS_NAME).
+CHECKPOINT_NAME, METRICS_NAME = "checkpoint.pt", "metrics.json"
+#: Largest seed (torch's generators take 64 bits; as fwplab.train.MAX_SEED).
+MAX_SEED = 2**63 - 1
 #: Exit status of a command stopped by bad input or a failed run (argparse uses 2 for bad flags).
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 #: Signals that stop a run like Ctrl-C (cleanly: no half-written files), exit status 128 + number.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
                      if hasattr(signal, name))
-#: Share of the machine's memory that weights, gradients and optimiser moments may take.
-MEMORY_SHARE = 0.5
 
 #: ``fwplab train`` flags and the build_model keyword each one sets.
 _MODEL_FLAGS = {
@@ -150,11 +106,12 @@ _TRAIN_FLAGS = {
 }
 #: Flags that may accompany ``--resume`` (everything else comes from the checkpoint).
 _RESUME_FLAGS = ("resume", "device", "no_progress", "allow_changed_data", "rules_from")
-#: Adapted choices a flag overrides (then the choice is not reported): name -> TrainConfig field.
-_CHOICE_FIELDS = {"validation": "val_fraction", "batch size": "batch_size",
-                  "warm-up": "warmup_steps", "patience": "patience"}
 #: Rule files already run in this process (a second run would register the rules twice).
 _LOADED_RULE_FILES: set[str] = set()
+
+
+#: The commands (the parser of each other one is a placeholder until it is used).
+_COMMANDS = ("train", "predict", "compare", "rl", "presets")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -223,8 +180,49 @@ def _number(low: float, high: Optional[float] = None, *, include_low: bool = Fal
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``fwplab`` command."""
+def _lazy_choice(what: str, names: Any) -> Any:
+    """An argparse type checking a name against ``names()`` when a value is given (so that
+    building the parser imports nothing heavy); the error lists the names."""
+    def parse(text: str) -> str:
+        known = list(names())
+        if text not in known:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                             f"{', '.join(known)})")
+        return text
+    parse.__name__ = what
+    return parse
+
+
+def _dataset_names() -> list[str]:
+    from .data import DATASET_NAMES
+    return list(DATASET_NAMES)
+
+
+def _model_names() -> list[str]:
+    from .models import MODELS
+    return list(MODELS)
+
+
+def _interpolations() -> list[str]:
+    from .paths import INTERPOLATIONS
+    return sorted(INTERPOLATIONS)
+
+
+#: What ``fwplab --help`` says of the commands whose parsers are built only when used.
+_LAZY_COMMANDS = {
+    "compare": "train models x data sets (or world models x environments) x seeds; a "
+               "resumable grid (fwplab compare --help)",
+    "rl": "train an agent in a continuous-time environment (fwplab rl --help)",
+}
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The argument parser of the ``fwplab`` command.
+
+    Args:
+        command: the command about to run; the parsers of ``compare`` and ``rl`` (which
+            import torch) are built only for that command or when None (all of them).
+    """
     parser = _Parser(prog="fwplab", description="Continuous-time Fast Weight Programmers: "
                      "train the paper's models on irregularly sampled time series.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -236,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                "(gloo on CPU, nccl on GPU; --batch-size is the global batch).")
 
     data = train.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASET_NAMES, help="a named dataset")
+    data.add_argument("--dataset", type=_lazy_choice("dataset", _dataset_names),
+                      metavar="NAME", help="a named dataset (japanese-vowels, spirals, "
+                      "speech-commands, sepsis, character-trajectories, eigenworms)")
     data.add_argument("--train", metavar="FILE", help="a UEA/UCR .ts TRAIN file (with --test)")
     data.add_argument("--test", metavar="FILE", help="the matching .ts TEST file")
     data.add_argument("--data-root", metavar="DIR",
@@ -268,13 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "when the dataset has no validation split (default 0)")
 
     model = train.add_argument_group("model")
-    model.add_argument("--model", choices=list(MODELS), help="default delta_cde")
+    model.add_argument("--model", type=_lazy_choice("model", _model_names), metavar="NAME",
+                       help="default delta_cde (fwplab.MODELS: the continuous FWPs NAME_cde "
+                            "and NAME_ode of each rule, ncde, gru, discrete_delta, ...)")
     model.add_argument("--hidden", type=_positive_int, metavar="H", help="hidden channels")
     model.add_argument("--heads", type=_positive_int, metavar="N", help="fast weight heads")
     model.add_argument("--ff", type=_positive_int, metavar="F",
                        help="feed-forward width (default 4 H)")
-    model.add_argument("--interpolation", choices=sorted(INTERPOLATIONS),
-                       help="control path (default natural_cubic)")
+    model.add_argument("--interpolation", type=_lazy_choice("interpolation",
+                                                             _interpolations),
+                       metavar="PATH", help="control path (default natural_cubic)")
     model.add_argument("--method", help="torchdiffeq method (default rk4)")
     model.add_argument("--step-size", type=_number(0.0), metavar="S",
                        help="largest solver step (default: the smallest observation gap)")
@@ -294,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--batch-size", type=_positive_int, metavar="B")
     training.add_argument("--lr", type=_number(0.0), metavar="LR", help="peak learning rate")
     training.add_argument("--weight-decay", type=_number(0.0, include_low=True), metavar="WD")
-    training.add_argument("--schedule", choices=SCHEDULES)
+    training.add_argument("--schedule", choices=("cosine", "constant", "plateau"))
     training.add_argument("--grad-clip", type=_number(0.0), metavar="C",
                           help="clip the gradient norm")
     training.add_argument("--grad-scale", type=_number(0.0), metavar="G",
@@ -305,7 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--ensemble", type=_positive_int, metavar="K",
                           help="train K models (seeds S, S+1, ...) and average their class "
                                "probabilities; only for data without a preset (default: as many "
-                               "as the time budget holds, at most 5; 1 when --epochs is given)")
+                               "as the work budget holds for the data's size, at most 5; 1 when "
+                               "--epochs is given)")
+    training.add_argument("--time-limit", type=_number(0.0), metavar="SECONDS",
+                          help="stop training after SECONDS (at the end of an epoch; the whole "
+                               "ensemble) and say so; off by default, so that results do not "
+                               "depend on the machine's speed")
 
     run = train.add_argument_group("run")
     run.add_argument("--device", metavar="DEVICE",
@@ -320,8 +328,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no progress bar")
     _add_rules_from(train)
 
-    _add_rules_from(_compare.add_parser(commands, list(MODELS)))
-    _rl_command.add_parser(commands, _positive_int, _seed)
+    predict = commands.add_parser(
+        "predict", help="apply a trained run (one model or an ensemble) to new series",
+        description="Apply the run in RUN to the series of a .ts file, with the run's "
+                    "transforms and time unit; write one row per series: its class and the "
+                    "probability of every class.")
+    predict.add_argument("run", metavar="RUN", type=_folder, help="a fwplab train run folder")
+    predict.add_argument("--data", metavar="FILE", required=True,
+                         help="a .ts file (labels optional)")
+    predict.add_argument("--out", metavar="CSV", help="write the table there (default: stdout)")
+    predict.add_argument("--device", metavar="DEVICE", help="cpu (default) or cuda")
+    _add_rules_from(predict)
+
+    if command in (None, "compare"):
+        from . import compare as _compare
+        _add_rules_from(_compare.add_parser(commands, _model_names()))
+    else:
+        commands.add_parser("compare", help=_LAZY_COMMANDS["compare"], add_help=False)
+    if command in (None, "rl"):
+        from .rl import command as _rl_command
+        _rl_command.add_parser(commands, _positive_int, _seed)
+    else:
+        commands.add_parser("rl", help=_LAZY_COMMANDS["rl"], add_help=False)
     commands.add_parser("presets", help="list the named presets",
                         description="List the presets of fwplab train --preset and "
                                     "fwplab rl --preset.")
@@ -343,6 +371,9 @@ def _rule_files(argv: Sequence[str]) -> list[str]:
 
 def _load_rule_files(files: Sequence[str]) -> None:
     """Run each rules file once per process (``fwplab.rules.load_rules_from``)."""
+    if not files:
+        return
+    from .rules import load_rules_from
     for file in files:
         key = str(Path(file).resolve())
         if key not in _LOADED_RULE_FILES:
@@ -351,7 +382,8 @@ def _load_rule_files(files: Sequence[str]) -> None:
 
 
 # ------------------------------------------------------------------------ resolution
-def _device(requested: Optional[str]) -> torch.device:
+def _device(requested: Optional[str]) -> Any:
+    import torch
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if requested is None:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
@@ -409,36 +441,6 @@ def _data_spec(args: argparse.Namespace, preset: Preset, seed: int) -> dict[str,
     return spec
 
 
-def _load_data(spec: dict[str, Any]) -> Dataset:
-    common = dict(missing_rate=spec["missing_rate"], seed=spec["seed"], **spec["options"])
-    delays = common.pop("delays", ())
-    copies = common.pop("augment", 0)
-    window_time = common.pop("window_time", False)
-    each_series = common.pop("standardise_each_series", False)
-    cycles = common.pop("time_features", ())
-    width = common.pop("smoothing", 0)
-    if "train" not in spec and not (delays or copies or window_time or each_series or cycles
-                                    or width):
-        return load_dataset(spec["dataset"], root=spec.get("root"), **common)
-    # Warped copies and delayed copies come before the log-signature windows, which
-    # summarise them too.
-    depth, step = common.pop("logsig_depth", 0), common.pop("logsig_step", None)
-    dataset = (load_ts_pair(spec["train"], spec["test"], **common) if "train" in spec else
-               load_dataset(spec["dataset"], root=spec.get("root"), logsig_depth=0, **common))
-    if each_series:
-        dataset = standardise_each_series(dataset, data_channels(dataset))
-    if width:
-        dataset = moving_average(dataset, data_channels(dataset), width)
-    if copies:
-        dataset = dataclasses.replace(dataset, train=warped_copies(
-            dataset.train, data_channels(dataset), copies, spec["seed"]))
-    dataset = with_delays(dataset, delays) if delays else dataset
-    dataset = with_time_features(dataset, cycles) if cycles else dataset
-    if depth and window_time:
-        dataset = time_in_windows(dataset, step)
-    return log_signature_dataset(dataset, depth, step) if depth else dataset
-
-
 def _adapts(args: argparse.Namespace) -> bool:
     """Whether the settings adapt to the data: no --preset, and data no preset trains on."""
     if args.preset is not None:
@@ -447,86 +449,20 @@ def _adapts(args: argparse.Namespace) -> bool:
                                       and preset_for_dataset(args.dataset) is None)
 
 
-#: The data option each adapted data choice sets (a flag giving the option replaces it).
-_OPTION_OF_CHOICE = {"scale": "standardise_each_series", "smoothing": "smoothing",
-                     "time features": "time_features"}
-
-
 def _given_data_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The adaptive data options the flags give (--scale, --smoothing, --time-features)."""
+    """The data options of :func:`fwplab.adaptive.fit_adaptive` the flags give."""
     given: dict[str, Any] = {}
     if args.scale is not None:
         given["standardise_each_series"] = args.scale == "series"
     if args.smoothing is not None:
         given["smoothing"] = args.smoothing
     if args.time_features is not None:
-        given["time_features"] = list(TIME_FEATURE_CYCLES) if args.time_features else []
+        given["time_features"] = bool(args.time_features)
+    if args.warped_copies is not None:
+        given["warped_copies"] = args.warped_copies
+    if args.val_fraction is not None:
+        given["val_fraction"] = args.val_fraction
     return given
-
-
-def _adapt_data(spec: dict[str, Any], dataset: Dataset, val_fraction: Optional[float],
-                copies: Optional[int] = None, given: Optional[dict[str, Any]] = None
-                ) -> tuple[Dataset, list[Choice]]:
-    """Each series on its own scale when amplitudes spread widely, smoothing and time
-    features for short univariate series, log-signature windows for long series, with
-    delayed copies when univariate, and warped copies of the training series when a
-    class has few (recorded in ``spec`` so --resume reloads them). ``val_fraction``,
-    ``copies``: given by flag, or None; ``given``: data options given by flag (a false
-    value turns the option off). Given values are used as they are and not reported."""
-    channels, longest = data_channels(dataset), int(dataset.train.lengths.max())
-    # The smoothing rule reads the increments of short univariate series only.
-    correlation = (increment_autocorrelation(dataset.train, channels)
-                   if longest <= LONG_SERIES and len(channels) == 1 else None)
-    options, choices = adaptive_data_options(
-        longest, series_scale_spread(dataset.train, channels), correlation)
-    given = given or {}
-    for key, value in given.items():
-        options.pop(key, None)
-        if value:
-            options[key] = value
-    choices = [choice for choice in choices if _OPTION_OF_CHOICE.get(choice.name) not in given]
-    counts = [int(c) for c in torch.bincount(dataset.train.y.cpu()) if c > 0]
-    validation = (dataset.val is not None or (
-        val_fraction if val_fraction is not None
-        else adaptive_train_settings(counts)[0]["val_fraction"]) > 0)
-    more, extra = adaptive_augmentation(counts, validation) if copies is None else (
-        {"augment": copies} if copies else {}, [])
-    options.update(more)
-    choices += extra
-    if options:
-        spec["options"].update(options)
-        dataset = _load_data(spec)
-    return dataset, choices
-
-
-def _adapt_training(args: argparse.Namespace, dataset: Dataset, model: torch.nn.Module,
-                    dataset_copies: int = 0) -> tuple[TrainConfig, list[Choice]]:
-    """TrainConfig adapted to the data; explicit flags win over every adapted value."""
-    given = {_TRAIN_FLAGS[flag]: value for flag, value in _given(args, _TRAIN_FLAGS).items()}
-    # Warped copies are not more series to validate on or to size the batch by.
-    counts = torch.bincount(dataset.train.y.cpu(), minlength=dataset.num_classes) // (
-        1 + dataset_copies)
-    settings, choices = adaptive_train_settings(
-        [int(count) for count in counts if count > 0])
-    settings.update(given)
-    held = 0
-    if dataset.val is None and settings["val_fraction"]:
-        held = sum(round(settings["val_fraction"] * int(count)) for count in counts)
-    has_validation = dataset.val is not None or held > 0
-    training = max(1, len(dataset.train) - held)  # fit refuses an empty training part
-    step_seconds = None
-    if "epochs" not in given:
-        # Every process must plan the same epochs: rank 0's measurement is used.
-        step_seconds = _shared(seconds_per_step(model, dataset.train, settings["batch_size"]))
-    budget, more = adaptive_epochs(training, settings["batch_size"], step_seconds,
-                                   has_validation, given.get("epochs"))
-    settings.update({key: value for key, value in budget.items()
-                     if key not in given or key == "epochs"})
-    if not has_validation and "patience" not in given:  # given: fit explains the conflict
-        settings.pop("patience", None)
-    overridden = {name for name, key in _CHOICE_FIELDS.items() if key in given}
-    choices = [choice for choice in choices + more if choice.name not in overridden]
-    return TrainConfig(**settings), choices
 
 
 def _model_options(args: argparse.Namespace, preset: Preset, name: str) -> dict[str, Any]:
@@ -535,6 +471,7 @@ def _model_options(args: argparse.Namespace, preset: Preset, name: str) -> dict[
     The preset's number of heads carries over to other continuous FWPs only: the
     Neural CDE and the GRU have no heads, the discrete FWP keeps its own default.
     """
+    from .models import MODELS
     carried = ("hidden_channels", "num_heads") if isinstance(MODELS.get(name), tuple) else (
         "hidden_channels",)
     options = dict(preset.model_options) if name == preset.model else {
@@ -548,12 +485,14 @@ def _model_options(args: argparse.Namespace, preset: Preset, name: str) -> dict[
 
 def _has_heads(name: str) -> bool:
     """Whether model ``name`` takes ``num_heads`` (continuous FWPs, the discrete FWP)."""
+    from .models import MODELS
     entry = MODELS.get(name)
     return isinstance(entry, tuple) or (
         callable(entry) and "num_heads" in inspect.signature(entry).parameters)
 
 
-def _train_config(args: argparse.Namespace, preset: Preset) -> TrainConfig:
+def _train_config(args: argparse.Namespace, preset: Preset) -> Any:
+    from .train import TrainConfig
     settings = dict(preset.train)
     settings.update({_TRAIN_FLAGS[flag]: value
                      for flag, value in _given(args, _TRAIN_FLAGS).items()})
@@ -583,7 +522,8 @@ def _check_data_spec(spec: Any, path: Path) -> None:
     where = f"{path}: field run.data"
     if not isinstance(spec, dict):
         raise ValueError(f"{where} must be a dict, got {type(spec).__name__}")
-    allowed = {"missing_rate", "seed", "options", "train", "test", "dataset", "root"}
+    allowed = {"missing_rate", "seed", "options", "train", "test", "dataset", "root",
+               "time_unit"}
     if set(spec) - allowed or not {"missing_rate", "seed", "options"} <= set(spec):
         raise ValueError(f"{where} must have the keys missing_rate, seed, options and either "
                          f"train and test or dataset, got {sorted(spec)}")
@@ -591,6 +531,9 @@ def _check_data_spec(spec: Any, path: Path) -> None:
         raise ValueError(f"{where}.missing_rate must be a fraction in [0, 1)")
     if isinstance(spec["seed"], bool) or not isinstance(spec["seed"], int):
         raise ValueError(f"{where}.seed must be an integer")
+    unit = spec.get("time_unit", 1.0)
+    if isinstance(unit, bool) or not isinstance(unit, (int, float)) or not 0 < unit < float("inf"):
+        raise ValueError(f"{where}.time_unit must be a positive number")
     if not isinstance(spec["options"], dict) or set(spec["options"]) - {
             "intensity", "val_fraction", "logsig_depth", "logsig_step", "delays", "augment",
             "window_time", "standardise_each_series", "time_features", "smoothing"}:
@@ -600,41 +543,14 @@ def _check_data_spec(spec: Any, path: Path) -> None:
         if files != {"train", "test"} or "dataset" in spec or "root" in spec or not all(
                 isinstance(spec[key], str) for key in files):
             raise ValueError(f"{where} must give both train and test as paths, and no dataset")
-    elif spec.get("dataset") not in DATASET_NAMES or not isinstance(spec.get("root", ""), str):
-        raise ValueError(f"{where}.dataset must be one of {', '.join(DATASET_NAMES)}")
-
-
-def _check_model_size(model_config: dict[str, Any], channels: int, classes: int,
-                      device: torch.device) -> None:
-    """Refuse sizes whose parameters cannot fit in memory, before allocating any.
-
-    The model is built on the ``meta`` device (shapes only); training keeps about
-    five copies of the parameters (weights, best weights, gradients, two moments).
-    """
-    options = {key: value for key, value in model_config.items() if key != "name"}
-    sizes = ", ".join(f"{key}={value}" for key, value in options.items()
-                      if key in ("hidden_channels", "ff_channels", "num_heads"))
-    try:
-        with torch.device("meta"):
-            probe = build_model(model_config["name"], channels, classes, **options)
-    except (RuntimeError, OverflowError):  # a weight matrix larger than any address space
-        raise ValueError(f"--hidden/--ff: {model_config['name']} with {sizes} has weight "
-                         "matrices too large for any memory; choose smaller sizes") from None
-    needed = 5 * sum(p.numel() * p.element_size() for p in probe.parameters())
-    if device.type == "cuda":
-        available = torch.cuda.mem_get_info(device)[1]
-    else:
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") \
-            if hasattr(os, "sysconf") else None
-    if available is not None and needed > MEMORY_SHARE * available:
-        raise ValueError(f"--hidden/--ff: {model_config['name']} with {sizes} needs about "
-                         f"{needed / 1e9:.3g} GB for its parameters while training, more than "
-                         f"half of the {available / 1e9:.3g} GB of {device.type} memory; choose "
-                         "smaller sizes")
+    elif spec.get("dataset") not in _dataset_names() or not isinstance(spec.get("root", ""),
+                                                                       str):
+        raise ValueError(f"{where}.dataset must be one of {', '.join(_dataset_names())}")
 
 
 def _shared(value: Any) -> Any:
     """Rank 0's value on every rank (identity in a single process)."""
+    import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
         return value
     box = [value]
@@ -642,8 +558,23 @@ def _shared(value: Any) -> Any:
     return box[0]
 
 
+def _say(line: str) -> None:
+    print(f"fwplab train: {line}", flush=True)
+
+
+def _leader() -> bool:
+    import torch.distributed as dist
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 # ---------------------------------------------------------------------------- train
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .adaptive import check_model_size, data_summary, fit_adaptive, load_data
+    from .models import build_model, count_parameters
+    from .train import TrainConfig, fit, load_checkpoint
+
     device = _device(args.device)
     progress = not args.no_progress
     adaptive = False
@@ -675,6 +606,8 @@ def _train(args: argparse.Namespace) -> int:
                 raise ValueError(f"{name}: applies to data without a preset (--train/--test), "
                                  f"got the {preset.name} preset's data; drop {name}")
         config = None if adaptive else _train_config(args, preset)
+        if config is not None and args.time_limit is not None:
+            config = dataclasses.replace(config, time_limit=args.time_limit)
         seed = args.seed if adaptive and args.seed is not None else (
             TrainConfig().seed if adaptive else config.seed)
         run_info = {"preset": "adaptive" if adaptive else preset.name,
@@ -687,43 +620,46 @@ def _train(args: argparse.Namespace) -> int:
 
     _start_processes(device)
     try:
-        dataset = _load_data(run_info["data"])
-        choices: list[Choice] = []
-        if args.resume is None and adaptive:
-            dataset, choices = _adapt_data(run_info["data"], dataset, args.val_fraction,
-                                           args.warped_copies, _given_data_options(args))
-        torch.manual_seed(seed)
-        if args.resume is None:
-            _check_model_size(model_config, dataset.input_channels, dataset.num_classes, device)
-            model = build_model(model_config.pop("name"), dataset.input_channels,
-                                dataset.num_classes, **model_config)
-            if out is None:
-                out = Path(_shared(str(_default_out(dataset.name, model.config["name"]))))
-        else:
-            model = build_model(**model_config)
-            if (model.input_channels, model.output_channels) != (dataset.input_channels,
-                                                                 dataset.num_classes):
-                raise ValueError(f"{out}: the data now has {dataset.input_channels} channels and "
-                                 f"{dataset.num_classes} classes, the checkpoint's model "
-                                 f"{model.input_channels} and {model.output_channels}")
-        model.to(device)
-        if args.resume is None and adaptive:
-            config, more = _adapt_training(args, dataset, model,
-                                           run_info["data"]["options"].get("augment", 0))
-            choices += more
-            run_info["adaptive"] = {choice.name: _recorded(choice) for choice in choices}
-        leader = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-        if leader:
-            print(f"fwplab train: {model.config['name']} ({count_parameters(model)} parameters) "
-                  f"on {dataset.name}, {device}, run folder {out}", flush=True)
-            for choice in choices:
-                _print_choice(choice)
+        if out is None:
+            spec = run_info["data"]
+            name = Path(spec["train"]).stem.removesuffix("_TRAIN") if "train" in spec \
+                else spec["dataset"]
+            out = Path(_shared(str(_default_out(name, model_config["name"]))))
         try:
             with _stop_signals_interrupt():
-                if adaptive and not (dist.is_available() and dist.is_initialized()):
-                    history = _fit_ensemble(model, dataset, config, out, run_info, progress,
-                                            seed, args)
+                if adaptive:
+                    given = {_TRAIN_FLAGS[flag]: value
+                             for flag, value in _given(args, _TRAIN_FLAGS).items()
+                             if flag not in ("seed", "val_fraction")}
+                    result = fit_adaptive(
+                        run_info["data"], model_config.pop("name"), seed=seed, out=out,
+                        device=device, ensemble=args.ensemble, time_limit=args.time_limit,
+                        progress=progress, model_options=model_config, train_options=given,
+                        data_options=_given_data_options(args),
+                        report=_say if _leader() else None)
+                    history = result.history
                 else:
+                    dataset = load_data(run_info["data"])
+                    run_info["class_names"] = list(dataset.class_names)
+                    torch.manual_seed(seed)
+                    if args.resume is None:
+                        check_model_size(model_config, dataset.input_channels,
+                                         dataset.num_classes, device)
+                        model = build_model(model_config.pop("name"), dataset.input_channels,
+                                            dataset.num_classes, **model_config)
+                    else:
+                        model = build_model(**model_config)
+                        if (model.input_channels, model.output_channels) != (
+                                dataset.input_channels, dataset.num_classes):
+                            raise ValueError(
+                                f"{out}: the data now has {dataset.input_channels} channels "
+                                f"and {dataset.num_classes} classes, the checkpoint's model "
+                                f"{model.input_channels} and {model.output_channels}")
+                    model.to(device)
+                    if _leader():
+                        _say(f"{model.config['name']} ({count_parameters(model)} parameters) "
+                             f"on {dataset.name}, {device}, run folder {out}")
+                        _say(data_summary(dataset))
                     history = fit(model, dataset, config, out=out,
                                   resume=args.resume is not None, progress=progress,
                                   run_info=run_info,
@@ -741,116 +677,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit_ensemble(model: torch.nn.Module, dataset: Dataset, config: TrainConfig, out: Path,
-                  run_info: dict[str, Any], progress: bool, seed: int,
-                  args: argparse.Namespace) -> History:
-    """The first model as :func:`_fit_adapted` trains it, then as many more as
-    :func:`fwplab.presets.adaptive_ensemble` allows (``--ensemble`` wins; one when
-    ``--epochs`` is given), seeds ``seed + 1, ...``, each within what is left of the time
-    budget. With more than one, ``metrics.json`` reports the averaged class probabilities
-    (:func:`fwplab.train.evaluate_ensemble`), the members' own accuracies under
-    ``ensemble``, and ``ensemble.pt`` holds every member's weights."""
-    started = time.perf_counter()
-    planned = None  # known before training (then in the checkpoint, for --resume)
-    if args.ensemble is not None:
-        planned = adaptive_ensemble(0.0, args.ensemble)
-    elif args.epochs is not None:
-        planned = 1, Choice("ensemble", "1 model", "the passes are given: one model")
-    if planned:
-        _announce(run_info, planned[1])
-    if args.lr is None:
-        history, config = _fit_adapted(model, dataset, config, out, run_info, progress, seed)
-    else:
-        history = fit(model, dataset, config, out=out, progress=progress, run_info=run_info)
-    first = time.perf_counter() - started
-    count, choice = planned or adaptive_ensemble(first)
-    if planned is None:
-        _announce(run_info, choice)
-    members, seeds, runs, failed = [model], [config.seed], [history], []
-    for offset in range(1, count):
-        spent = time.perf_counter() - started
-        if args.ensemble is None and spent + spent / len(members) > TIME_BUDGET:
-            break
-        member_seed = (config.seed + offset) % (MAX_SEED + 1)
-        torch.manual_seed(member_seed)
-        member = build_model(**model.config).to(next(model.parameters()).device)
-        try:
-            runs.append(fit(member, dataset, dataclasses.replace(config, seed=member_seed),
-                            progress=progress))
-        except (TrainingDiverged, NonFiniteOutputError) as error:
-            print(f"fwplab train: ensemble: the model of seed {member_seed} diverged "
-                  f"({str(error).split(';')[0]}); left out", flush=True)
-            failed.append(member_seed)
-            continue
-        members.append(member)
-        seeds.append(member_seed)
-    if len(members) == 1:
-        _rewrite_metrics(out, {"run": run_info})
-        return history
-    train, test = (evaluate_ensemble(members, split, config.eval_batch_size)
-                   for split in (dataset.train, dataset.test))
-    _atomic_write(out / ENSEMBLE_NAME, lambda path: torch.save(
-        {"model_config": dict(model.config), "seeds": seeds,
-         "states": [member.state_dict() for member in members]}, path))
-    seconds = time.perf_counter() - started
-    update = {"test_accuracy": test["accuracy"], "train_accuracy": train["accuracy"],
-              "test_loss": test["loss"], "seconds": round(seconds, 3), "run": run_info,
-              "ensemble": {
-                  "members": len(members), "seeds": seeds, "file": ENSEMBLE_NAME,
-                  "averaging": "mean of the members' class probabilities; train_accuracy "
-                               "on all training series",
-                  "member_test_accuracy": [run.test["accuracy"] for run in runs],
-                  "member_train_accuracy": [run.train["accuracy"] for run in runs],
-                  "member_seconds": [round(run.seconds, 3) for run in runs],
-                  "diverged_seeds": failed}}
-    if "auroc" in test:
-        update.update(test_auroc=test["auroc"], train_auroc=train["auroc"])
-    _rewrite_metrics(out, update)
-    return dataclasses.replace(history, train=train, test=test, seconds=seconds)
+def _predict(args: argparse.Namespace) -> int:
+    from .predict import predict
 
-
-def _recorded(choice: Choice) -> dict[str, str]:
-    """A choice as ``run.adaptive`` in ``metrics.json`` keeps it."""
-    return {"value": str(choice.value), "reason": choice.reason}
-
-
-def _print_choice(choice: Choice) -> None:
-    print(f"fwplab train: adapted to the data: {choice.line()}", flush=True)
-
-
-def _announce(run_info: dict[str, Any], choice: Choice) -> None:
-    """Print a choice made during training and record it under ``run.adaptive``."""
-    _print_choice(choice)
-    run_info["adaptive"][choice.name] = _recorded(choice)
-
-
-def _rewrite_metrics(out: Path, update: dict[str, Any]) -> None:
-    """``out/metrics.json`` with the keys of ``update`` replaced or added."""
-    document = json.loads((out / METRICS_NAME).read_text())
-    document.update(update)
-    _write_json(out / METRICS_NAME, document)
-
-
-def _fit_adapted(model: torch.nn.Module, dataset: Dataset, config: TrainConfig, out: Path,
-                 run_info: dict[str, Any], progress: bool, seed: int
-                 ) -> tuple[History, TrainConfig]:
-    """:func:`fwplab.train.fit`; a run that diverges starts once more from new weights at a
-    lower learning rate (:func:`fwplab.presets.adaptive_retry`), printed and recorded.
-    Returns the history and the settings that trained the model."""
-    started = time.perf_counter()
-    try:
-        return fit(model, dataset, config, out=out, progress=progress,
-                   run_info=run_info), config
-    except TrainingDiverged as error:
-        settings, choice = adaptive_retry(config.lr, time.perf_counter() - started,
-                                          str(error).split(";")[0])
-    _announce(run_info, choice)
-    (out / CHECKPOINT_NAME).unlink(missing_ok=True)
-    torch.manual_seed(seed)
-    fresh = build_model(**model.config).to(next(model.parameters()).device)
-    model.load_state_dict(fresh.state_dict())  # the caller's model ends trained
-    config = dataclasses.replace(config, **settings)
-    return fit(model, dataset, config, out=out, progress=progress, run_info=run_info), config
+    table = predict(args.run, args.data, device=args.device or "cpu")
+    text = table.to_csv()
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    from .train import _atomic_write
+    _atomic_write(Path(args.out), lambda path: path.write_text(text))
+    print(f"fwplab predict: {len(table.predicted)} series; wrote {args.out}")
+    return 0
 
 
 class _Stopped(KeyboardInterrupt):
@@ -880,6 +718,7 @@ def _interrupted_message(out: Path, signum: int) -> str:
     name = signal.Signals(signum).name
     checkpoint = out / CHECKPOINT_NAME
     if checkpoint.is_file():
+        from .train import load_checkpoint
         try:
             epoch = load_checkpoint(checkpoint)["epoch"]
         except ValueError as error:
@@ -890,8 +729,10 @@ def _interrupted_message(out: Path, signum: int) -> str:
             "the run again")
 
 
-def _start_processes(device: torch.device) -> None:
+def _start_processes(device: Any) -> None:
     """Join the torchrun process group (gloo on CPU, nccl on GPU) when there is one."""
+    import torch
+    import torch.distributed as dist
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -899,12 +740,14 @@ def _start_processes(device: torch.device) -> None:
 
 
 def _stop_processes() -> None:
+    import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def _rl(args: argparse.Namespace) -> int:
     """``fwplab rl`` (fwplab.rl.command), stopped cleanly by Ctrl-C, SIGTERM or SIGHUP."""
+    from .rl import command as _rl_command
     try:
         with _stop_signals_interrupt():
             return _rl_command.run(args, _device)
@@ -924,6 +767,7 @@ def _rl(args: argparse.Namespace) -> int:
 
 
 def _presets() -> int:
+    from .rl.presets import RL_PRESETS
     width = max(len(name) for name in [*PRESETS, *RL_PRESETS])
     for preset in PRESETS.values():
         print(f"{preset.name:<{width}}  {preset.dataset} / {preset.model}: {preset.description}")
@@ -944,15 +788,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as error:
         print(f"fwplab: error: --rules-from: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_ERROR
-    args = build_parser().parse_args(argv)
+    command = next((item for item in argv if not item.startswith("-")), None)
+    args = build_parser(command if command in _COMMANDS else "").parse_args(argv)
     if args.command == "presets":
         return _presets()
+    from .data.download import DownloadError
+    from .devices import retain_freed_memory
+    from .train import TrainingDiverged
     retain_freed_memory()  # each training step reuses the memory the last one freed (glibc)
     try:
         if args.command == "compare":
-            return _compare.run(args, main, DATASET_NAMES, list(MODELS))
+            from . import compare as _compare
+            return _compare.run(args, main, _dataset_names(), _model_names())
         if args.command == "rl":
             return _rl(args)
+        if args.command == "predict":
+            return _predict(args)
         return _train(args)
     except (ValueError, TrainingDiverged, DownloadError, OSError) as error:
         message = " ".join(str(error).split()) or type(error).__name__

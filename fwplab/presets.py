@@ -38,8 +38,8 @@ from typing import Any, Optional, Sequence
 
 __all__ = ["Preset", "ReportedResult", "PRESETS", "DEFAULT_PRESET", "get_preset",
            "preset_argv", "preset_command", "preset_for_dataset", "Choice",
-           "adaptive_data_options", "adaptive_train_settings", "adaptive_epochs",
-           "adaptive_retry"]
+           "adaptive_data_options", "adaptive_train_settings", "adaptive_budget",
+           "adaptive_augmentation", "adaptive_ensemble", "adaptive_retry", "step_cost"]
 
 
 @dataclass(frozen=True)
@@ -295,12 +295,17 @@ TIME_FEATURE_CYCLES = (1, 2)
 SMOOTHING_WIDTH = 5
 #: Delayed copies of a long univariate series added as channels (lags of 1, 2, ... windows).
 DELAY_COPIES = 2
-#: Optimisation steps of an adaptive run, whatever the size of the data set.
-TARGET_STEPS = 2000
-#: Seconds of training an adaptive run may take (the whole command stays within 5 minutes).
-TIME_BUDGET = 200.0
-#: Share of the time budget planned for; the rest absorbs validation and a slower machine.
-PLANNED_SHARE = 0.8
+#: Passes over the training series an adaptive run plans (within the step bounds below).
+PLANNED_PASSES = 75
+#: Fewest and most optimisation steps of one adaptive model.
+STEP_RANGE = (400, 2000)
+#: Series-steps (series in the batch times solver steps) that cost as much as the fixed
+#: overhead of one optimisation step (measured on CPU: about 2.5 ms of overhead and 4 us
+#: per series-step), so one step costs ``1 + batch * length / STEP_OVERHEAD`` units.
+STEP_OVERHEAD = 600
+#: Work units (see :data:`STEP_OVERHEAD`) of a whole adaptive run, every ensemble member
+#: together: about 3 minutes at 6 ms per unit (2 busy CPU cores).
+WORK_BUDGET = 30000
 #: Smallest number of training series of every class for a validation split to be carved.
 MIN_SERIES_PER_CLASS = 5
 #: Fewest validation series worth carving: fewer rank epochs by noise, and the series
@@ -318,8 +323,6 @@ PATIENCE_SHARE = 0.3
 MIN_PATIENCE = 10
 #: Learning-rate factor of the one new start of an adapted run that diverged.
 RETRY_LR_FACTOR = 0.5
-#: Smallest share of the time budget that new start gets.
-MIN_RETRY_SHARE = 0.25
 #: Most models of an adapted run's ensemble (their class probabilities are averaged).
 ENSEMBLE_MEMBERS = 5
 #: Training series per class that warped copies top the smallest class up to (about).
@@ -409,7 +412,7 @@ def adaptive_data_options(longest: int, scale_spread: Sequence[float],
     options: dict[str, Any] = {}
     if spread > SCALE_SPREAD_LIMIT:
         options["standardise_each_series"] = True
-        choices = [Choice("scale", "each series its own, log-scale kept as a channel",
+        choices = [Choice("scale", "each series its own, log-scale and level kept as channels",
                           f"the series' amplitudes spread {spread:.3g}-fold (90th over 10th "
                           f"percentile, > {SCALE_SPREAD_LIMIT:g})")]
     else:
@@ -460,8 +463,8 @@ def adaptive_train_settings(class_counts: Sequence[int]) -> tuple[dict[str, Any]
       :data:`BATCH_RANGE` (small data sets get more, noisier steps);
     - the best epoch by validation accuracy, ties broken by the lower loss.
 
-    The epochs, warm-up and patience follow from the step budget and the measured
-    speed (:func:`adaptive_epochs`).
+    The epochs, warm-up and patience follow from the step budget
+    (:func:`adaptive_budget`).
 
     Returns:
         ``(TrainConfig fields, choices)``.
@@ -498,56 +501,62 @@ def adaptive_train_settings(class_counts: Sequence[int]) -> tuple[dict[str, Any]
     return settings, choices
 
 
-def adaptive_epochs(training_series: int, batch_size: int, step_seconds: Optional[float],
+def step_cost(batch_size: int, length: int) -> float:
+    """Work units of one optimisation step on ``batch_size`` series of ``length`` solver
+    steps: ``1 + batch_size * length / STEP_OVERHEAD`` (the fixed overhead is one unit)."""
+    return 1.0 + batch_size * length / STEP_OVERHEAD
+
+
+def adaptive_budget(training_series: int, batch_size: int, length: int,
                     has_validation: bool, epochs: Optional[int] = None
                     ) -> tuple[dict[str, Any], list[Choice]]:
-    """Epochs, warm-up and patience from the step budget and the measured step time.
+    """Epochs, warm-up and patience from the data alone (no clock: the same data and flags
+    give the same budget on any machine).
 
     ::
 
-        steps  = min(TARGET_STEPS, PLANNED_SHARE * TIME_BUDGET / step_seconds)
-        epochs = max(1, round(steps / ceil(training_series / batch_size)))
+        per_pass = ceil(training_series / batch_size)
+        steps    = clamp(PLANNED_PASSES * per_pass, STEP_RANGE)
+        steps    = min(steps, WORK_BUDGET / step_cost(batch_size, length))
+        epochs   = max(1, round(steps / per_pass))
 
-    The run also stops after :data:`TIME_BUDGET` seconds of training whatever happens
-    (``time_limit``); warm-up takes :data:`WARMUP_SHARE` of the steps; with a
-    validation split, :data:`PATIENCE_SHARE` of the epochs without improvement (at
-    least :data:`MIN_PATIENCE`) stop the run.
+    so 20 series of 24 steps train 400-600 steps (seconds), and long or many series stop
+    at :data:`STEP_RANGE`'s upper end or at what :data:`WORK_BUDGET` allows one model.
+    Warm-up takes :data:`WARMUP_SHARE` of the steps; with a validation split,
+    :data:`PATIENCE_SHARE` of the epochs without improvement (at least
+    :data:`MIN_PATIENCE`) stop the run.
 
     Args:
         training_series: series in the training part (validation excluded).
         batch_size: series per step.
-        step_seconds: measured seconds per step (:func:`fwplab.train.seconds_per_step`);
-            only needed without ``epochs``.
+        length: solver steps of the longest training series (after log-signature windows).
         has_validation: whether a validation split is carved (then patience is set).
         epochs: epochs given by the user; None derives them from the budget.
 
     Returns:
         ``(TrainConfig fields, choices)``.
     """
-    if training_series < 1 or batch_size < 1:
-        raise ValueError(f"expected positive training_series and batch_size, got "
-                         f"{training_series} and {batch_size}")
-    per_epoch = math.ceil(training_series / batch_size)
+    if min(training_series, batch_size, length) < 1:
+        raise ValueError(f"training_series, batch_size, length: expected positive integers, "
+                         f"got {training_series}, {batch_size} and {length}")
+    per_pass = math.ceil(training_series / batch_size)
     if epochs is None:
-        if step_seconds is None or not step_seconds > 0:
-            raise ValueError(f"step_seconds: expected a positive number without epochs, got "
-                             f"{step_seconds!r}")
-        affordable = int(PLANNED_SHARE * TIME_BUDGET / step_seconds)
-        steps = max(1, min(TARGET_STEPS, affordable))
-        epochs = max(1, round(steps / per_epoch))
-        why = (f"budget of {TARGET_STEPS} steps" if affordable >= TARGET_STEPS else
-               f"{affordable} steps fit {PLANNED_SHARE:.0%} of {TIME_BUDGET:.0f} s at "
-               f"{step_seconds * 1000:.0f} ms per step")
+        low, high = STEP_RANGE
+        planned = min(high, max(low, PLANNED_PASSES * per_pass))
+        affordable = int(WORK_BUDGET / step_cost(batch_size, length))
+        steps = max(1, min(planned, affordable))
+        epochs = max(1, round(steps / per_pass))
+        why = (f"{PLANNED_PASSES} passes within {list(STEP_RANGE)} steps" if planned <= affordable
+               else f"{affordable} steps of {batch_size} series of {length} solver steps fill "
+                    f"the work budget")
     else:
         why = "given"
-    total = epochs * per_epoch
-    settings: dict[str, Any] = {"epochs": epochs, "time_limit": TIME_BUDGET,
+    total = epochs * per_pass
+    settings: dict[str, Any] = {"epochs": epochs,
                                 "warmup_steps": max(1, round(WARMUP_SHARE * total))}
     # Printed before training starts: the words say "passes" (an epoch is one pass).
-    choices = [Choice("passes", epochs, f"{why}; {per_epoch} steps per pass over the "
+    choices = [Choice("passes", epochs, f"{why}; {per_pass} steps per pass over the "
                       "training series"),
-               Choice("time limit", f"{TIME_BUDGET:.0f} s", "training stops at the end of the "
-                      "pass that crosses it"),
                Choice("warm-up", f"{settings['warmup_steps']} steps",
                       f"{WARMUP_SHARE:.0%} of {total} steps, then cosine decay")]
     if has_validation:
@@ -591,63 +600,59 @@ def adaptive_augmentation(class_counts: Sequence[int], validation: bool
         "near 1")]
 
 
-def adaptive_ensemble(first_seconds: float, members: Optional[int] = None
-                      ) -> tuple[int, Choice]:
-    """How many models an adapted run trains and averages, after the first took
-    ``first_seconds``.
+def adaptive_ensemble(steps: int, batch_size: int, length: int,
+                      members: Optional[int] = None) -> tuple[int, Choice]:
+    """How many models an adapted run trains and averages, from the data alone.
 
     Small data sets train fast and vary much from one seed to the next (the weights,
     the batches and, with a validation split, which series validate); the average of
     the class probabilities of models trained with seeds ``seed, seed + 1, ...`` varies
-    less. As many as fit :data:`TIME_BUDGET` at the first one's pace, at most
-    :data:`ENSEMBLE_MEMBERS`::
+    less. As many as :data:`WORK_BUDGET` holds, at most :data:`ENSEMBLE_MEMBERS`::
 
-        members = clamp(floor(TIME_BUDGET / first_seconds), 1, ENSEMBLE_MEMBERS)
+        members = clamp(floor(WORK_BUDGET / (steps * step_cost(batch_size, length))),
+                        1, ENSEMBLE_MEMBERS)
 
     Args:
-        first_seconds: wall seconds the first model took (training and evaluation).
+        steps: optimisation steps of one model (epochs times steps per epoch).
+        batch_size: series per step.
+        length: solver steps of the longest training series.
         members: the count given by the user (``--ensemble``); None derives it.
 
     Returns:
         ``(members, the choice)``.
     """
-    if not (isinstance(first_seconds, (int, float)) and first_seconds >= 0):
-        raise ValueError(f"first_seconds: expected non-negative seconds, got {first_seconds!r}")
     if members is not None:
-        return members, Choice("ensemble", f"{members} models", "given")
-    fit = int(TIME_BUDGET / max(first_seconds, 1e-9))
-    members = max(1, min(ENSEMBLE_MEMBERS, fit))
+        return members, Choice("ensemble", f"{members} model{'s' if members > 1 else ''}",
+                               "given")
+    if min(steps, batch_size, length) < 1:
+        raise ValueError(f"steps, batch_size, length: expected positive integers, got "
+                         f"{steps}, {batch_size} and {length}")
+    work = steps * step_cost(batch_size, length)
+    members = max(1, min(ENSEMBLE_MEMBERS, int(WORK_BUDGET / work)))
     if members == 1:
-        why = (f"the first model took {first_seconds:.0f} s: a second would not fit the "
-               f"{TIME_BUDGET:.0f} s budget")
+        why = (f"one model takes {work:.0f} work units: a second would pass the budget of "
+               f"{WORK_BUDGET}")
     else:
-        why = (f"the first took {first_seconds:.0f} s, so {members} fit the "
-               f"{TIME_BUDGET:.0f} s budget (at most {ENSEMBLE_MEMBERS}); consecutive seeds "
-               "(weights, batches, validation series); their class probabilities are averaged")
+        why = (f"one model takes {work:.0f} work units, so {members} fit the budget of "
+               f"{WORK_BUDGET} (at most {ENSEMBLE_MEMBERS}); consecutive seeds (weights, "
+               "batches, validation series); their class probabilities are averaged")
     return members, Choice("ensemble", f"{members} model{'s' if members > 1 else ''}", why)
 
 
-def adaptive_retry(lr: float, seconds_spent: float, why: str
-                   ) -> tuple[dict[str, Any], Choice]:
-    """Settings of the one new start of an adapted run whose training diverged.
-
-    The run starts again from new weights at :data:`RETRY_LR_FACTOR` times the
-    learning rate, within what is left of :data:`TIME_BUDGET` (at least
-    :data:`MIN_RETRY_SHARE` of it).
+def adaptive_retry(lr: float, why: str) -> tuple[dict[str, Any], Choice]:
+    """Settings of the one new start of an adapted run whose training diverged: new
+    weights (the same seed) at :data:`RETRY_LR_FACTOR` times the learning rate.
 
     Args:
         lr: the peak learning rate of the run that diverged.
-        seconds_spent: seconds the run took until it diverged.
         why: where it diverged (e.g. ``"non-finite loss at epoch 23, step 10"``).
 
     Returns:
         ``(TrainConfig fields, the choice)``.
     """
-    if not lr > 0 or seconds_spent < 0:
-        raise ValueError(f"lr, seconds_spent: expected a positive rate and non-negative "
-                         f"seconds, got {lr!r} and {seconds_spent!r}")
-    limit = max(TIME_BUDGET - seconds_spent, MIN_RETRY_SHARE * TIME_BUDGET)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
     lower = lr * RETRY_LR_FACTOR
-    return ({"lr": lower, "time_limit": round(limit, 1)},
+    return ({"lr": lower},
             Choice("learning rate", f"{lower:g}", f"training at {lr:g} diverged ({why}); "
-                   f"started again from new weights with {limit:.0f} s of training left"))
+                   "started again from new weights"))

@@ -48,6 +48,7 @@ import math
 import os
 import random
 import re
+import sys
 import time
 import weakref
 from contextlib import contextmanager
@@ -69,6 +70,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from .data.dataset import Dataset, Split, split_generator, stratified_split
+from .kernels import prepare as prepare_kernel
 from .models import MODELS, NonFiniteOutputError, build_model, count_parameters
 from .paths import interpolation_coeffs
 
@@ -88,7 +90,6 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "dataset_fingerprint",
-    "seconds_per_step",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -104,7 +105,7 @@ PLATEAU_FACTOR = 0.1
 #: The lock file that makes one process the only writer of a run folder.
 LOCK_NAME = ".fwplab-lock"
 #: Temporary files of _atomic_write: ".<name>.<pid>.tmp".
-_TEMPORARY = re.compile(r"\.(checkpoint\.pt|metrics\.json)\.\d+\.tmp")
+_TEMPORARY = re.compile(r"\.(checkpoint\.pt|metrics\.json|ensemble\.pt)\.\d+\.tmp")
 #: Seeds must fit torch's generator (64 bits; negative seeds are refused for clarity).
 MAX_SEED = 2**63 - 1
 
@@ -257,6 +258,8 @@ class History:
             ``loss``, ``accuracy`` and, for two classes, ``auroc``; ``val`` is None
             without a validation split.
         out: the run folder, when :func:`fit` wrote files.
+        time_limited: whether ``time_limit`` cut training (said on stderr, recorded in
+            ``metrics.json``).
     """
 
     records: list[EpochRecord] = field(default_factory=list)
@@ -267,6 +270,7 @@ class History:
     val: Optional[dict[str, float]] = None
     test: dict[str, float] = field(default_factory=dict)
     out: Optional[Path] = None
+    time_limited: bool = False
 
     def curve(self, name: str) -> list[Optional[float]]:
         """One value per epoch of an :class:`EpochRecord` field, e.g. ``"val_accuracy"``."""
@@ -542,8 +546,25 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _compact(record: dict[str, Any]) -> dict[str, Any]:
+    """A history record with floats to 6 significant digits (seconds: milliseconds)."""
+    return {key: round(value, 3) if key == "seconds" else
+            float(f"{value:.6g}") if isinstance(value, float) else value
+            for key, value in record.items()}
+
+
 def _write_json(path: Path, content: dict[str, Any]) -> None:
-    text = json.dumps(_json_safe(content), indent=2, allow_nan=False) + "\n"
+    """Strict JSON, indented, with one line per record of a ``history`` list."""
+    content = _json_safe(content)
+    history = content.get("history")
+    if isinstance(history, list) and history and all(isinstance(r, dict) for r in history):
+        rest = {key: value for key, value in content.items() if key != "history"}
+        head = json.dumps(rest, indent=2, allow_nan=False)[:-2] if rest else "{"
+        lines = ",\n".join("    " + json.dumps(_compact(record), allow_nan=False)
+                            for record in history)
+        text = f'{head}{"," if rest else ""}\n  "history": [\n{lines}\n  ]\n}}\n'
+    else:
+        text = json.dumps(content, indent=2, allow_nan=False) + "\n"
     _atomic_write(path, lambda target: target.write_text(text))
 
 
@@ -572,7 +593,8 @@ _CHECKPOINT_FIELDS: dict[str, tuple[type, ...]] = {
     "train_config": (dict,), "dataset": (str,), "run": (dict,),
 }
 #: Fields a checkpoint may lack (older checkpoints have no data fingerprint).
-_OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {"data_fingerprint": (str,)}
+_OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {"data_fingerprint": (str,),
+                                                 "class_names": (list,)}
 #: The types of an EpochRecord's fields as stored in a checkpoint.
 _RECORD_FIELDS: dict[str, tuple[type, ...]] = {
     "epoch": (int,), "train_loss": (int, float), "train_accuracy": (int, float),
@@ -634,6 +656,86 @@ def _check_history(path: Path, history: list[Any], epoch: int) -> None:
                                  f"{type(record[key]).__name__}")
         if record["epoch"] != index + 1:
             raise ValueError(f"{where}: 'epoch' must be {index + 1}, got {record['epoch']}")
+
+
+def _like(saved: Any, fresh: Any) -> bool:
+    """Whether ``saved`` has the structure and value types of ``fresh`` (a state_dict of
+    the same optimiser or schedule): the same keys, lengths, and numbers where numbers are
+    (integers where integers are; no NaN)."""
+    if isinstance(fresh, bool) or isinstance(fresh, str):
+        return type(saved) is type(fresh)
+    if isinstance(fresh, int):
+        return _type_ok(saved, (int,))
+    if isinstance(fresh, float):
+        return _type_ok(saved, (int, float)) and not math.isnan(saved)
+    if fresh is None:
+        return saved is None or (_type_ok(saved, (int, float)) and not math.isnan(saved))
+    if isinstance(fresh, dict):
+        return isinstance(saved, dict) and set(saved) == set(fresh) and all(
+            _like(saved[key], value) for key, value in fresh.items())
+    if isinstance(fresh, (list, tuple)):
+        return isinstance(saved, (list, tuple)) and len(saved) == len(fresh) and all(
+            _like(a, b) for a, b in zip(saved, fresh, strict=True))
+    if isinstance(fresh, Tensor):
+        return isinstance(saved, Tensor) and saved.shape == fresh.shape
+    return type(saved) is type(fresh)
+
+
+#: Per-parameter entries of AdamW's state.
+_ADAM_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _check_optimizer_state(path: Path, saved: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse an optimiser state that does not fit ``optimizer`` (one line naming the part)."""
+    where = f"{path}: field 'optimizer'"
+    fresh = optimizer.state_dict()
+    if not isinstance(saved, dict) or set(saved) != {"state", "param_groups"}:
+        raise ValueError(f"{where} must hold 'state' and 'param_groups'")
+    if not _like(saved["param_groups"], fresh["param_groups"]):
+        raise ValueError(f"{where}: 'param_groups' must have this run's {len(fresh['param_groups'])}"
+                         f" group(s) with the keys {sorted(fresh['param_groups'][0])} and "
+                         "numbers as hyperparameters")
+    for group, own in zip(saved["param_groups"], fresh["param_groups"], strict=True):
+        if list(group["params"]) != list(own["params"]) or not all(
+                value >= 0 for key, value in group.items()
+                if _type_ok(value, (int, float)) and key != "params"):
+            raise ValueError(f"{where}: 'param_groups' must index this run's parameters and "
+                             "hold non-negative hyperparameters")
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    state = saved["state"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{where}: 'state' must be a dict")
+    for index, entry in state.items():
+        if not _type_ok(index, (int,)) or not 0 <= index < len(parameters):
+            raise ValueError(f"{where}: 'state' names parameter {index!r}, the model has "
+                             f"{len(parameters)}")
+        shape = tuple(parameters[index].shape)
+        if not isinstance(entry, dict) or set(entry) - {"step", *_ADAM_MOMENTS}:
+            raise ValueError(f"{where}: the state of parameter {index} must hold 'step' and "
+                             f"the moments {list(_ADAM_MOMENTS[:2])}")
+        for name in _ADAM_MOMENTS:
+            moment = entry.get(name)
+            if name in entry and not (isinstance(moment, Tensor) and moment.is_floating_point()
+                                      and tuple(moment.shape) == shape):
+                raise ValueError(f"{where}: the state of parameter {index}: {name!r} must be "
+                                 f"a float tensor of shape {shape}")
+        step = entry.get("step")
+        value = float(step) if isinstance(step, Tensor) and step.numel() == 1 else step
+        if not (_type_ok(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{where}: the state of parameter {index}: 'step' must be a "
+                             "non-negative number")
+
+
+def _check_scheduler_state(path: Path, saved: Any, scheduler: Any) -> None:
+    """Refuse a schedule state unlike the state of this run's schedule (one line)."""
+    fresh = scheduler.state_dict()
+    if not _like(saved, fresh):
+        raise ValueError(f"{path}: field 'scheduler' must be the state of this run's "
+                         f"{type(scheduler).__name__} (keys {sorted(fresh)}, numbers where "
+                         "it has numbers)")
+    epoch = saved.get("last_epoch")
+    if epoch is not None and epoch < 0:
+        raise ValueError(f"{path}: field 'scheduler': 'last_epoch' must be >= 0, got {epoch}")
 
 
 def _validate_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
@@ -1040,6 +1142,8 @@ class _Trainer:
                              "accept the change with allow_changed_data=True "
                              "(--allow-changed-data)")
         _load_weights(self.checkpoint, self.model, saved["model"], "weights")
+        _check_optimizer_state(self.checkpoint, saved["optimizer"], self.optimizer)
+        _check_scheduler_state(self.checkpoint, saved["scheduler"], self.scheduler)
         scratch = build_model(**self.model_config).to(self.device)
         _load_weights(self.checkpoint, scratch, saved["best_model"], "best weights")
         for what, load in (("optimizer state", self.optimizer.load_state_dict),
@@ -1088,6 +1192,7 @@ class _Trainer:
             "dataset": self.dataset.name,
             "run": self.run_info,
             "data_fingerprint": self.fingerprint,
+            "class_names": list(self.dataset.class_names),
         }
         _atomic_write(self.checkpoint, lambda target: torch.save(content, target))
 
@@ -1128,7 +1233,18 @@ class _Trainer:
             kept = f"kept the last good checkpoint {self.checkpoint} (epoch {self.epoch})"
         return TrainingDiverged(
             f"non-finite {what} at epoch {self.epoch + 1}, step {step}; {kept}; try a smaller "
-            "learning rate (--lr) or solver step (--step-size)")
+            f"learning rate (--lr) or solver step (--step-size): {self._step_hint()}")
+
+    def _step_hint(self) -> str:
+        """The solver step the model takes, and how to make it smaller."""
+        step = getattr(self.model, "step_size", None)
+        times = self.splits["train"].times
+        if step is None and len(times) > 1:
+            step = float((times[1:] - times[:-1]).min())
+        if step is None:
+            return "pass a smaller --step-size (step_size=)"
+        return (f"the solver's step is {step:.3g} time units (the smallest observation gap "
+                f"unless given); pass e.g. --step-size {step / 4:.3g} (step_size=)")
 
     # ----------------------------------------------------------------- training
     def _step(self, index: Tensor, step: int) -> tuple[Tensor, float]:
@@ -1139,7 +1255,8 @@ class _Trainer:
         except NonFiniteOutputError as error:
             if self.fresh and step == 1 and self.epoch == 0:
                 # Untrained weights: the inputs are out of scale, not the learning rate.
-                raise NonFiniteOutputError(f"train split: {error}") from None
+                raise NonFiniteOutputError(f"train split: {error}; {self._step_hint()}"
+                                           ) from None
             logits = None
         if logits is None:
             stats = torch.tensor([0.0, 0.0, float(len(y)), 1.0], dtype=torch.float64,
@@ -1259,7 +1376,8 @@ def fit(
             (at the end); None writes nothing.
         resume: continue from ``out/checkpoint.pt`` (model, optimizer, schedule, RNG
             states, history) when it exists; the configuration must be the saved one.
-        progress: show a ``tqdm`` progress bar with live loss and accuracy.
+        progress: show a ``tqdm`` progress bar with live loss and accuracy when stderr
+            is a terminal; otherwise about :data:`LOG_LINES` lines per run.
         callback: called with each epoch's :class:`EpochRecord` after its checkpoint.
         run_info: plain values stored in the checkpoint and ``metrics.json`` (the
             CLI records how to reload the dataset).
@@ -1307,10 +1425,13 @@ def fit(
         trainer.check_writable()
 
         history = trainer.history
+        progress = progress and trainer.rank == 0
+        interactive = progress and sys.stderr.isatty()
+        desc = f"{trainer.model_config['name']} on {dataset.name}"
+        prepare_kernel(model)  # a first build says so before the bar starts its clock
         bar = tqdm(total=config.epochs * trainer.steps_per_epoch,
                    initial=trainer.epoch * trainer.steps_per_epoch,
-                   disable=not progress or trainer.rank != 0, unit="step", dynamic_ncols=True,
-                   desc=f"{trainer.model_config['name']} on {dataset.name}")
+                   disable=not interactive, unit="step", dynamic_ncols=True, desc=desc)
         try:
             while not trainer.finished and trainer.epoch < config.epochs:
                 record = trainer.train_epoch(bar)
@@ -1318,7 +1439,14 @@ def fit(
                 session_start = time.perf_counter()
                 if config.time_limit is not None and not trainer.finished \
                         and _past_time_limit(history.seconds, config.time_limit, trainer):
-                    history.stopped_early = trainer.finished = True
+                    history.stopped_early = trainer.finished = history.time_limited = True
+                    if trainer.rank == 0:
+                        print(f"fwplab: TIME LIMIT: training stopped after epoch {record.epoch} "
+                              f"of {config.epochs} ({history.seconds:.0f} s >= time_limit "
+                              f"{config.time_limit:g} s); this result depends on the "
+                              "machine's speed", file=sys.stderr, flush=True)
+                if progress and not interactive:
+                    _log_epoch(desc, record, config.epochs, trainer.finished)
                 trainer.save()
                 if callback is not None and trainer.rank == 0:
                     callback(record)
@@ -1333,6 +1461,19 @@ def fit(
     return history
 
 
+#: Lines a non-interactive run (no terminal) prints per model instead of a progress bar.
+LOG_LINES = 10
+
+
+def _log_epoch(desc: str, record: EpochRecord, epochs: int, last: bool) -> None:
+    """One line on stderr for every ``epochs / LOG_LINES`` epochs (and the last)."""
+    if record.epoch % max(1, epochs // LOG_LINES) and not last:
+        return
+    val = "" if record.val_accuracy is None else f", val_acc {record.val_accuracy:.3f}"
+    print(f"{desc}: epoch {record.epoch}/{epochs}, loss {record.train_loss:.3f}, acc "
+          f"{record.train_accuracy:.3f}{val}", file=sys.stderr, flush=True)
+
+
 def _past_time_limit(seconds: float, limit: float, trainer: "_Trainer") -> bool:
     """Whether training time passed ``limit``; under torchrun, whether it did on any process
     (all processes stop after the same epoch)."""
@@ -1340,48 +1481,6 @@ def _past_time_limit(seconds: float, limit: float, trainer: "_Trainer") -> bool:
     if trainer.world > 1:
         dist.all_reduce(past, op=dist.ReduceOp.MAX)
     return bool(past)
-
-
-def seconds_per_step(model: nn.Module, split: Split, batch_size: int, steps: int = 3) -> float:
-    """Wall seconds of one training step (forward, backward) on ``batch_size`` series.
-
-    Times ``steps`` steps on the longest series of ``split`` after one warm-up step,
-    with gradients discarded afterwards and the random generators restored, so the
-    model and later draws are as before. Used to fit a step budget into a time budget.
-
-    Args:
-        model: a model of :func:`fwplab.build_model`.
-        split: series to time on (the longest ``batch_size`` of them are used).
-        batch_size: series per step.
-        steps: timed steps (the median is returned).
-
-    Returns:
-        The median seconds per step.
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
-    if len(split) == 0:
-        raise ValueError("split: expected at least one series, got an empty split")
-    split = _on_device(split, _device_of(model))
-    index = split.lengths.argsort(descending=True)[:batch_size]
-    y, inputs = _batch(split, None, index)
-    if _uses_coeffs(model):
-        inputs["coeffs"] = interpolation_coeffs(inputs["x"], inputs["times"], inputs["lengths"],
-                                                model.interpolation)
-    state = _rng_state()
-    was_training = model.training
-    model.train()
-    timings = []
-    try:
-        for _ in range(steps + 1):
-            started = time.perf_counter()
-            F.cross_entropy(model(**inputs), y).backward()
-            timings.append(time.perf_counter() - started)
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-        _set_rng_state(state)
-    return sorted(timings[1:])[steps // 2]
 
 
 def _evaluation_logits(model: nn.Module, split: Split, coeffs: Optional[Tensor],
@@ -1421,6 +1520,7 @@ def _metrics_document(model: nn.Module, model_config: dict[str, Any], dataset: D
     document: dict[str, Any] = {
         "model": model_config["name"],
         "dataset": dataset.name,
+        "class_names": list(dataset.class_names),
         "test_accuracy": history.test["accuracy"],
         "train_accuracy": history.train["accuracy"],
         "val_accuracy": None if history.val is None else history.val["accuracy"],
@@ -1428,6 +1528,7 @@ def _metrics_document(model: nn.Module, model_config: dict[str, Any], dataset: D
         "epochs": len(history.records),
         "best_epoch": history.best_epoch,
         "stopped_early": history.stopped_early,
+        "time_limited": history.time_limited,
         "seconds": round(history.seconds, 3),
         "parameters": count_parameters(model),
         "processes": world,

@@ -19,25 +19,25 @@ from fwplab.data import (
     with_delays,
     with_time_features,
 )
-from fwplab import cli
 from fwplab.presets import (
     ADAPTIVE_VAL_FRACTION,
     DELAY_COPIES,
-    MIN_RETRY_SHARE,
     RETRY_LR_FACTOR,
     SMOOTHING_WIDTH,
     LONG_SERIES,
     MIN_VAL_SERIES,
-    TARGET_STEPS,
+    STEP_RANGE,
     TIME_FEATURE_CYCLES,
-    TIME_BUDGET,
+    WORK_BUDGET,
     adaptive_data_options,
-    adaptive_epochs,
+    adaptive_budget,
+    step_cost,
     adaptive_retry,
     adaptive_train_settings,
     preset_for_dataset,
 )
-from fwplab.train import TrainConfig, TrainingDiverged, _warmup_factor, fit, seconds_per_step
+from fwplab.train import TrainConfig, TrainingDiverged, _warmup_factor, fit
+from fwplab import adaptive
 from test_train import one_thread, tiny_dataset, tiny_model, write_ts_pair  # noqa: F401
 
 
@@ -68,15 +68,15 @@ def test_the_batch_is_about_a_tenth_of_the_training_series(counts, batch):
     assert adaptive_train_settings(counts)[0]["batch_size"] == batch
 
 
-def test_the_budget_is_counted_in_steps_and_bounded_in_time():
-    fast, _ = adaptive_epochs(40, 8, step_seconds=0.001, has_validation=False)
-    assert fast["epochs"] * 5 == TARGET_STEPS  # 5 steps per epoch
-    assert fast["time_limit"] == TIME_BUDGET and "patience" not in fast
-    slow, choices = adaptive_epochs(40, 8, step_seconds=1.0, has_validation=True)
-    assert slow["epochs"] * 5 * 1.0 <= TIME_BUDGET  # planned steps fit the time budget
-    assert slow["patience"] >= 10
-    assert "ms per step" in next(c.reason for c in choices if c.name == "passes")
-    given, _ = adaptive_epochs(40, 8, None, False, epochs=3)
+def test_the_budget_is_counted_in_steps_from_the_data_alone():
+    small, choices = adaptive_budget(40, 8, 24, has_validation=False)
+    assert small["epochs"] * 5 == STEP_RANGE[0] and "patience" not in small  # 5 steps per pass
+    assert "time_limit" not in small and "passes" in choices[0].reason
+    long, choices = adaptive_budget(4000, 32, 1000, has_validation=True)
+    steps = long["epochs"] * 125
+    assert steps * step_cost(32, 1000) <= WORK_BUDGET * 1.2 and long["patience"] >= 10
+    assert "work budget" in next(c.reason for c in choices if c.name == "passes")
+    given, _ = adaptive_budget(40, 8, 24, False, epochs=3)
     assert given["epochs"] == 3 and given["warmup_steps"] == 1
 
 
@@ -264,17 +264,6 @@ def test_ties_in_validation_accuracy_go_to_the_lower_loss():
     assert better > worse > _score({"accuracy": 0.49, "loss": 0.0}, "accuracy_then_loss")
 
 
-def test_seconds_per_step_leaves_the_model_and_the_generator_as_they_were():
-    dataset = tiny_dataset()
-    model = tiny_model(dataset)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    state = torch.get_rng_state()
-    assert seconds_per_step(model, dataset.train, batch_size=4) > 0
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert torch.equal(state, torch.get_rng_state())
-    assert all(p.grad is None for p in model.parameters())
-
-
 def test_only_data_without_a_preset_adapts():
     assert preset_for_dataset("japanese-vowels").name == "japanese-vowels"
     assert preset_for_dataset("spirals") is None
@@ -349,12 +338,10 @@ def test_a_long_univariate_run_records_its_delayed_copies_and_resumes_with_them(
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
 
 
-def test_a_retry_halves_the_rate_within_what_is_left_of_the_time_budget():
-    settings, choice = adaptive_retry(1e-3, 50.0, "non-finite loss at epoch 3, step 2")
-    assert settings == {"lr": 1e-3 * RETRY_LR_FACTOR, "time_limit": TIME_BUDGET - 50.0}
+def test_a_retry_halves_the_rate():
+    settings, choice = adaptive_retry(1e-3, "non-finite loss at epoch 3, step 2")
+    assert settings == {"lr": 1e-3 * RETRY_LR_FACTOR}
     assert "non-finite loss at epoch 3, step 2" in choice.reason
-    late, _ = adaptive_retry(1e-3, TIME_BUDGET, "x")
-    assert late["time_limit"] == MIN_RETRY_SHARE * TIME_BUDGET
 
 
 def _diverging_once(monkeypatch):
@@ -367,7 +354,7 @@ def _diverging_once(monkeypatch):
             raise TrainingDiverged("non-finite loss at epoch 1, step 1; kept nothing")
         return fit(model, dataset, config, **options)
 
-    monkeypatch.setattr(cli, "fit", fit_once_diverging)
+    monkeypatch.setattr(adaptive, "fit", fit_once_diverging)
     return configs
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fwplab import cli
+from fwplab import adaptive
 from fwplab.cli import ENSEMBLE_NAME, main
 from fwplab.data import warped_copies
 from fwplab.data import load_ts_pair
@@ -18,7 +18,8 @@ from fwplab.presets import (
     ENSEMBLE_MEMBERS,
     LONG_SERIES,
     MAX_WARPED_COPIES,
-    TIME_BUDGET,
+    WORK_BUDGET,
+    step_cost,
     adaptive_augmentation,
     adaptive_data_options,
     adaptive_ensemble,
@@ -59,19 +60,19 @@ def test_an_ensemble_refuses_no_members_and_members_of_different_classes():
         predict_ensemble([tiny_model(dataset), other], dataset.test)
 
 
-@pytest.mark.parametrize("seconds, members", [
-    (1.0, ENSEMBLE_MEMBERS), (TIME_BUDGET / 3, 3), (TIME_BUDGET / 2 + 1, 1), (TIME_BUDGET, 1),
-    (10 * TIME_BUDGET, 1)])
-def test_the_ensemble_holds_as_many_models_as_the_time_budget(seconds, members):
-    count, choice = adaptive_ensemble(seconds)
-    assert count == members
+@pytest.mark.parametrize("steps, batch, length, members", [
+    (600, 8, 24, ENSEMBLE_MEMBERS), (2000, 32, 64, 3), (2000, 32, 128, 1)])
+def test_the_ensemble_holds_as_many_models_as_the_work_budget(steps, batch, length, members):
+    count, choice = adaptive_ensemble(steps, batch, length)
+    assert count == members == max(1, min(ENSEMBLE_MEMBERS, int(
+        WORK_BUDGET / (steps * step_cost(batch, length)))))
     assert choice.name == "ensemble" and choice.value.startswith(f"{members} model")
 
 
 def test_a_given_ensemble_size_wins():
-    assert adaptive_ensemble(10 * TIME_BUDGET, 4)[0] == 4
-    with pytest.raises(ValueError, match="^first_seconds: expected non-negative seconds"):
-        adaptive_ensemble(-1.0)
+    assert adaptive_ensemble(10**6, 32, 128, 4)[0] == 4
+    with pytest.raises(ValueError, match="^steps, batch_size, length: expected positive"):
+        adaptive_ensemble(0, 8, 24)
 
 
 def test_a_run_with_an_ensemble_reports_the_averaged_probabilities_and_keeps_every_member(
@@ -191,7 +192,7 @@ def test_a_member_that_diverges_is_left_out_and_recorded(tmp_path, capsys, monke
             raise TrainingDiverged("non-finite loss at epoch 1, step 1; kept nothing")
         return fit(model, dataset, config, **options)
 
-    monkeypatch.setattr(cli, "fit", fit_second_diverging)
+    monkeypatch.setattr(adaptive, "fit", fit_second_diverging)
     train, test = write_ts_pair(tmp_path)
     out = tmp_path / "run"
     assert main(["train", "--train", str(train), "--test", str(test), "--ensemble", "3",
@@ -228,7 +229,7 @@ def test_warped_copies_are_refused_for_a_preset_and_below_zero(tmp_path, capsys)
 # ------------------------------------------------------------------ time in windows
 def test_log_signature_windows_count_time_in_windows(tmp_path):
     from test_adaptive_budget import write_univariate_pair
-    from fwplab.cli import _load_data
+    from fwplab.adaptive import load_data as _load_data
     train, test = write_univariate_pair(tmp_path, length=LONG_SERIES + 3)
     options, _ = adaptive_data_options(LONG_SERIES + 5, [1.0])
     assert options["window_time"] is True
