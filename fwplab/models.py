@@ -55,25 +55,43 @@ from .paths import (
     control_path,
     integration_grid,
 )
-from .rules import RULES, FastWeightRule, get_rule, on_registry_change
+from .rules import RULES, FastWeightRule, get_rule, on_registry_change, rule_fingerprint
 from .solvers import SOLVERS, SolverOptions
 
 __all__ = [
     "MODELS",
     "SOLVERS",
+    "DIVERGENCE_BOUND",
     "NonFiniteOutputError",
     "LAYOUTS",
     "SolverOptions",
     "ContinuousFWP",
     "NeuralCDE",
     "build_model",
+    "check_model_config",
     "load_official_state_dict",
     "count_parameters",
 ]
 
 
 class NonFiniteOutputError(ValueError):
-    """A forward pass whose logits are not finite; the message gives the inputs' scale."""
+    """A forward pass whose logits are not finite, or whose fast weights diverge.
+
+    The message gives the inputs' scale, or for diverging fast weights the rule, the
+    method and step size, and the fix.
+    """
+
+
+#: Largest Frobenius norm of one head's fast weight that :meth:`ContinuousFWP.forward`
+#: accepts for a rule whose field depends on ``W`` (every structure but ``"hebb"``): a
+#: stable rule of this package keeps ``|W|_F`` near ``sqrt(d) / decay``, so only a
+#: diverging solve (a step beyond the rule's stability limit) gets this far.
+DIVERGENCE_BOUND = 1e6
+
+
+#: Largest size (channels, heads, layers) a model accepts: one weight matrix of
+#: ``MAX_SIZE**2`` float32 entries already needs 16 EB.
+MAX_SIZE = 2**31
 
 
 def _check_sizes(**sizes) -> None:
@@ -84,6 +102,9 @@ def _check_sizes(**sizes) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             default = " or None" if name == "ff_channels" else ""
             raise ValueError(f"{name}: expected a positive integer{default}, got {value!r}")
+        if value > MAX_SIZE:
+            raise ValueError(f"{name}: expected at most {MAX_SIZE} (more needs more memory "
+                             f"than any machine has), got {value}")
 
 
 class _SolverOption:
@@ -620,13 +641,18 @@ class ContinuousFWP(nn.Module):
         Raises:
             ValueError: bad inputs (shapes, dtype other than the weights', no series);
                 :class:`NonFiniteOutputError` when the logits are not finite (inputs
-                far out of scale, e.g. values near 1e19 or times 1e9 apart).
+                far out of scale, e.g. values near 1e19 or times 1e9 apart) or the fast
+                weights diverge (not finite, or a head's Frobenius norm beyond
+                :data:`DIVERGENCE_BOUND`, for rules whose field depends on ``W``): a
+                rule too stiff for the step, e.g. ``dW/dt = b v k^T - 3.5 W`` with
+                ``rk4`` at step 1; the message names the rule, the step and the fix.
         """
         batch = check_observations(x, times, lengths, self.input_channels)
         _check_input_dtype(self, batch.x)
         path = self._path(batch, coeffs)
         if stream:
             W = self._fast_weights(path, batch.times).movedim(0, 1)  # (batch, time, heads, d, d)
+            self._check_fast_weights(W, batch)
             q = self.query(path, batch.times)
             return _check_finite_output(self, self.read_out(W, q), batch)
         last = batch.lengths - 1
@@ -635,8 +661,53 @@ class ContinuousFWP(nn.Module):
         ends, position = torch.unique(last, return_inverse=True)
         series = torch.arange(last.shape[0], device=last.device)
         q = self.query(path, batch.times[ends])[series, position]
-        logits = self.read_out(self._fast_weights(path, batch.times, at=last), q)
-        return _check_finite_output(self, logits, batch)
+        W = self._fast_weights(path, batch.times, at=last)
+        self._check_fast_weights(W, batch)
+        return _check_finite_output(self, self.read_out(W, q), batch)
+
+    def _check_fast_weights(self, W: Tensor, batch: ObservedBatch) -> None:
+        """Raise :class:`NonFiniteOutputError` naming the rule and the step when ``W`` diverges.
+
+        ``W (..., d, d)`` diverges when it is not finite or some head's Frobenius norm
+        exceeds :data:`DIVERGENCE_BOUND`; rules of the ``"hebb"`` structure are not
+        checked (their field does not depend on ``W``, so their solve cannot diverge;
+        non-finite logits then come from the inputs, which the logits' check reports).
+        """
+        record = self.fast_weight_rule
+        if record.structure == "hebb":
+            return
+        weights = W.detach()
+        finite = bool(torch.isfinite(weights).all())
+        norm = (float(torch.linalg.matrix_norm(weights.double()).max()) if finite
+                else float("inf"))
+        if norm <= DIVERGENCE_BOUND:
+            return
+        if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
+            raise NonFiniteOutputError("model: its weights are not finite, so are its logits")
+        gaps = batch.times[1:] - batch.times[:-1]
+        spacing = (f"observation times {float(gaps.min()):.3g} to {float(gaps.max()):.3g} apart"
+                   if gaps.numel() else "one observation time")
+        largest = float(torch.nan_to_num(batch.x.abs(), nan=0.0).max())
+        if solvers.is_fixed_grid(self.method) and gaps.numel():
+            grid = integration_grid(batch.times, self.step_size)
+            step = float((grid[1:] - grid[:-1]).max())
+            solve = f"method {self.method!r} at step size {step:.3g}"
+            fix = (f"pass a smaller step_size (model.step_size = {step / 4:.3g}; the rule's "
+                   "stability limit: step times its decay rate below 2 for 'euler', 2.78 for "
+                   "'rk4') or rescale the times (divide them by a constant)")
+        else:
+            solve = f"method {self.method!r} (rtol {self.rtol:g}, atol {self.atol:g})"
+            fix = "tighten rtol and atol or rescale the times (divide them by a constant)"
+        if finite:
+            raise NonFiniteOutputError(
+                f"{self.name}: the fast weights of rule {record.name!r} reach Frobenius norm "
+                f"{norm:.3g} (beyond {DIVERGENCE_BOUND:.0e}) with {solve}, {spacing}: the rule "
+                f"is too stiff for this step or grows without bound; {fix}")
+        raise NonFiniteOutputError(
+            f"x: the logits are not finite for inputs of magnitude up to {largest:.3g} and "
+            f"{spacing}: the fast weights of rule {record.name!r} diverge with {solve}; if "
+            "the inputs or the gaps are large, standardise the inputs (fwplab.load_dataset "
+            f"does) and rescale the times, otherwise the rule is too stiff for this step: {fix}")
 
 
 class _NeuralCDEField(nn.Module):
@@ -798,10 +869,13 @@ def build_model(name: str, input_channels: int, output_channels: int, **hparams)
             Neural CDE has no ``num_heads``) or refuses.
     """
     if not isinstance(name, str) or name not in MODELS:
-        raise ValueError(f"name: expected one of {list(MODELS)}, got {name!r}")
+        raise ValueError(f"name: expected one of {list(MODELS)}, got {name!r}"
+                         + _unregistered_rule_hint(name))
     spec = MODELS[name]
+    saved_fingerprint = hparams.pop("rule_fingerprint", None)
     config = dict(name=name, input_channels=input_channels, output_channels=output_channels,
                   **hparams)
+    fingerprint = _check_rule_fingerprint(name, spec, saved_fingerprint)
     try:
         if spec is None:
             model = NeuralCDE(input_channels, output_channels, **hparams)
@@ -810,11 +884,99 @@ def build_model(name: str, input_channels: int, output_channels: int, **hparams)
         else:
             model = spec(input_channels, output_channels, **hparams)
     except TypeError as error:
-        raise ValueError(f"{name}: {error}") from None
+        raise ValueError(f"{name}: {str(error).splitlines()[0]}") from None
     if getattr(model, "layout", None) is not None:
         config["layout"] = model.layout
+    if fingerprint is not None:
+        config["rule_fingerprint"] = fingerprint
     model.config = config
     return model
+
+
+def _unregistered_rule_hint(name) -> str:
+    """For ``NAME_cde`` / ``NAME_ode`` of a rule not registered: the rule and the fix."""
+    if not isinstance(name, str) or not name.endswith(("_cde", "_ode")):
+        return ""
+    rule = name[:-4]
+    if not rule.isidentifier() or rule in RULES:
+        return ""
+    return (f"; it names the rule {rule!r}, which is not registered in this process: "
+            f"register it first (fwplab.register_rule({rule!r}, field, ...), or "
+            "--rules-from FILE on the command line)")
+
+
+def _check_rule_fingerprint(name: str, spec, saved: Optional[str]) -> Optional[str]:
+    """The fingerprint of a registered rule's model (``None`` for other models).
+
+    Refuses a ``saved`` fingerprint that differs from the rule registered now, or one
+    given for a model that has none.
+    """
+    rule = spec[0] if isinstance(spec, tuple) else None
+    current = None if rule is None or RULES[rule].builtin else rule_fingerprint(RULES[rule])
+    if saved is None or saved == current:
+        return current
+    if current is None:
+        raise ValueError(f"rule_fingerprint: expected none for {name} (only models of rules "
+                         f"added with register_rule have one), got {saved!r}")
+    raise ValueError(
+        f"rule_fingerprint: the model {name} was built with another rule called {rule!r} "
+        f"(fingerprint {saved}) than the one registered now ({current}): its outputs on a "
+        "fixed probe differ; register the rule it was built with (fwplab.register_rule("
+        f"{rule!r}, ..., replace=True) or --rules-from FILE), or leave 'rule_fingerprint' out "
+        "of the config to use the current rule on purpose")
+
+
+def check_model_config(config: dict, state_dict: Optional[dict] = None) -> None:
+    """Check a saved model config (and its weights) before building anything.
+
+    The model is first built on the ``meta`` device (shapes only, no memory), so a
+    config claiming sizes of 10**6 channels costs nothing; then every weight's shape
+    must equal the saved tensor's. Loading code calls this before
+    ``build_model(**config)`` and ``load_state_dict``.
+
+    Args:
+        config: ``model.config`` as saved (``name``, ``input_channels``,
+            ``output_channels``, hyperparameters, ``rule_fingerprint``).
+        state_dict: the saved weights, name -> tensor, or ``None`` (config only).
+
+    Raises:
+        ValueError: an unknown model (a rule not registered is named with the fix), a
+            rule fingerprint that differs from the rule registered now, arguments the
+            model refuses, or weights whose names or shapes differ from the config's
+            (one line naming the first differences).
+    """
+    required = ("name", "input_channels", "output_channels")
+    if not isinstance(config, dict) or not all(key in config for key in required):
+        got = sorted(config) if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"model config: expected a dict with the keys {list(required)}, "
+                         f"got {got}")
+    try:
+        with torch.device("meta"):
+            probe = build_model(**config)
+    except (RuntimeError, OverflowError):  # sizes beyond any address space
+        raise ValueError(f"model config: {config.get('name')!r} with "
+                         f"{ {k: v for k, v in config.items() if k != 'name'} } has weight "
+                         "matrices too large for any memory") from None
+    if state_dict is None:
+        return
+    expected = {key: tuple(value.shape) for key, value in probe.state_dict().items()}
+    saved = {key: tuple(value.shape) for key, value in state_dict.items()
+             if isinstance(value, Tensor)}
+    problems = []
+    missing = [key for key in expected if key not in saved]
+    unexpected = [key for key in saved if key not in expected]
+    shapes = [f"{key}: config gives {expected[key]}, saved {saved[key]}"
+              for key in expected if key in saved and saved[key] != expected[key]]
+    if missing:
+        problems.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+    if shapes:
+        problems.append("shapes " + "; ".join(shapes[:3]) + (" ..." if len(shapes) > 3 else ""))
+    if problems:
+        raise ValueError(f"model config: the saved weights do not fit {config.get('name')} "
+                         f"as configured ({'; '.join(problems)}); the config and the weights "
+                         "do not belong together")
 
 
 def _follow_registry(rule: str, record: Optional[FastWeightRule]) -> None:

@@ -46,7 +46,7 @@ import math  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from fwplab.exercises import package_pass_through, uses_a_loop  # noqa: E402
+from fwplab.exercises import package_pass_through, plain, uses_a_loop  # noqa: E402
 
 
 def _numpy_oja_step(w, x, eta):
@@ -179,3 +179,66 @@ def test_lookup_tables_fail():
     table = EXERCISES["05.cut-prediction"].wrong_answers()[-1]
     assert not check("05.cut-prediction", table, quiet=True)
     assert not check("06.rank-one-flops", {8: 264, 20: 1620, 64: 16448}.get, quiet=True)
+
+
+class _AlwaysEqual:
+    """An answer that claims to equal anything."""
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = object.__hash__
+
+
+class _LyingTensor(torch.Tensor):
+    """A tensor whose allclose (method and function) is always true."""
+
+    def allclose(self, *args, **kwargs):
+        return True
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.allclose, torch.Tensor.allclose, torch.isclose, torch.equal):
+            return True
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def _zeros_like_lying(reference):
+    return torch.zeros_like(reference).as_subclass(_LyingTensor)
+
+
+@pytest.mark.parametrize("key, answer", [
+    ("08.structure", {name: _AlwaysEqual() for name in solution("08.structure")}),
+    ("01.oja-euler-step", lambda w, x, eta: _zeros_like_lying(w)),
+    ("02.linear-attention",
+     lambda phi_k, v, phi_q: _zeros_like_lying(phi_q[:, :1] * v[:1])),
+    ("01.lms-fixed-point", torch.zeros(1, 2).as_subclass(_LyingTensor)),
+])
+def test_answers_whose_own_comparisons_lie_are_judged_on_plain_values(key, answer):
+    verdict = check(key, answer, quiet=True)
+    assert not verdict and "\n" not in verdict.message
+
+
+def test_plain_converts_answers_and_refuses_what_it_cannot_in_one_line():
+    class Name(str):
+        def __eq__(self, other):
+            return True
+
+        __hash__ = str.__hash__
+
+    converted = plain({"a": [np.float64(0.5), Name("delta"), (1, torch.ones(2).as_subclass(
+        _LyingTensor))]})
+    value, name, (one, tensor) = converted["a"]
+    assert type(value) is float and type(name) is str and type(one) is int
+    assert type(tensor) is torch.Tensor and not torch.allclose(tensor, torch.zeros(2))
+    assert check("08.structure", {k: Name(v) for k, v in solution("08.structure").items()},
+                 quiet=True)  # a str subclass is judged on its plain value: right
+    verdict = check("08.structure", {**solution("08.structure"), "sanger": _AlwaysEqual()},
+                    quiet=True)
+    assert not verdict and verdict.message == (
+        "08.structure: not yet. Hint: expected numbers, strings, tensors or arrays (or lists, "
+        "tuples and dicts of them) or a function, got a _AlwaysEqual")
+    assert check("01.oja-euler-step", plain(solution("01.oja-euler-step")), quiet=True)

@@ -630,3 +630,43 @@ def test_shown_controls_squash_what_the_rule_squashes_after_its_subtraction():
     assert control_limits("softmax", key) == (0.0, 1.0)
     assert control_limits("tanh", value) == (-1.0, 1.0)
     assert control_limits("identity", value)[1] >= float(value.abs().max())
+
+
+def _stiff_hebb(W, key, value, rate):
+    """Hebb with a decay of 40: rk4 at the explorer's steps (0.2 and up) diverges."""
+    write = (rate * value).unsqueeze(-1) * key.unsqueeze(-2)
+    return write if W is None else write - 40.0 * W
+
+
+def test_a_selection_the_model_cannot_show_is_reported_in_the_widget(model, batch):
+    x, times, lengths = batch
+    x = x.clone()
+    x[2, :, 1:] = 1e30  # a series far out of scale
+    x[2, ::2, 1:] = -1e30
+    register_rule("test_stiff", _stiff_hebb)
+    try:
+        explorer = FastWeightExplorer(model, x, times, lengths)
+        shown, image = explorer.shown, explorer.image.value
+        assert shown == (0, "delta", 0.0, 0) and explorer.message.value == ""
+        explorer.rule_selector.value = "test_stiff"  # no exception escapes the callback
+        assert "rule 'test_stiff'" in explorer.message.value
+        assert "NonFiniteOutputError" in explorer.message.value
+        assert explorer.rule_selector.value == "delta" == explorer.trace.rule
+        assert explorer.shown == shown and explorer.image.value == image
+        explorer.series_selector.value = 2
+        assert "could not show series 2" in explorer.message.value
+        assert explorer.series_selector.value == 0 == explorer.trace.series
+        explorer.series_selector.value = 1  # a good selection clears the message
+        assert explorer.message.value == "" and explorer.trace.series == 1
+        assert explorer.shown == (1, "delta", 0.0, 0)
+        # A trace the figure cannot draw: the figure goes back to the one it showed.
+        broken = explorer.trace_for(0, "hebb")
+        explorer.traces[(0, "hebb", 0.0)] = broken._replace(
+            readouts=torch.full_like(broken.readouts, float("inf")))
+        explorer.series_selector.value = 0
+        explorer.rule_selector.value = "hebb"
+        assert explorer.rule_selector.value == "delta" == explorer.trace.rule
+        assert explorer.series_selector.value == 0 == explorer.trace.series
+        assert "could not show series 0, rule 'hebb'" in explorer.message.value
+    finally:
+        unregister_rule("test_stiff")

@@ -180,10 +180,13 @@ def test_registration_adds_and_removes_models_and_needs_replace():
         ("mine", user_delta, {"structure": "rank_one"}, "structure: expected one of"),
         ("mine", user_delta, {"correction": "relu"}, "correction: expected one of"),
         ("mine", decaying_hebb, {"structure": "hebb"},
-         "structure: expected a field of structure 'hebb' .* declare structure='general'"),
-        ("mine", user_delta, {"structure": "oja"}, "structure: expected a field of structure"),
-        ("mine", lambda W, k, v, b: v, {}, r"field: expected dW/dt of shape \(2, 3, 4, 4\)"),
-        ("mine", lambda W, k, v, b: W @ W, {}, "field: raised TypeError"),
+         "rule 'mine': structure: expected a field equal to the 'hebb' formula .* declare "
+         "structure='general'"),
+        ("mine", user_delta, {"structure": "oja"},
+         "rule 'mine': structure: expected a field equal to the 'oja' formula"),
+        ("mine", lambda W, k, v, b: v, {},
+         r"rule 'mine': field: expected dW/dt of shape \(2, 3, 4, 4\)"),
+        ("mine", lambda W, k, v, b: W @ W, {}, "rule 'mine': field: raised TypeError"),
     ],
 )
 def test_bad_registrations_raise_one_clear_error(name, field, options, message):

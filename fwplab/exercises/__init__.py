@@ -20,7 +20,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-__all__ = ["EXERCISES", "Exercise", "Verdict", "check", "exercise", "solution", "exercises_of"]
+__all__ = ["EXERCISES", "Exercise", "UnplainAnswer", "Verdict", "check", "exercise", "exercises_of",
+           "plain", "solution"]
 
 #: Modules that register exercises, one per notebook, imported on first use.
 TOPICS = (
@@ -119,17 +120,88 @@ def exercises_of(notebook: int) -> list[Exercise]:
     return [EXERCISES[k] for k in sorted(EXERCISES) if k.startswith(prefix)]
 
 
+class UnplainAnswer(TypeError):
+    """An answer (or a value an answer function returns) that :func:`plain` cannot convert."""
+
+
+#: How deeply lists, tuples and dicts may nest in an answer.
+MAX_NESTING = 20
+
+
+def plain(answer: Any, depth: int = 0) -> Any:
+    """``answer`` rebuilt from plain types, so that judging it runs no code of the answer's.
+
+    An answer's own types could make any comparison pass (an object whose ``==`` is
+    always true, a tensor subclass whose ``allclose`` is); after this the judges compare
+    only values of Python's and torch's own types:
+
+    * ``None``, ``bool``: kept; ``int``, ``float``, ``str`` and their subclasses (NumPy's
+      ``float64``, ``str`` subclasses): the plain ``int``, ``float``, ``str`` value;
+    * NumPy scalars: ``.item()``; NumPy arrays of numbers: a plain ``ndarray`` copy;
+    * torch tensors, subclasses included: a detached plain :class:`torch.Tensor` copy;
+    * lists, tuples (named tuples too), sets and dicts: plain ones of plain items;
+    * functions and other callables: a wrapper (``functools.wraps``, so the judges still
+      read the function's code) that converts every value it returns.
+
+    Raises:
+        UnplainAnswer: any other type (one line naming it and what the checks accept).
+    """
+    import functools
+
+    import numpy as np
+    import torch
+
+    if depth > MAX_NESTING:
+        raise UnplainAnswer(f"the answer nests deeper than {MAX_NESTING} levels")
+    if answer is None or type(answer) is bool:
+        return answer
+    for kind in (int, float, str):  # bool is an int subclass, handled above
+        if isinstance(answer, kind):
+            return getattr(kind, f"__{kind.__name__}__")(answer)
+    if isinstance(answer, np.generic):
+        return plain(answer.item(), depth + 1)
+    if isinstance(answer, np.ndarray):
+        if answer.dtype.kind not in "biuf":
+            raise UnplainAnswer(f"expected an array of numbers, got one of dtype {answer.dtype}")
+        return np.array(answer, copy=True, subok=False)
+    if isinstance(answer, torch.Tensor):
+        tensor = torch.Tensor.as_subclass(answer, torch.Tensor)
+        if type(tensor) is not torch.Tensor:
+            raise UnplainAnswer(f"expected a tensor, got a {type(answer).__name__} that does "
+                                "not convert to torch.Tensor")
+        return tensor.detach().clone()
+    if isinstance(answer, (list, tuple, set, frozenset)):
+        kind = next(k for k in (list, tuple, set, frozenset) if isinstance(answer, k))
+        return kind(plain(item, depth + 1) for item in answer)
+    if isinstance(answer, dict):
+        return {plain(k, depth + 1): plain(v, depth + 1) for k, v in answer.items()}
+    if callable(answer) and not isinstance(answer, type):
+        @functools.wraps(answer)
+        def returning_plain_values(*args, **kwargs):
+            return plain(answer(*args, **kwargs))
+
+        return returning_plain_values
+    raise UnplainAnswer(
+        f"expected numbers, strings, tensors or arrays (or lists, tuples and dicts of them) "
+        f"or a function, got a {type(answer).__name__}")
+
+
 def check(key: str, answer: Any, quiet: bool = False) -> Verdict:
     """Judge ``answer`` to exercise ``key``; print and return the verdict.
 
-    ``answer=None`` means "not attempted yet" and is reported as such.
+    ``answer=None`` means "not attempted yet" and is reported as such. The answer is
+    first rebuilt from plain types (:func:`plain`): what a judge compares is a plain
+    tensor, number, string or container, and the values a function returns are too. A
+    type that does not convert is refused with one line naming it.
     """
     item = _get(key)
     if answer is None:
         verdict = Verdict(key, False, f"{key}: not answered yet. {item.question}")
     else:
         try:
-            hint = item.judge(answer)
+            hint = item.judge(plain(answer))
+        except UnplainAnswer as error:
+            hint = str(error)
         except Exception as error:  # a student's answer may fail in any way
             hint = f"checking the answer raised {type(error).__name__}: {error}"
         if hint is None:

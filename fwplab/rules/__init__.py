@@ -4,7 +4,13 @@
 
 from .fast_weight import RULES, get_rule
 from .record import ACTIVATIONS, CORRECTIONS, STRUCTURES, FastWeightRule, activate
-from .registry import load_rules_from, on_registry_change, register_rule, unregister_rule
+from .registry import (
+    load_rules_from,
+    on_registry_change,
+    register_rule,
+    rule_fingerprint,
+    unregister_rule,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -17,5 +23,6 @@ __all__ = [
     "load_rules_from",
     "on_registry_change",
     "register_rule",
+    "rule_fingerprint",
     "unregister_rule",
 ]
