@@ -31,7 +31,7 @@ is a sum of stage updates (a cumulative sum for whole trajectories), with no tim
 loop. Each rule's activations come from its record. :func:`select_solver` picks the
 fastest correct path for a rule, a method and the inputs' device and dtype.
 
-Three implementations of the delta and Oja recurrence (``backend``):
+Four implementations of the delta and Oja recurrence (``backend``):
 
 * ``"stepwise"``: the loop above written with ordinary tensor operations;
   autograd records every operation (readable; the reference for the others).
@@ -41,6 +41,10 @@ Three implementations of the delta and Oja recurrence (``backend``):
   recomputes the steps in between during the backward (bounded memory).
 * ``"kernel"``: a compiled C++ recurrence (:mod:`fwplab.kernels`), the batch
   in the innermost dimension, checkpoints every ``K`` steps (16 by default).
+* ``"triton"``: the same recurrence for CUDA GPUs, written with Triton
+  (:mod:`fwplab.kernels.triton_recurrence`): one program per series and head keeps ``M``
+  on chip across the steps, checkpoints every ``K`` steps (16 by default); runs on the
+  CPU only in Triton's interpreter (``TRITON_INTERPRET=1``, for tests).
 
 :func:`solve_fused` (the models' solver ``"fused"``) runs the same compiled
 recurrence but computes the controls itself, from the path's pieces and the slow
@@ -60,6 +64,7 @@ import torchdiffeq
 from torch import Tensor, nn
 
 from . import kernels
+from .kernels import triton_recurrence
 from .rules import FastWeightRule, get_rule
 from .rules.record import CORRECTIONS
 from .rules.record import activate as _activate_by_name
@@ -117,7 +122,7 @@ TABLEAUS: dict[str, ButcherTableau] = {
 }
 
 #: Implementations of the delta and Oja recurrences (see the module docstring).
-FIXED_GRID_BACKENDS = ("stepwise", "fast", "kernel")
+FIXED_GRID_BACKENDS = ("stepwise", "fast", "kernel", "triton")
 
 #: The solver that runs the slow net inside the compiled kernel (:func:`solve_fused`).
 FUSED = "fused"
@@ -284,8 +289,8 @@ class SolverOptions:
         rtol, atol: tolerances of adaptive methods.
         adjoint: continuous adjoint gradients (``odeint_adjoint``).
         solver: one of :data:`SOLVERS` (the Neural CDE takes ``"reference"`` only).
-        checkpoint_every: ``"fast"``, ``"kernel"``, ``"fused"`` and ``"auto"``: steps
-            between stored fast weights (``None``: every step, or every
+        checkpoint_every: ``"fast"``, ``"kernel"``, ``"triton"``, ``"fused"`` and
+            ``"auto"``: steps between stored fast weights (``None``: every step, or every
             :data:`KERNEL_CHECKPOINT_EVERY` in the kernels).
 
     Raises:
@@ -325,9 +330,8 @@ class SolverOptions:
             raise ValueError(f"checkpoint_every: expected a positive integer or None, "
                              f"got {every!r}")
         if every is not None and self.solver in ("reference", "stepwise"):
-            raise ValueError(f"checkpoint_every applies to solver 'fast', 'kernel', 'fused' or "
-                             f"'auto', "
-                             f"not {self.solver!r}")
+            raise ValueError(f"checkpoint_every applies to solver 'fast', 'kernel', 'triton', "
+                             f"'fused' or 'auto', not {self.solver!r}")
 
     def check_rule(self, rule: RuleLike) -> None:
         """Refuse a fixed-grid ``solver`` for a rule of the ``"general"`` structure."""
@@ -363,6 +367,18 @@ def kernel_runs(rule: RuleLike) -> bool:
         record.correction, _loop_operands(record)[1])
 
 
+def _triton_runs(rule: FastWeightRule, method: str, device, dtype: torch.dtype) -> bool:
+    """Whether ``"auto"`` picks the Triton recurrence: CUDA tensors of float32/float64,
+    Triton installed, ``FWPLAB_TRITON`` not ``0``, and the rule and method in its tables
+    (never on the CPU, where its interpreter is for tests only)."""
+    spec = RecurrenceSpec(rule.correction, TABLEAUS[method], stage_layout(method), (0,),
+                          KERNEL_CHECKPOINT_EVERY)
+    return (torch.device(device).type == "cuda" and triton_recurrence.enabled()
+            and triton_recurrence.supports(device, dtype)
+            and triton_recurrence.supports_rule(rule.correction, _loop_operands(rule)[1])
+            and triton_recurrence.supports_spec(spec))
+
+
 def uses_fast_path(rule: RuleLike, options: SolverOptions) -> bool:
     """Whether a fixed-grid solver with precomputed controls runs for ``rule``."""
     if options.solver == "auto":
@@ -376,13 +392,15 @@ def select_solver(rule: RuleLike, options: SolverOptions, device, dtype: torch.d
     """The solver that runs ``rule`` with ``options`` on inputs of ``device`` and ``dtype``.
 
     ``"auto"`` picks the fastest correct path: torchdiffeq (``"reference"``) for
-    adaptive methods, the adjoint and general rules; the compiled kernel for delta and
-    Oja structures on CPU float32/float64 when it builds (and ``FWPLAB_KERNEL`` is not
-    ``0``), with the slow net inside it (``"fused"``) when the caller's slow net
-    ``fuses``; ``"fast"`` otherwise.
+    adaptive methods, the adjoint and general rules; for delta and Oja structures, the
+    Triton recurrence (``"triton"``) on CUDA float32/float64 when Triton is installed (and
+    ``FWPLAB_TRITON`` is not ``0``), the compiled kernel on CPU float32/float64 when it
+    builds (and ``FWPLAB_KERNEL`` is not ``0``), with the slow net inside it (``"fused"``)
+    when the caller's slow net ``fuses``; ``"fast"`` otherwise.
 
     Returns:
-        ``"reference"``, ``"stepwise"``, ``"fast"``, ``"kernel"`` or ``"fused"``.
+        ``"reference"``, ``"stepwise"``, ``"fast"``, ``"kernel"``, ``"triton"`` or
+        ``"fused"``.
     """
     options.check_rule(rule)
     if options.solver != "auto":
@@ -391,6 +409,8 @@ def select_solver(rule: RuleLike, options: SolverOptions, device, dtype: torch.d
         return "reference"
     if not kernel_runs(rule):  # Hebb (no time loop) or not in the kernel's tables
         return "fast"
+    if _triton_runs(_record(rule), options.method, device, dtype):
+        return "triton"
     if kernels.enabled() and kernels.supports(device, dtype) and kernels.available():
         return FUSED if fuses else "kernel"
     return "fast"
@@ -440,9 +460,9 @@ def solve_fixed_grid(
             default all.
         backend: one of :data:`FIXED_GRID_BACKENDS` (delta and Oja; the Hebb
             structure has no time loop and ignores it).
-        checkpoint_every: ``"fast"`` and ``"kernel"``: store ``W`` every this many
-            steps and recompute the rest in the backward; ``None`` stores every
-            step (``"fast"``) or every :data:`KERNEL_CHECKPOINT_EVERY` (``"kernel"``).
+        checkpoint_every: ``"fast"``, ``"kernel"`` and ``"triton"``: store ``W`` every
+            this many steps and recompute the rest in the backward; ``None`` stores every
+            step (``"fast"``) or every :data:`KERNEL_CHECKPOINT_EVERY` (the kernels).
 
     Returns:
         ``(len(keep), batch, heads, d, d)``.
@@ -490,6 +510,13 @@ def solve_fixed_grid(
         spec = RecurrenceSpec(rule.correction, tableau, layout, keep,
                               checkpoint_every or KERNEL_CHECKPOINT_EVERY)
         states = kernels.recurrence(fixed, target, rate, M0, steps, spec, activations)
+    elif backend == "triton":
+        if not triton_recurrence.supports_rule(rule.correction, activations):
+            raise ValueError(f"backend: the Triton recurrence has no {rule.name!r} rule; "
+                             "use 'fast'")
+        spec = RecurrenceSpec(rule.correction, tableau, layout, keep,
+                              checkpoint_every or KERNEL_CHECKPOINT_EVERY)
+        states = triton_recurrence.recurrence(fixed, target, rate, M0, steps, spec, activations)
     else:
         fixed, target, rate = (activate(a, x) for a, x in zip(activations, (fixed, target, rate),
                                                                strict=True))

@@ -233,7 +233,7 @@ def test_solve_fixed_grid_rejects_bad_arguments():
     with pytest.raises(ValueError, match="rule: expected one of .*, got 'hopfield'"):
         solvers.solve_fixed_grid("hopfield", controls, W0, steps)
     with pytest.raises(ValueError, match="backend: expected one of"):
-        solvers.solve_fixed_grid("delta", controls, W0, steps, backend="triton")
+        solvers.solve_fixed_grid("delta", controls, W0, steps, backend="cuda")
     with pytest.raises(ValueError, match="controls: expected 7 stage points for 2 rk4 steps, got 5"):
         solvers.solve_fixed_grid("delta", solvers.StageControls(*(c[:5] for c in controls)), W0,
                                  steps)
