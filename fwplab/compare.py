@@ -42,33 +42,68 @@ counts all the epochs of its settings (``epochs_done == config.epochs``). At the
 ``--resume``, a finished one is read back, so running the same command again after an
 interruption finishes the grid without repeating work. A run that fails is reported in
 one line and left out of the tables (its folder stays for inspection); the command then
-ends with exit status 1. A run stopped by Ctrl-C, SIGTERM or SIGHUP stops the grid too.
+ends with exit status 1. Besides:
+
+- *Signals.* The first Ctrl-C, SIGTERM or SIGHUP stops the grid: the cell in training
+  stops too (keeping its last checkpoint), no further cell starts, no table is written,
+  and one line on stderr says how many cells finished and to run the same command again;
+  the exit status is 128 + the signal's number (:class:`GridStopped` from the functions).
+- *Settings.* Before a cell first runs, its settings (:func:`cell_settings`: the
+  ``fwplab`` flags but ``--out``, ``--device`` and ``--no-progress``, data and rules files
+  by their contents' hash) are written to ``OUT/runs/CELL/compare-cell.json``. A started
+  cell (a checkpoint or metrics) is reused only when that record equals the settings
+  asked; otherwise the command refuses in one line naming the cell and the differing
+  settings, before running anything, or with ``--retrain-mismatched`` deletes such cells
+  and trains them afresh.
+- *Independent runs.* A model, seed, data set or environment named twice is refused.
+- *Size.* A grid of more than :data:`MAX_CELLS` cells needs ``--max-cells N``.
+- *Corrupt results.* An unreadable ``metrics.json`` is one failure line naming the file;
+  the grid goes on without that cell.
+- *Jobs.* ``--launcher local`` or ``slurm`` runs each unfinished cell as a submitit job
+  (:mod:`fwplab.launch`); ``--status OUT`` lists every cell as pending, running, done or
+  failed (with the job's last error line and log) and changes nothing; ``--collect OUT``
+  writes the tables and the plot from the finished cells, naming the missing ones. The
+  grid's cells are recorded in ``OUT/grid.json`` for both.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import hashlib
 import io
 import itertools
 import json
 import math
+import os
+import shutil
 import signal
 import statistics
-from contextlib import redirect_stdout
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from .launch import LAUNCHERS, Resources, job_state, read_jobs, run_local, submit
 from .rl.envs import ENVS
 from .rl.presets import RL_PRESETS
 from .rl.world_models import WORLD_MODELS
+from .train import LOCK_NAME
 
-__all__ = ["DataSource", "parse_data", "compare", "compare_rl", "write_tables",
-           "write_rl_tables", "plot_results", "plot_rl_results", "RESULT_FIELDS",
-           "RL_RESULT_FIELDS"]
+try:  # POSIX: whether a cell's folder lock is held (a run writing it)
+    import fcntl
+except ImportError:  # Windows: the lock file's presence
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["DataSource", "parse_data", "compare", "compare_rl", "status", "cell_settings",
+           "GridStopped", "write_tables", "write_rl_tables", "plot_results", "plot_rl_results",
+           "RESULT_FIELDS", "RL_RESULT_FIELDS", "MAX_CELLS", "CELL_RECORD", "GRID_RECORD"]
 
 #: Columns of ``results.csv`` of the train grid.
 RESULT_FIELDS = ("data", "model", "seed", "test_accuracy", "train_accuracy", "val_accuracy",
@@ -79,9 +114,15 @@ RL_RESULT_FIELDS = ("env", "model", "seed", "final_eval_return", "best_eval_retu
                     "parameters", "folder")
 #: The environments of the RL grid: those with continuous actions.
 _RL_ENVS = tuple(name for name, spec in ENVS.items() if spec.continuous_actions)
-#: Exit statuses of a run stopped by Ctrl-C, SIGTERM or SIGHUP (128 + the signal's number).
-_INTERRUPTED = frozenset(128 + int(getattr(signal, name))
-                         for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+#: The signals that stop a grid: Ctrl-C, SIGTERM, SIGHUP.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                      if hasattr(signal, name))
+#: Exit statuses of a run stopped by one of them (128 + the signal's number).
+_INTERRUPTED = frozenset(128 + int(signum) for signum in _STOP_SIGNALS)
+#: The largest grid run without an explicit ``--max-cells``.
+MAX_CELLS = 200
+#: The exit status of a failed command.
+_EXIT_ERROR = 1
 
 Row = dict[str, Any]
 
@@ -139,11 +180,49 @@ class _Cell:
         return f"{self.first} / {self.model} / seed {self.seed}"
 
 
+class GridStopped(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP stopped a grid: the finished cells are kept, and running
+    the same command again finishes it (interrupted cells resume from their checkpoints).
+
+    Attributes:
+        signum: the signal's number.
+        finished: cells finished when it stopped.
+        total: cells of the grid.
+    """
+
+    def __init__(self, signum: int, finished: int, total: int) -> None:
+        super().__init__(signum)
+        self.signum, self.finished, self.total = signum, finished, total
+
+    def __str__(self) -> str:
+        return (f"stopped by {signal.Signals(self.signum).name} with {self.finished} of "
+                f"{self.total} cells finished (kept); run the same command again to finish "
+                "the grid")
+
+
+class _Unreadable(ValueError):
+    """A cell's ``metrics.json`` that cannot be read."""
+
+
+def _unique(flag: str, items: Sequence[Any]) -> None:
+    twice = [str(item) for item in dict.fromkeys(i for i in items if items.count(i) > 1)]
+    if twice:
+        raise ValueError(f"{flag}: {', '.join(twice)} named more than once "
+                         f"({','.join(map(str, items))}); name each once, so that every cell "
+                         "is an independent run")
+
+
 def _grid_cells(heads: dict[str, tuple[str, ...]], models: Sequence[str], seeds: Sequence[int],
                 out: Path, extra_argv: Sequence[str]) -> list[_Cell]:
     """The cells of ``heads`` x models x seeds, in ``out/runs/FIRST-MODEL-seedS``; a fresh
     run's argv is the head (the sub-command and the data set's or environment's flags), then
-    ``--model M --seed S --out FOLDER --no-progress`` and ``extra_argv``."""
+    ``--model M --seed S --out FOLDER --no-progress`` and ``extra_argv``.
+
+    Raises:
+        ValueError: a model or a seed is named twice.
+    """
+    _unique("--models", list(models))
+    _unique("--seeds", list(seeds))
     cells = []
     for (first, head), model, seed in itertools.product(heads.items(), models, seeds):
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in first)
@@ -154,35 +233,241 @@ def _grid_cells(heads: dict[str, tuple[str, ...]], models: Sequence[str], seeds:
     return cells
 
 
+#: Flags of a cell's argv that say where it runs, not what it computes (left out of its
+#: settings record), and whether each takes a value.
+_PLACE_FLAGS = {"--out": True, "--device": True, "--no-progress": False}
+#: Flags whose value is a file: the record holds the file's content hash.
+_FILE_FLAGS = ("--train", "--test", "--rules-from")
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return "sha256:" + sha.hexdigest()[:16]
+
+
+def _file_digest(path: str) -> str:
+    stat = os.stat(path)
+    return _digest(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+def cell_settings(argv: Sequence[str]) -> dict[str, str]:
+    """The canonical settings record of a cell's ``fwplab`` argv: ``{"command": SUB,
+    FLAG: VALUE, ...}`` without ``--out``, ``--device`` and ``--no-progress``, a flag
+    without a value as ``"on"``, a repeated flag's values joined by commas, and files
+    (``--train``, ``--test``, ``--rules-from``) by their contents' SHA-256.
+
+    Two runs with the same record train the same model on the same data with the same
+    settings (the device aside).
+    """
+    settings = {"command": argv[0]}
+    tokens, i = list(argv[1:]), 0
+    while i < len(tokens):
+        flag = tokens[i]
+        valued = i + 1 < len(tokens) and not tokens[i + 1].startswith("--")
+        value = tokens[i + 1] if valued else "on"
+        i += 2 if valued else 1
+        if flag in _PLACE_FLAGS:
+            continue
+        if flag in _FILE_FLAGS:
+            value = _file_digest(value)
+        settings[flag] = f"{settings[flag]},{value}" if flag in settings else value
+    return settings
+
+
+#: The settings record a grid writes into each cell's folder before the cell first runs.
+CELL_RECORD = "compare-cell.json"
+
+
+def _recorded_settings(folder: Path) -> dict[str, str] | None:
+    try:
+        record = json.loads((folder / CELL_RECORD).read_text())
+        return record["settings"] if isinstance(record.get("settings"), dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _settings_difference(recorded: dict[str, str] | None, asked: dict[str, str]) -> str:
+    if recorded is None:
+        return f"no readable {CELL_RECORD} (made by hand or by an older fwplab)"
+    flags = [flag for flag in dict.fromkeys([*asked, *recorded])
+             if recorded.get(flag) != asked.get(flag)]
+    return "; ".join(f"{flag} {recorded.get(flag, 'not given')} (asked "
+                     f"{asked.get(flag, 'not given')})" for flag in flags)
+
+
+def _started(folder: Path) -> bool:
+    return (folder / "metrics.json").is_file() or (folder / "checkpoint.pt").is_file()
+
+
+def _atomic_json(path: Path, value: Any) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(value, stream, indent=1)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _folder_busy(folder: Path) -> bool:
+    """Whether a live process holds the cell's run-folder lock (``fwplab train/rl``)."""
+    lock = folder / LOCK_NAME
+    if fcntl is None or not lock.is_file():
+        return lock.is_file()
+    try:
+        handle = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(handle)  # closing releases a lock taken here
+    return False
+
+
+def _check_settings(cells: Sequence[_Cell], retrain_mismatched: bool,
+                    in_flight: Sequence[str] = ()) -> None:
+    """Refuse a started cell whose recorded settings differ from those asked, or (with
+    ``retrain_mismatched``) delete it so that it trains afresh.
+
+    Raises:
+        ValueError: one line naming the first such cell, the differing settings and the fix.
+    """
+    mismatched = []
+    for cell in cells:
+        if _started(cell.folder) or cell.folder.name in in_flight:
+            asked = cell_settings(cell.argv)
+            recorded = _recorded_settings(cell.folder)
+            if recorded != asked:
+                mismatched.append((cell, _settings_difference(recorded, asked)))
+    if not mismatched:
+        return
+    cell, difference = mismatched[0]
+    more = f" (and {len(mismatched) - 1} more cells)" if len(mismatched) > 1 else ""
+    if not retrain_mismatched:
+        raise ValueError(f"{cell.folder} was trained with other settings than asked: "
+                         f"{difference}{more}; pass --retrain-mismatched to delete and retrain "
+                         "such cells, or choose another --out")
+    busy = [c.folder for c, _ in mismatched if _folder_busy(c.folder) or c.folder.name in in_flight]
+    if busy:
+        raise ValueError(f"{busy[0]} has other settings than asked and is still being written "
+                         "(a run or a job in flight); stop it first, then retrain")
+    for cell, _ in mismatched:
+        shutil.rmtree(cell.folder)
+
+
+def _begin(cell: _Cell) -> None:
+    """Write the cell's settings record (before its first run; a no-op once it started)."""
+    if not _started(cell.folder):
+        cell.folder.mkdir(parents=True, exist_ok=True)
+        _atomic_json(cell.folder / CELL_RECORD, {"settings": cell_settings(cell.argv),
+                                                 "argv": list(cell.argv)})
+
+
+def _cell_argv(cell: _Cell) -> list[str]:
+    """A fresh run's argv, or ``--resume`` when the cell has a checkpoint."""
+    if (cell.folder / "checkpoint.pt").is_file():
+        return [cell.argv[0], "--resume", str(cell.folder), "--no-progress"]
+    return list(cell.argv)
+
+
+@contextmanager
+def _grid_signals() -> Iterator[dict[str, Any]]:
+    """Catch Ctrl-C, SIGTERM and SIGHUP for the grid's time (main thread only).
+
+    Yields a dict: ``signum`` (``None`` until a signal comes; then the first one) and
+    ``in_cell`` (set by the caller while a cell trains: a signal then also raises
+    ``KeyboardInterrupt`` there, so the cell stops at once and keeps its checkpoint).
+    """
+    state: dict[str, Any] = {"signum": None, "in_cell": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        state["signum"] = state["signum"] or signum
+        if state["in_cell"]:
+            raise KeyboardInterrupt(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
+    try:
+        yield state
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _read_cell(cell: _Cell, read_row: Callable[[_Cell], Row | None]) -> Row | None:
+    try:
+        return read_row(cell)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        raise _Unreadable(f"{cell.folder / 'metrics.json'}: unreadable metrics ("
+                          f"{' '.join(str(error).split()) or type(error).__name__}); delete "
+                          "the cell's folder to train it again") from None
+
+
 def _run_cells(
     cells: Sequence[_Cell],
     train_main: Callable[[list[str]], int],
-    finished: Callable[[Path], bool],
-    read_row: Callable[[_Cell], Row],
+    read_row: Callable[[_Cell], Row | None],
     progress: bool,
 ) -> tuple[list[Row], list[str]]:
-    """Run, resume or read back every cell under one progress bar; ``(rows, failures)``."""
+    """Run, resume or read back every cell under one progress bar; ``(rows, failures)``.
+
+    Raises:
+        GridStopped: a signal came; the cell in training stopped too.
+    """
     rows, failures = [], []
     bar = tqdm(cells, disable=not progress, unit="run", desc="fwplab compare", dynamic_ncols=True)
-    for cell in bar:
-        bar.set_postfix_str(str(cell), refresh=True)
-        if not finished(cell.folder):
-            if (cell.folder / "checkpoint.pt").is_file():
-                argv = [cell.argv[0], "--resume", str(cell.folder), "--no-progress"]
-            else:
-                argv = list(cell.argv)
-            with redirect_stdout(io.StringIO()):  # the bar is the command's output
-                status = train_main(argv)
-            if status != 0 or not finished(cell.folder):
-                stopped = status in _INTERRUPTED
-                failures.append(f"{cell}: fwplab {' '.join(argv)} ended with status {status}"
-                                + ("; the grid stops here (interrupted), run the same command "
-                                   "again to finish it" if stopped else ""))
-                if stopped:
-                    break
+    with _grid_signals() as stop:
+        for cell in bar:
+            if stop["signum"]:
+                break
+            bar.set_postfix_str(str(cell), refresh=True)
+            try:
+                row = _read_cell(cell, read_row)
+            except _Unreadable as error:
+                failures.append(f"{cell}: {error}")
                 continue
-        rows.append(read_row(cell))
+            if row is None:
+                argv = _cell_argv(cell)
+                try:
+                    _begin(cell)
+                    stop["in_cell"] = True
+                    with redirect_stdout(io.StringIO()):  # the bar is the command's output
+                        status = train_main(argv)
+                except KeyboardInterrupt:
+                    status = 128 + (stop["signum"] or signal.SIGINT)
+                except OSError as error:
+                    status = _EXIT_ERROR
+                    failures.append(f"{cell}: {' '.join(str(error).split())}")
+                    continue
+                finally:
+                    stop["in_cell"] = False
+                if status in _INTERRUPTED:
+                    stop["signum"] = stop["signum"] or status - 128
+                try:
+                    row = _read_cell(cell, read_row)
+                except _Unreadable as error:
+                    failures.append(f"{cell}: {error}")
+                    continue
+                if row is None:
+                    if not stop["signum"]:
+                        failures.append(f"{cell}: fwplab {' '.join(argv)} ended with status "
+                                        f"{status}")
+                    continue
+            rows.append(row)
     bar.close()
+    if stop["signum"]:
+        raise GridStopped(int(stop["signum"]), len(rows), len(cells))
     return rows, failures
 
 
@@ -190,57 +475,21 @@ def _read_metrics(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def _train_finished(folder: Path) -> bool:
-    return (folder / "metrics.json").is_file()
-
-
-def _train_row(cell: _Cell) -> Row:
+def _train_row(cell: _Cell) -> Row | None:
+    if not (cell.folder / "metrics.json").is_file():
+        return None
     metrics = _read_metrics(cell.folder)
     return {"data": cell.first, "model": cell.model, "seed": cell.seed,
             **{field: metrics[field] for field in RESULT_FIELDS[3:-1]},
             "folder": str(cell.folder)}
 
 
-def compare(
-    models: Sequence[str],
-    data: Sequence[DataSource],
-    seeds: Sequence[int],
-    out: Path,
-    train_main: Callable[[list[str]], int],
-    extra_argv: Sequence[str] = (),
-    progress: bool = True,
-) -> tuple[list[Row], list[str]]:
-    """Run (or read back, or resume) every ``fwplab train`` cell of models x data x seeds.
-
-    Args:
-        models: model names of ``fwplab train --model``.
-        data: the data sets.
-        seeds: training seeds.
-        out: the comparison's folder.
-        train_main: runs ``fwplab`` with the given arguments and returns its exit
-            status (:func:`fwplab.cli.main`).
-        extra_argv: further ``fwplab train`` flags given to every fresh run.
-        progress: show one progress bar over the grid.
-
-    Returns:
-        ``(rows, failures)``: one row per finished run (the fields of
-        :data:`RESULT_FIELDS`) and one line per failed run.
-    """
-    cells = _grid_cells({source.label: ("train", *source.argv) for source in data}, models,
-                        seeds, out, extra_argv)
-    return _run_cells(cells, train_main, _train_finished, _train_row, progress)
-
-
-def _rl_finished(folder: Path) -> bool:
-    try:
-        metrics = _read_metrics(folder)
-    except (OSError, ValueError):  # no run yet, or a file where the folder should be
-        return False
-    return metrics.get("epochs_done") == metrics.get("config", {}).get("epochs")
-
-
-def _rl_row(cell: _Cell) -> Row:
+def _rl_row(cell: _Cell) -> Row | None:
+    if not (cell.folder / "metrics.json").is_file():
+        return None
     metrics = _read_metrics(cell.folder)
+    if metrics["epochs_done"] != metrics["config"]["epochs"]:
+        return None
     returns = metrics["eval_return_curve"]
     mse = metrics["world_model_test_mse_curve"]
     return {"env": cell.first, "model": cell.model, "seed": cell.seed,
@@ -252,6 +501,154 @@ def _rl_row(cell: _Cell) -> Row:
             "eval_return_curve": returns, "world_model_test_mse_curve": mse}
 
 
+#: The row reader of each kind of grid (``fwplab train``, ``fwplab rl``).
+_READERS: dict[str, Callable[[_Cell], Row | None]] = {"train": _train_row, "rl": _rl_row}
+#: The grid's record (its kind and its cells), for ``--status`` and ``--collect``.
+GRID_RECORD = "grid.json"
+
+
+def _write_grid(out: Path, cells: Sequence[_Cell]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_json(out / GRID_RECORD, {"cells": [
+        {"first": c.first, "model": c.model, "seed": c.seed, "name": c.folder.name,
+         "argv": list(c.argv)} for c in cells]})
+
+
+def _read_grid(out: Path) -> list[_Cell]:
+    path = out / GRID_RECORD
+    try:
+        record = json.loads(path.read_text())
+        return [_Cell(str(c["first"]), str(c["model"]), int(c["seed"]),
+                      out / "runs" / str(c["name"]), tuple(map(str, c["argv"])))
+                for c in record["cells"]]
+    except FileNotFoundError:
+        raise ValueError(f"{path}: not found; expected the folder of a fwplab compare grid "
+                         "(its --out)") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: unreadable grid record ({' '.join(str(error).split())}); "
+                         "run the grid's fwplab compare command again to rewrite it") from None
+
+
+def _run_grid(cells: list[_Cell], out: Path, train_main: Callable[[list[str]], int],
+              progress: bool, retrain_mismatched: bool, max_cells: int, launcher: str,
+              resources: Resources | None) -> tuple[list[Row], list[str]]:
+    """Check the grid, record it, then run its cells in this process or as jobs."""
+    if len(cells) > max_cells:
+        raise ValueError(f"the grid has {len(cells)} cells, more than --max-cells {max_cells}; "
+                         f"pass --max-cells {len(cells)} to run it")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"--launcher: expected one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    jobs = read_jobs(out) if launcher != "inprocess" else {}
+    in_flight = [cell.folder.name for cell in cells if cell.folder.name in jobs
+                 and job_state(out, jobs[cell.folder.name])[0] in ("pending", "running")]
+    _check_settings(cells, retrain_mismatched, in_flight)
+    _write_grid(out, cells)
+    read_row = _READERS[cells[0].argv[0]] if cells else _train_row
+    if launcher == "inprocess":
+        return _run_cells(cells, train_main, read_row, progress)
+    return _launch(cells, out, read_row, launcher, resources or Resources(), in_flight)
+
+
+def _absolute(argv: list[str]) -> list[str]:
+    """``argv`` with the paths it names made absolute: a job may start in another folder."""
+    return [str(Path(token).resolve()) if i and argv[i - 1] in (*_FILE_FLAGS, "--out", "--resume")
+            else token for i, token in enumerate(argv)]
+
+
+def _launch(cells: list[_Cell], out: Path, read_row: Callable[[_Cell], Row | None],
+            launcher: str, resources: Resources, in_flight: Sequence[str],
+            ) -> tuple[list[Row], list[str]]:
+    """Submit every unfinished cell not in flight as a job; ``local`` waits for them and
+    returns the rows, ``slurm`` returns ``([], [])`` once submitted."""
+    todo, failures = [], []
+    for cell in cells:
+        try:
+            done = _read_cell(cell, read_row) is not None
+        except _Unreadable as error:
+            failures.append(f"{cell}: {error}")
+            continue
+        if not done and cell.folder.name not in in_flight:
+            try:
+                _begin(cell)
+            except OSError as error:
+                failures.append(f"{cell}: {' '.join(str(error).split())}")
+                continue
+            todo.append((cell.folder.name, _absolute(_cell_argv(cell))))
+    if in_flight and launcher == "local":
+        raise ValueError(f"{out / 'runs' / in_flight[0]}: its local job is still running "
+                         "(from an earlier fwplab compare); wait for it to end or stop it")
+    if launcher == "slurm":
+        jobs = submit("slurm", todo, out, resources)
+        ids = sorted({str(job.job_id).split("_")[0] for job in jobs.values()})
+        print(f"fwplab compare: submitted {len(todo)} jobs (slurm {', '.join(ids) or 'none'}); "
+              f"{len(in_flight)} already in flight; follow them with fwplab compare --status "
+              f"{out}, then tabulate with fwplab compare --collect {out}")
+        return [], failures
+    with _grid_signals() as stop:
+        run_local(todo, out, resources, lambda: bool(stop["signum"]))
+    rows, submitted = [], {name for name, _ in todo}
+    for cell in cells:
+        try:
+            row = _read_cell(cell, read_row)
+        except _Unreadable:
+            continue  # already reported
+        if row is not None:
+            rows.append(row)
+        elif cell.folder.name in submitted and not stop["signum"]:
+            record = read_jobs(out).get(cell.folder.name)
+            failures.append(f"{cell}: " + (job_state(out, record)[1] if record else
+                                           "did not finish"))
+    if stop["signum"]:
+        raise GridStopped(int(stop["signum"]), len(rows), len(cells))
+    return rows, failures
+
+
+def compare(
+    models: Sequence[str],
+    data: Sequence[DataSource],
+    seeds: Sequence[int],
+    out: Path,
+    train_main: Callable[[list[str]], int],
+    extra_argv: Sequence[str] = (),
+    progress: bool = True,
+    retrain_mismatched: bool = False,
+    max_cells: int = MAX_CELLS,
+    launcher: str = "inprocess",
+    resources: Resources | None = None,
+) -> tuple[list[Row], list[str]]:
+    """Run (or read back, or resume) every ``fwplab train`` cell of models x data x seeds.
+
+    Args:
+        models: model names of ``fwplab train --model``, each once.
+        data: the data sets.
+        seeds: training seeds, each once.
+        out: the comparison's folder.
+        train_main: runs ``fwplab`` with the given arguments and returns its exit
+            status (:func:`fwplab.cli.main`; the ``inprocess`` launcher only).
+        extra_argv: further ``fwplab train`` flags given to every fresh run.
+        progress: show one progress bar over the grid (``inprocess``).
+        retrain_mismatched: delete and retrain a started cell whose recorded settings
+            (:func:`cell_settings`) differ from those asked, instead of refusing.
+        max_cells: refuse a grid of more cells.
+        launcher: one of :data:`~fwplab.launch.LAUNCHERS` (see :mod:`fwplab.launch`).
+        resources: each job's resources (``local``, ``slurm``).
+
+    Returns:
+        ``(rows, failures)``: one row per finished run (the fields of
+        :data:`RESULT_FIELDS`) and one line per failed run (``slurm``: no rows, the jobs
+        are submitted; collect them with ``fwplab compare --collect OUT``).
+
+    Raises:
+        ValueError: a repeated model or seed, too many cells, a started cell with other
+            settings (one line naming it and them).
+        GridStopped: Ctrl-C, SIGTERM or SIGHUP stopped the grid.
+    """
+    cells = _grid_cells({source.label: ("train", *source.argv) for source in data}, models,
+                        seeds, out, extra_argv)
+    return _run_grid(cells, out, train_main, progress, retrain_mismatched, max_cells, launcher,
+                     resources)
+
+
 def compare_rl(
     models: Sequence[str],
     envs: Sequence[str],
@@ -261,28 +658,37 @@ def compare_rl(
     preset: str = "small",
     extra_argv: Sequence[str] = (),
     progress: bool = True,
+    retrain_mismatched: bool = False,
+    max_cells: int = MAX_CELLS,
+    launcher: str = "inprocess",
+    resources: Resources | None = None,
 ) -> tuple[list[Row], list[str]]:
     """Run (or read back, or resume) every ``fwplab rl`` cell of world models x envs x seeds.
 
     Args:
-        models: world-model names of ``fwplab rl --model``.
-        envs: environment names of ``fwplab rl --env``.
-        seeds: the runs' seeds.
+        models: world-model names of ``fwplab rl --model``, each once.
+        envs: environment names of ``fwplab rl --env``, each once.
+        seeds: the runs' seeds, each once.
         out: the comparison's folder; cell ``(E, M, S)`` runs in ``out/runs/E-M-seedS``.
         train_main: runs ``fwplab`` with the given arguments and returns its exit
             status (:func:`fwplab.cli.main`).
         preset: ``fwplab rl --preset`` of every fresh run.
         extra_argv: further ``fwplab rl`` flags given to every fresh run.
-        progress: show one progress bar over the grid.
+        progress, retrain_mismatched, max_cells, launcher, resources: as for :func:`compare`.
 
     Returns:
         ``(rows, failures)``: one row per finished run (the fields of
         :data:`RL_RESULT_FIELDS`, plus its curves ``eval_return_curve``, epochs 0..E, and
         ``world_model_test_mse_curve``, epochs 1..E) and one line per failed run.
+
+    Raises:
+        ValueError, GridStopped: as for :func:`compare`.
     """
+    _unique("--envs", list(envs))
     cells = _grid_cells({env: ("rl", "--preset", preset, "--env", env) for env in envs}, models,
                         seeds, out, extra_argv)
-    return _run_cells(cells, train_main, _rl_finished, _rl_row, progress)
+    return _run_grid(cells, out, train_main, progress, retrain_mismatched, max_cells, launcher,
+                     resources)
 
 
 # ---------------------------------------------------------------------- tables
@@ -450,6 +856,20 @@ def _comma_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return parse
 
 
+def _positive(text: str) -> int:
+    if not (text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not (equals and key.strip()):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (an sbatch option without its "
+                                         f"dashes, e.g. account=abc), got {text!r}")
+    return key.strip().lstrip("-"), value
+
+
 def add_parser(commands: Any, model_names: Sequence[str]) -> argparse.ArgumentParser:
     """Add the ``compare`` sub-command to the ``fwplab`` parser and return it."""
     parser = commands.add_parser(
@@ -458,8 +878,9 @@ def add_parser(commands: Any, model_names: Sequence[str]) -> argparse.ArgumentPa
         description="Train every model on every data set (--data: fwplab train) or every "
                     "world model on every environment (--envs: fwplab rl) with every seed "
                     "(resumable: run the same command again to finish an interrupted grid); "
-                    "write OUT/results.csv, OUT/results.md and OUT/results.png.")
-    parser.add_argument("--models", type=_comma_list(str), required=True, metavar="M1,M2",
+                    "write OUT/results.csv, OUT/results.md and OUT/results.png. Cells run in "
+                    "this process, as local jobs or as Slurm jobs (--launcher).")
+    parser.add_argument("--models", type=_comma_list(str), metavar="M1,M2",
                         help=f"models: {', '.join(model_names)}; with --envs world models: "
                              f"{', '.join(WORLD_MODELS)}")
     parser.add_argument("--data", nargs="+", metavar="DATA",
@@ -468,7 +889,7 @@ def add_parser(commands: Any, model_names: Sequence[str]) -> argparse.ArgumentPa
                         help=f"instead of --data, RL environments: {', '.join(_RL_ENVS)}")
     parser.add_argument("--seeds", type=_comma_list(int), default=[0], metavar="S1,S2",
                         help="training seeds (default 0)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="the comparison's folder")
+    parser.add_argument("--out", metavar="DIR", help="the comparison's folder")
     parser.add_argument("--epochs", metavar="N",
                         help="fwplab train --epochs (or fwplab rl --epochs) for every run")
     parser.add_argument("--missing-rate", metavar="R", help="fwplab train --missing-rate")
@@ -478,6 +899,33 @@ def add_parser(commands: Any, model_names: Sequence[str]) -> argparse.ArgumentPa
     parser.add_argument("--corrected", action="store_true",
                         help="with --envs: fwplab rl --corrected")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--retrain-mismatched", action="store_true",
+                        help="delete and retrain started cells whose recorded settings differ "
+                             "from those asked (default: refuse)")
+    parser.add_argument("--max-cells", type=_positive, default=MAX_CELLS, metavar="N",
+                        help=f"refuse a grid of more cells (default {MAX_CELLS})")
+    jobs = parser.add_argument_group("cells as jobs (pip install 'fwplab[cluster]')")
+    jobs.add_argument("--launcher", choices=LAUNCHERS, default="inprocess",
+                      help="inprocess (default): one cell after another here; local: each cell "
+                           "a subprocess job (waits for them); slurm: each cell a job of one "
+                           "Slurm array (submits and returns)")
+    jobs.add_argument("--gpus-per-cell", type=int, metavar="N", help="GPUs per job")
+    jobs.add_argument("--cpus-per-cell", type=_positive, metavar="N",
+                      help="CPU cores (torch threads) per job (default 1)")
+    jobs.add_argument("--time", type=_positive, metavar="MIN",
+                      help="wall-clock limit of a job in minutes (default 1440)")
+    jobs.add_argument("--partition", metavar="NAME", help="Slurm partition")
+    jobs.add_argument("--slurm-option", type=_key_value, action="append", metavar="KEY=VALUE",
+                      help="a further #SBATCH --KEY=VALUE line (repeatable), e.g. account=abc")
+    jobs.add_argument("--max-in-flight", type=_positive, metavar="N",
+                      help="at most N jobs at once (local: default cores / --cpus-per-cell; "
+                           "slurm: the array's parallelism)")
+    jobs.add_argument("--status", metavar="OUT",
+                      help="list each cell of the grid in OUT as pending, running, done or "
+                           "failed (with the job's last error line and log); changes nothing")
+    jobs.add_argument("--collect", metavar="OUT",
+                      help="write the tables and the plot of the grid in OUT from its finished "
+                           "cells, naming the missing ones")
     return parser
 
 
@@ -485,13 +933,13 @@ def _refuse(args: argparse.Namespace, flags: Sequence[str], grid: str) -> None:
     given = [flag for flag in flags if getattr(args, flag, None)]
     if given:
         raise ValueError(", ".join("--" + flag.replace("_", "-") for flag in given)
-                         + f": only for the {grid} grid")
+                         + f": only for the {grid}")
 
 
 def _train_grid(args: argparse.Namespace, train_main: Callable[[list[str]], int],
                 dataset_names: Sequence[str], model_names: Sequence[str],
-                ) -> tuple[list[Row], list[str]]:
-    _refuse(args, ("rl_preset", "corrected"), "--envs")
+                options: dict[str, Any]) -> tuple[list[Row], list[str]]:
+    _refuse(args, ("rl_preset", "corrected"), "--envs grid")
     unknown = [model for model in args.models if model not in model_names]
     if unknown:
         raise ValueError(f"--models: unknown {', '.join(unknown)}; expected some of "
@@ -500,20 +948,20 @@ def _train_grid(args: argparse.Namespace, train_main: Callable[[list[str]], int]
     labels = [source.label for source in data]
     if len(set(labels)) != len(labels):
         raise ValueError(f"--data: two data sets share a name ({', '.join(labels)}); rename a "
-                         "file")
+                         "file, or name each data set once")
     extra: list[str] = []
     for flag in ("epochs", "missing_rate", "device"):
         if getattr(args, flag) is not None:
             extra += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-    for file in args.rules_from or ():
+    for file in getattr(args, "rules_from", None) or ():
         extra += ["--rules-from", file]
     return compare(args.models, data, args.seeds, Path(args.out), train_main, extra,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, **options)
 
 
 def _rl_grid(args: argparse.Namespace, train_main: Callable[[list[str]], int],
-             ) -> tuple[list[Row], list[str]]:
-    _refuse(args, ("missing_rate", "rules_from"), "--data")
+             options: dict[str, Any]) -> tuple[list[Row], list[str]]:
+    _refuse(args, ("missing_rate", "rules_from"), "--data grid")
     unknown = [model for model in args.models if model not in WORLD_MODELS]
     if unknown:
         raise ValueError(f"--models: with --envs expected world models "
@@ -522,18 +970,122 @@ def _rl_grid(args: argparse.Namespace, train_main: Callable[[list[str]], int],
     if unknown:
         raise ValueError(f"--envs: expected continuous-action environments "
                          f"({', '.join(_RL_ENVS)}), got {', '.join(unknown)}")
-    if len(set(args.envs)) != len(args.envs):
-        raise ValueError(f"--envs: an environment is named twice ({', '.join(args.envs)})")
     extra = ["--epochs", str(args.epochs)] if args.epochs is not None else []
     extra += ["--corrected"] if args.corrected else []
     extra += ["--device", args.device] if args.device is not None else []
     return compare_rl(args.models, args.envs, args.seeds, Path(args.out), train_main,
-                      args.rl_preset or "small", extra, progress=not args.no_progress)
+                      args.rl_preset or "small", extra, progress=not args.no_progress,
+                      **options)
+
+
+_JOB_FLAGS = ("gpus_per_cell", "cpus_per_cell", "time", "max_in_flight")
+_SLURM_FLAGS = ("partition", "slurm_option")
+
+
+def _resources(args: argparse.Namespace) -> Resources | None:
+    if args.launcher == "inprocess":
+        _refuse(args, (*_JOB_FLAGS, *_SLURM_FLAGS), "--launcher local or slurm")
+        return None
+    if args.launcher == "local":
+        _refuse(args, _SLURM_FLAGS, "--launcher slurm")
+    if args.gpus_per_cell is not None and args.gpus_per_cell < 0:
+        raise ValueError(f"--gpus-per-cell: expected 0 or more, got {args.gpus_per_cell}")
+    if (args.device or "").startswith("cuda") and not args.gpus_per_cell:
+        raise ValueError(f"--device {args.device} with --launcher {args.launcher}: each job "
+                         "sees only the GPUs it asks for; add --gpus-per-cell 1")
+    return Resources(gpus_per_cell=args.gpus_per_cell or 0,
+                     cpus_per_cell=args.cpus_per_cell or 1, time_min=args.time or 24 * 60,
+                     partition=args.partition, slurm_options=dict(args.slurm_option or ()),
+                     max_in_flight=args.max_in_flight)
+
+
+def _grid_state(out: Path) -> tuple[list[_Cell], Callable[[_Cell], Row | None],
+                                    dict[str, dict[str, str]]]:
+    cells = _read_grid(out)
+    return cells, _READERS.get(cells[0].argv[0] if cells else "train", _train_row), read_jobs(out)
+
+
+def status(out: Path) -> list[tuple[_Cell, str, str]]:
+    """``(cell, state, detail)`` for every cell of the grid in ``out``, reading only.
+
+    ``state`` is ``done``, ``running`` (its job runs, or a process holds its folder),
+    ``pending`` (queued, or not started; ``detail`` says which and whether a checkpoint
+    waits to be resumed) or ``failed`` (its job ended without finishing it, or its
+    ``metrics.json`` is unreadable; ``detail`` is the last error line and the log's path).
+    """
+    cells, read_row, jobs = _grid_state(out)
+    listed = []
+    for cell in cells:
+        try:
+            done = _read_cell(cell, read_row) is not None
+        except _Unreadable as error:
+            listed.append((cell, "failed", str(error)))
+            continue
+        record = jobs.get(cell.folder.name)
+        if done:
+            listed.append((cell, "done", str(cell.folder)))
+        elif _folder_busy(cell.folder):
+            listed.append((cell, "running", f"a process writes {cell.folder}"))
+        elif record is not None:
+            listed.append((cell, *job_state(out, record)))
+        elif (cell.folder / "checkpoint.pt").is_file():
+            listed.append((cell, "pending", "interrupted; its checkpoint resumes when the "
+                                            "grid's command runs again"))
+        else:
+            listed.append((cell, "pending", "not started"))
+    return listed
+
+
+def _print_status(out: Path) -> int:
+    listed = status(out)
+    width = max((len(str(cell)) for cell, _, _ in listed), default=0)
+    for cell, state, detail in listed:
+        print(f"{state:<8} {str(cell):<{width}}  {detail}")
+    counts = {state: sum(s == state for _, s, _ in listed)
+              for state in ("done", "running", "pending", "failed")}
+    print(f"fwplab compare: {len(listed)} cells: "
+          + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
+
+
+def _collect(out: Path) -> tuple[list[Row], list[str], str]:
+    """The rows of the finished cells of the grid in ``out``, one line per missing or
+    unreadable cell, and the grid's kind."""
+    cells, read_row, _ = _grid_state(out)
+    rows, failures, missing = [], [], []
+    for cell in cells:
+        try:
+            row = _read_cell(cell, read_row)
+        except _Unreadable as error:
+            failures.append(f"{cell}: {error}")
+            continue
+        if row is None:
+            missing.append(str(cell))
+        else:
+            rows.append(row)
+    if missing:
+        failures.append(f"{len(missing)} of {len(cells)} cells not finished, left out: "
+                        + ", ".join(missing))
+    return rows, failures, cells[0].argv[0] if cells else "train"
 
 
 def run(args: argparse.Namespace, train_main: Callable[[list[str]], int],
         dataset_names: Sequence[str], model_names: Sequence[str]) -> int:
     """Run ``fwplab compare`` from parsed arguments; returns the exit status."""
+    if args.status is not None or args.collect is not None:
+        given = [flag for flag in ("models", "data", "envs", "out")
+                 if getattr(args, flag) is not None]
+        if given or (args.status is not None and args.collect is not None):
+            raise ValueError("--status OUT and --collect OUT read a grid's folder: give one of "
+                             "them alone (not with " + ", ".join(
+                                 ["--" + flag for flag in given] or ["each other"]) + ")")
+        if args.status is not None:
+            return _print_status(Path(args.status))
+        out = Path(args.collect)
+        rows, failures, kind = _collect(out)
+        return _report(rows, failures, out, kind)
+    if args.models is None or args.out is None:
+        raise ValueError("expected --models and --out (or --status OUT, or --collect OUT)")
     if (args.data is None) == (args.envs is None):
         raise ValueError("expected exactly one of --data (fwplab train grid) and --envs "
                          "(fwplab rl grid)")
@@ -541,17 +1093,31 @@ def run(args: argparse.Namespace, train_main: Callable[[list[str]], int],
         raise ValueError(f"--seeds: expected non-negative integers, got {args.seeds}")
     if args.epochs is not None and not (args.epochs.isdigit() and int(args.epochs) > 0):
         raise ValueError(f"--epochs: expected a positive integer, got {args.epochs!r}")
-    if args.envs is None:
-        rows, failures = _train_grid(args, train_main, dataset_names, model_names)
-        write, plot = write_tables, plot_results
-    else:
-        rows, failures = _rl_grid(args, train_main)
-        write, plot = write_rl_tables, plot_rl_results
+    options = {"retrain_mismatched": args.retrain_mismatched, "max_cells": args.max_cells,
+               "launcher": args.launcher, "resources": _resources(args)}
+    try:
+        if args.envs is None:
+            rows, failures = _train_grid(args, train_main, dataset_names, model_names, options)
+        else:
+            rows, failures = _rl_grid(args, train_main, options)
+    except GridStopped as stopped:
+        print(f"fwplab compare: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
+    if args.launcher == "slurm":
+        for failure in failures:
+            print(f"fwplab compare: failed: {failure}")
+        return 1 if failures else 0
+    return _report(rows, failures, Path(args.out), "train" if args.envs is None else "rl")
+
+
+def _report(rows: list[Row], failures: list[str], out: Path, kind: str) -> int:
+    """Print the failures, write and print the tables; the exit status."""
+    write, plot = (write_tables, plot_results) if kind == "train" else (write_rl_tables,
+                                                                       plot_rl_results)
     for failure in failures:
         print(f"fwplab compare: failed: {failure}")
     if not rows:
         raise ValueError("no run finished, so there is nothing to tabulate")
-    out = Path(args.out)
     csv_path, md_path = write(rows, out)
     plot_path = plot(rows, out)
     print(md_path.read_text(), end="")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fwplab.cli import DATASET_NAMES, MODELS, build_parser, main
+from fwplab.cli import build_parser, main
+from fwplab.data import DATASET_NAMES
+from fwplab.models import MODELS
 from fwplab.compare import RL_RESULT_FIELDS, run
 from test_train import one_thread  # noqa: F401 (autouse fixture)
 
@@ -140,9 +142,59 @@ def test_a_failed_cell_is_one_line_and_the_others_are_tabulated(tmp_path, capsys
 
 def test_an_interrupted_cell_stops_the_grid(tmp_path, capsys):
     fake = FakeRL({2: 130})
-    assert _grid(tmp_path / "cmp", fake, envs="swimmer", models="latent-ode") == 1
+    assert _grid(tmp_path / "cmp", fake, envs="swimmer", models="latent-ode") == 130
     assert [call[call.index("--seed") + 1] for call in fake.calls] == ["1", "2"]
-    assert "the grid stops here (interrupted)" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert printed.err == ("fwplab compare: stopped by SIGINT with 1 of 3 cells finished (kept); "
+                           "run the same command again to finish the grid\n")
+    assert not (tmp_path / "cmp" / "results.csv").exists()
+
+
+def test_a_cell_trained_with_other_settings_is_refused_or_retrained(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert _grid(out, FakeRL(), "--epochs", "2", envs="swimmer", models="latent-ode",
+                 seeds="1") == 0
+    fake = FakeRL()
+    with pytest.raises(ValueError) as refused:
+        _grid(out, fake, "--epochs", "3", "--corrected", envs="swimmer", models="latent-ode",
+              seeds="1")
+    folder = out / "runs" / "swimmer-latent-ode-seed1"
+    assert fake.calls == []
+    assert str(refused.value) == (
+        f"{folder} was trained with other settings than asked: --epochs 2 (asked 3); "
+        "--corrected not given (asked on); pass --retrain-mismatched to delete and retrain "
+        "such cells, or choose another --out")
+    assert _grid(out, fake, "--epochs", "3", "--corrected", "--retrain-mismatched",
+                 envs="swimmer", models="latent-ode", seeds="1") == 0
+    assert [row["epochs"] for row in _rows(out)] == ["3"]
+    assert fake.calls[0][-3:] == ["--epochs", "3", "--corrected"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(seeds="1,2,1"), "--seeds: 1 named more than once (1,2,1); name each once"),
+    (dict(models="latent-ode,latent-ode"), "--models: latent-ode named more than once"),
+])
+def test_repeated_seeds_or_models_are_refused(tmp_path, flags, message):
+    fake = FakeRL()
+    with pytest.raises(ValueError) as refused:
+        _grid(tmp_path / "cmp", fake, **flags)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert fake.calls == [] and not (tmp_path / "cmp").exists()
+
+
+def test_a_corrupt_metrics_file_is_one_failure_and_the_grid_goes_on(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert _grid(out, FakeRL(), envs="swimmer", models="latent-ode") == 0
+    corrupt = out / "runs" / "swimmer-latent-ode-seed2" / "metrics.json"
+    corrupt.write_text('{"kind": "rl", "epochs_do')
+    capsys.readouterr()
+    fake = FakeRL()
+    assert _grid(out, fake, envs="swimmer", models="latent-ode") == 1
+    assert fake.calls == []
+    failed = [line for line in capsys.readouterr().out.splitlines() if "failed" in line]
+    assert len(failed) == 1 and failed[0].startswith(
+        f"fwplab compare: failed: swimmer / latent-ode / seed 2: {corrupt}: unreadable metrics")
+    assert [row["seed"] for row in _rows(out)] == ["1", "3"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -155,7 +207,8 @@ def test_an_interrupted_cell_stops_the_grid(tmp_path, capsys):
     (["--models", "latent-ode", "--envs", "swimmer,windy_grid,pong"],
      "--envs: expected continuous-action environments (hopper, swimmer, half_cheetah), got "
      "windy_grid, pong"),
-    (["--models", "latent-ode", "--envs", "swimmer,swimmer"], "--envs: an environment is named"),
+    (["--models", "latent-ode", "--envs", "swimmer,swimmer"],
+     "--envs: swimmer named more than once (swimmer,swimmer)"),
     (["--models", "latent-ode", "--envs", "swimmer", "--epochs", "0"],
      "--epochs: expected a positive integer, got '0'"),
     (["--models", "latent-ode", "--envs", "swimmer", "--missing-rate", "0.5"],
