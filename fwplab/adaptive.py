@@ -75,19 +75,8 @@ from .presets import (
     adaptive_retry,
     adaptive_train_settings,
 )
-from .train import (
-    CHECKPOINT_NAME,
-    MAX_SEED,
-    METRICS_NAME,
-    History,
-    TrainConfig,
-    TrainingDiverged,
-    _atomic_write,
-    _RunFolderLock,
-    _write_json,
-    evaluate_ensemble,
-    fit,
-)
+from .checkpoints import CHECKPOINT_NAME, METRICS_NAME, _atomic_write, _RunFolderLock, _write_json
+from .train import MAX_SEED, History, TrainConfig, TrainingDiverged, evaluate_ensemble, fit
 
 __all__ = ["ENSEMBLE_NAME", "AdaptiveFit", "fit_adaptive", "load_data", "adapt_data",
            "adapt_training", "time_unit", "data_summary", "check_model_size"]

@@ -25,10 +25,11 @@ import torch
 from torch import Tensor
 
 from .adaptive import ENSEMBLE_NAME, load_data
+from .checkpoints import _load_weights, load_checkpoint
 from .data.registry import shipped_data_dir
 from .data.ts import read_ts
 from .models import build_model
-from .train import _load_weights, load_checkpoint, predict_ensemble
+from .train import predict_ensemble
 
 __all__ = ["Predictions", "predict"]
 

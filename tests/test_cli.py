@@ -8,11 +8,12 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 
 from fwplab.cli import _data_spec, _model_options, _train_config, build_parser, main
 from fwplab.rules import unregister_rule
 from fwplab.presets import DEFAULT_PRESET, PRESETS, get_preset
-from fwplab.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig
+from fwplab.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, load_checkpoint
 from test_train import METRICS_KEYS, one_thread, write_ts_pair  # noqa: F401 (autouse fixture)
 
 TINY_FLAGS = ["--hidden", "8", "--heads", "2", "--batch-size", "8", "--no-progress"]
@@ -145,3 +146,80 @@ def test_without_a_dataset_option_the_shipped_japanese_vowels_is_used():
     assert spec == {"missing_rate": 0.0, "seed": 0, "dataset": "japanese-vowels", "options": {}}
     assert _model_options(args, preset, "delta_cde") == dict(hidden_channels=64, num_heads=16)
     assert _train_config(args, preset) == TrainConfig(**preset.train)
+
+
+#: A crafted pair: 5 training series (lengths 3-6, 5 values '?'), 2 test series (1 '?').
+CRAFTED = {
+    "TRAIN": ["1,2,3:1,?,3:up", "1,?,3,4:4,3,2,1:down", "1,2,?,4,5:5,?,3,2,1:up",
+              "4,3,2,1:1,2,3,4:down", "1,2,3,4,5,6:6,5,?,3,2,1:up"],
+    "TEST": ["1,2,?,4,5:1,2,3,4,5:up", "5,4,3,2,1:5,4,3,2,1:down"],
+}
+
+
+def _crafted_pair(folder: Path) -> tuple[Path, Path]:
+    header = ["@problemName Craft", "@timeStamps false", "@missing true", "@univariate false",
+              "@dimensions 2", "@equalLength false", "@classLabel true up down", "@data"]
+    paths = []
+    for part, lines in CRAFTED.items():
+        path = folder / f"Craft_{part}.ts"
+        path.write_text("\n".join(header + lines) + "\n")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def test_the_data_summary_counts_missing_values_lengths_and_classes(tmp_path, capsys):
+    train, test = _crafted_pair(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(train), "--test", str(test), "--epochs", "1",
+                 "--out", str(out), *TINY_FLAGS]) == 0
+    summary = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("fwplab train: data:")]
+    # lengths 3, 4, 5, 4, 6 | 5, 5; 2 channels x 32 steps = 64 values, 5 + 1 missing
+    assert summary == ["fwplab train: data: 5 train + 2 test series, lengths 3/5/6 "
+                       "(min/median/max), 6 of 64 values missing (9.4%), 2 classes: up (3), "
+                       "down (2) (training series)"]
+    metrics = json.loads((out / METRICS_NAME).read_text())
+    assert metrics["class_names"] == metrics["run"]["class_names"] == ["up", "down"]
+    assert load_checkpoint(out)["class_names"] == ["up", "down"]
+    assert metrics["time_limited"] is False
+
+
+def test_without_a_terminal_a_run_prints_a_few_epoch_lines_not_one_per_step(tmp_path, capsys):
+    train, test = write_ts_pair(tmp_path)
+    out = tmp_path / "run"
+    flags = [flag for flag in TINY_FLAGS if flag != "--no-progress"]  # progress on
+    assert main(["train", "--train", str(train), "--test", str(test), "--epochs", "20",
+                 "--warped-copies", "0", "--out", str(out), *flags]) == 0  # 3 steps per epoch
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if not line.startswith("fwplab: ")]  # kernel
+    assert len(lines) == 10, lines  # every second epoch of 20, not 60 steps
+    assert [line.split(", ")[0] for line in lines] == [
+        f"delta_cde on Tiny: epoch {epoch}/20" for epoch in range(2, 21, 2)]
+    history = json.loads((out / METRICS_NAME).read_text())["history"]
+    assert [record["epoch"] for record in history] == list(range(1, 21))  # one per epoch
+
+
+def test_a_time_limit_that_cuts_training_says_so_and_is_recorded(tmp_path, capsys):
+    train, test = write_ts_pair(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(train), "--test", str(test), "--epochs", "3",
+                 "--ensemble", "2", "--time-limit", "1e-9", "--out", str(out),
+                 *TINY_FLAGS]) == 0
+    captured = capsys.readouterr()
+    assert "fwplab: TIME LIMIT: training stopped after epoch 1 of 3" in captured.err
+    assert "TIME LIMIT: --time-limit 1e-09 s reached; the ensemble holds 1 of 2 models" \
+        in captured.out
+    metrics = json.loads((out / METRICS_NAME).read_text())
+    assert metrics["time_limited"] is True and metrics["stopped_early"] is True
+    assert metrics["epochs"] == 1 and "ensemble" not in metrics
+    assert not (out / "ensemble.pt").exists()
+
+
+def test_an_ensemble_file_names_the_classes(tmp_path):
+    train, test = write_ts_pair(tmp_path, classes="pq")
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(train), "--test", str(test), "--epochs", "1",
+                 "--ensemble", "2", "--out", str(out), *TINY_FLAGS]) == 0
+    assert torch.load(out / "ensemble.pt", weights_only=True)["class_names"] == ["p", "q"]
+    assert json.loads((out / METRICS_NAME).read_text())["class_names"] == ["p", "q"]
