@@ -11,7 +11,15 @@ from torch import Tensor
 from ..data import drop_observations
 from ..models import build_model, count_parameters
 from ..paths import interpolation_coeffs
-from . import as_count, as_tensor, exercise, fresh_float, fresh_generator, fresh_int
+from . import (
+    as_count,
+    as_tensor,
+    exercise,
+    fresh_float,
+    fresh_generator,
+    fresh_int,
+    package_pass_through,
+)
 
 #: JapaneseVowels as the models see it: time and 12 cepstrum channels, 9 speakers.
 CHANNELS, CLASSES = 13, 9
@@ -21,6 +29,8 @@ HIDDEN, HEADS = 64, 16
 RATES = (0.3, 0.5, 0.7)
 #: Series and length of the large batch on which the randomness of the drops is checked.
 RANDOMNESS_BATCH, RANDOMNESS_LENGTH = 400, 40
+#: Relative and absolute tolerance of the normalised times (float64 arithmetic).
+TIMES_TOLERANCE = 1e-9
 
 
 def _test_batch(generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -202,4 +212,99 @@ def _judge_fewer(answer: Any) -> Optional[str]:
     if count != right_count:
         return (f"right model, but {count} is not its count: use hidden_channels={HIDDEN} and "
                 f"num_heads={HEADS}, {CHANNELS} inputs and {CLASSES} outputs")
+    return None
+
+
+def _normalised_times(times: Tensor) -> Tensor:
+    """``(times - first time of each series) / unit``, the unit the median positive gap
+    between consecutive observation times over all series; NaN stays NaN."""
+    gaps = times[:, 1:] - times[:, :-1]
+    unit = gaps[torch.isfinite(gaps) & (gaps > 0)].median()
+    return (times - times[:, :1]) / unit
+
+
+def _unit_times(generator: torch.Generator) -> Tensor:
+    """Random ``(batch, time)`` float64 observation times in a random unit and with random
+    offsets, NaN after each series' end; some times repeat (zero gaps), and the number of
+    positive gaps is odd, so that their median is one of them."""
+    batch, length = fresh_int(generator, 2, 6), fresh_int(generator, 6, 20)
+    lengths = torch.randint(3, length + 1, (batch,), generator=generator)
+    lengths[0] = length
+    scale = 10.0 ** fresh_float(generator, -3.0, 6.0)
+    gaps = scale * torch.empty(batch, length - 1, dtype=torch.float64).exponential_(
+        generator=generator)
+    inside = torch.arange(1, length) < lengths[:, None]  # gaps within each series
+    repeated = [int(i) for i in torch.nonzero(inside.flatten()).flatten()[
+        torch.randperm(int(inside.sum()), generator=generator)[:2]]]
+    gaps.view(-1)[repeated[0]] = 0.0  # one repeated time at least
+    if (int(inside.sum()) - 1) % 2 == 0:  # an even count of positive gaps: one more zero
+        gaps.view(-1)[repeated[1]] = 0.0
+    offsets = scale * 1e4 * torch.rand(batch, 1, dtype=torch.float64, generator=generator)
+    times = torch.cat([offsets, offsets + gaps.cumsum(-1)], dim=-1)
+    times[torch.arange(length) >= lengths[:, None]] = math.nan
+    return times
+
+
+def _min_gap_unit(times: Tensor) -> Tensor:
+    """A typical mistake: the smallest positive gap as the unit (the solvers' default step)."""
+    gaps = times[:, 1:] - times[:, :-1]
+    return (times - times[:, :1]) / gaps[torch.isfinite(gaps) & (gaps > 0)].min()
+
+
+def _zero_gaps_counted(times: Tensor) -> Tensor:
+    """A typical mistake: repeated times (zero gaps) take part in the median."""
+    gaps = times[:, 1:] - times[:, :-1]
+    return (times - times[:, :1]) / gaps[torch.isfinite(gaps)].median()
+
+
+def _per_series_unit(times: Tensor) -> Tensor:
+    """A typical mistake: each series gets its own unit instead of the data set's one."""
+    return torch.stack([_normalised_times(row[None])[0] for row in times])
+
+
+def _offset_kept(times: Tensor) -> Tensor:
+    """A typical mistake: the first time of each series is not subtracted."""
+    gaps = times[:, 1:] - times[:, :-1]
+    return times / gaps[torch.isfinite(gaps) & (gaps > 0)].median()
+
+
+def _package_unit(times: Tensor) -> Tensor:
+    """The package's own unit handed back (refused: the exercise is to compute it)."""
+    from ..adaptive import time_unit
+
+    return (times - times[:, :1]) / time_unit(times)
+
+
+@exercise(
+    "04.time-unit",
+    "Write normalise(times): times holds (batch, time) float64 observation times, NaN after "
+    "each series' end. Subtract each series' first time, then divide by the median of all "
+    "positive gaps between consecutive observation times (over every series). Return the "
+    "(batch, time) result, NaN where times is NaN.",
+    solution=lambda: _normalised_times,
+    wrong_answers=lambda: [_min_gap_unit, _zero_gaps_counted, _per_series_unit, _offset_kept,
+                           lambda times: times - times[:, :1], _package_unit],
+)
+def _judge_time_unit(answer: Callable[[Tensor], Tensor]) -> Optional[str]:
+    if not callable(answer):
+        return f"expected a function normalise(times), got {type(answer).__name__}"
+    refused = package_pass_through(answer, ("time_unit", "_rescaled"))
+    if refused:
+        return refused
+    generator = fresh_generator()
+    for _ in range(3):
+        times = _unit_times(generator)
+        expected = _normalised_times(times)
+        got = as_tensor(answer(times.clone())).to(torch.float64)
+        if tuple(got.shape) != tuple(times.shape):
+            return f"expected shape {tuple(times.shape)} (batch, time), got {tuple(got.shape)}"
+        if not torch.equal(got.isnan(), times.isnan()):
+            return "keep NaN exactly where times is NaN (after each series' end), nowhere else"
+        if not bool((got[:, 0] == 0).all()):
+            return "each series should start at time 0: subtract its first time"
+        if not torch.allclose(got, expected, rtol=TIMES_TOLERANCE, atol=TIMES_TOLERANCE,
+                              equal_nan=True):
+            return ("the times start at 0 but the unit is off: one unit for the whole data set, "
+                    "the median of the positive gaps between consecutive times (repeated times "
+                    "are not gaps; ignore NaN)")
     return None
