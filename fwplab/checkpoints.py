@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .data.dataset import Dataset
-from .models import MODELS, build_model
+from .models import build_model, check_model_config
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -324,13 +324,16 @@ def _validate_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
             raise ValueError(f"{path}: field {name!r} must be {_type_names(types)}, got "
                              f"{type(checkpoint[name]).__name__}")
     model_config = checkpoint["model_config"]
-    if model_config.get("name") not in MODELS or not all(
-            _type_ok(model_config.get(key), (int,)) for key in ("input_channels",
-                                                               "output_channels")):
-        raise ValueError(f"{path}: field 'model_config' must name a model of {list(MODELS)} "
-                         "and give its integer input_channels and output_channels")
+    if not all(_type_ok(model_config.get(key), (int,)) for key in ("input_channels",
+                                                                  "output_channels")):
+        raise ValueError(f"{path}: field 'model_config' must give the model's integer "
+                         "input_channels and output_channels")
     for name in ("model", "best_model"):
         _check_state_dict(path, name, checkpoint[name])
+    try:  # shapes against the saved tensors before anything is allocated
+        check_model_config(model_config, checkpoint["model"])
+    except ValueError as error:
+        raise ValueError(f"{path}: field 'model_config': {error}") from None
     _check_rng(path, checkpoint["rng"])
     from .train import TrainConfig  # here: fwplab.train imports this module
 
