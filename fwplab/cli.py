@@ -1,4 +1,4 @@
-"""The ``fwplab`` command: ``fwplab train``, ``fwplab compare`` and ``fwplab presets``.
+"""The ``fwplab`` command: ``fwplab train``, ``predict``, ``compare``, ``rl`` and ``presets``.
 
 ::
 
@@ -7,6 +7,7 @@
     fwplab train --train A_TRAIN.ts --test A_TEST.ts --out runs/a
     fwplab train --preset speech-commands --device cuda
     fwplab train --resume runs/a                   # continue an interrupted run
+    fwplab predict runs/a --data NEW.ts --out predictions.csv
     fwplab train --model gru                       # a discrete baseline (gru, discrete_delta)
     fwplab compare --models delta_cde,gru --data japanese-vowels A_TRAIN.ts:A_TEST.ts \
         --seeds 0,1 --out runs/cmp                 # a grid, resumable (see fwplab.compare)
@@ -18,11 +19,11 @@ Data without a preset of its own (``--train/--test``, or a ``--dataset`` no pres
 trains on) gets settings adapted to it instead of a preset's (validation split,
 batch size, each series on its own scale when amplitudes spread widely, sines and
 cosines of time for a short univariate series (smoothed first when noise dominates its
-increments), log-signature windows for long series with
-delayed copies of a univariate one and time counted in windows, warped copies of the
-training series when a class has few, a step budget fitted to the measured speed,
-warm-up, patience, an ensemble of as many models as the time budget holds; see
-:func:`fwplab.presets.adaptive_data_options` and :func:`~fwplab.presets.adaptive_train_settings`);
+increments), log-signature windows for long series with delayed copies of a univariate
+one and time counted in windows, warped copies of the training series when a class has
+few, warm-up, patience, a step budget and an ensemble size from the data's size, no clock;
+see :mod:`fwplab.adaptive`, :func:`fwplab.presets.adaptive_data_options`,
+:func:`~fwplab.presets.adaptive_train_settings` and :func:`~fwplab.presets.adaptive_budget`);
 each choice is printed once and stored under ``run.adaptive`` in ``metrics.json``.
 Bad input ends the command with exit status 1 (2 for bad flags) and one line on
 stderr naming the file or argument and the problem; nothing is written.
@@ -326,7 +327,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                           "the run started on")
     run.add_argument("--no-progress", action="store_true", default=None,
                      help="no progress bar")
-    _add_rules_from(train)
+    _add_rules_from(train, "; give it again with --resume")
 
     predict = commands.add_parser(
         "predict", help="apply a trained run (one model or an ensemble) to new series",
@@ -356,11 +357,11 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _add_rules_from(parser: argparse.ArgumentParser) -> None:
+def _add_rules_from(parser: argparse.ArgumentParser, again: str = "") -> None:
     parser.add_argument("--rules-from", metavar="FILE", action="append",
                         help="a Python file that registers learning rules "
                              "(fwplab.rules.register_rule); their NAME_cde and NAME_ode models "
-                             "can then be trained (repeatable; give it again with --resume)")
+                             f"can then be used (repeatable{again})")
 
 
 def _rule_files(argv: Sequence[str]) -> list[str]:
