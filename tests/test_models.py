@@ -1,5 +1,7 @@
 """The continuous FWPs and the Neural CDE: official parity, fast vs reference, gradients, lengths."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,18 @@ def test_wrong_official_state_dict_names_every_problem(golden):
     wrong_model = fwplab.build_model("delta_ode", **golden["config"])
     with pytest.raises(ValueError, match="update_net.kvb_net.weight"):
         fwplab.load_official_state_dict(wrong_model, golden["delta_cde"]["state_dict"])
+
+
+def test_official_loading_lives_in_its_module_and_models_re_exports_it():
+    """fwplab.official imported first (before fwplab.models) loads, and every old import works."""
+    code = ("import fwplab.official as o, fwplab.models as m, fwplab; "
+            "assert m.load_official_state_dict is o.load_official_state_dict "
+            "is fwplab.load_official_state_dict; "
+            "assert (m.OFFICIAL_NAMES, m.OFFICIAL_UNUSED) == (o.OFFICIAL_NAMES, o.OFFICIAL_UNUSED)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    with pytest.raises(ValueError, match="model: expected a continuous FWP, got NeuralCDE"):
+        fwplab.load_official_state_dict(fwplab.build_model("ncde", 2, 2, hidden_channels=4), {})
 
 
 
