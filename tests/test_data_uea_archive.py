@@ -1,7 +1,11 @@
 """UEA archive zips and depth-1/2 log-signature windows."""
 
 import math
+import os
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ from fwplab.data import (
     log_signature_windows,
     read_uea_problem,
 )
+from fwplab.data import uea_archive
 from fwplab.data.uea_archive import log_signature_channel_names
 
 RTOL_LOGSIG = 1e-12
@@ -196,3 +201,42 @@ def test_missing_values_are_filled_along_the_linear_path():
     assert not torch.isnan(path[0]).any() and not torch.isnan(path[2, :new_lengths[2]]).any()
     batched, _ = log_signature_path(x[2:], lengths[2:], depth=2, step=4, grid=grid)
     torch.testing.assert_close(path[2:], batched, equal_nan=True)   # other series do not matter
+
+
+def test_chunks_of_series_give_exactly_the_unchunked_path(monkeypatch):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(23, 50, 3, generator=generator, dtype=torch.float64).cumsum(1)
+    lengths = torch.randint(2, 51, (23,), generator=generator)
+    x[torch.rand(23, 50, 3, generator=generator) < 0.2] = math.nan
+    x[:, 0] = torch.randn(23, 3, generator=generator, dtype=torch.float64)  # each observed
+    grid = torch.linspace(0, 7, 50, dtype=torch.float64)
+    whole, whole_lengths = log_signature_path(x, lengths, 2, 6, grid)
+    for values in (1, 150, 151, 600):  # one series per chunk, some, not dividing the batch
+        monkeypatch.setattr(uea_archive, "CHUNK_VALUES", values)
+        chunked, chunked_lengths = log_signature_path(x, lengths, 2, 6, grid)
+        assert torch.equal(chunked.isnan(), whole.isnan())
+        assert torch.equal(chunked.nan_to_num(), whole.nan_to_num())
+        assert torch.equal(chunked_lengths, whole_lengths)
+
+
+_PEAK_SCRIPT = """
+import resource, torch
+from fwplab.data import log_signature_path, uea_archive
+uea_archive.CHUNK_VALUES = 1 << 15   # the default's 1 << 20 at a test's size
+torch.manual_seed(0)
+x = torch.randn(250, 1000, 8).cumsum(1)   # 8 MB of float32, 250 chunks
+lengths = torch.full((250,), 1000)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+path, _ = log_signature_path(x, lengths, 2, 32)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024 / (x.numel() * x.element_size()))
+"""
+
+
+def test_the_log_signature_step_takes_a_small_multiple_of_the_data():
+    # Before: the whole batch at once (14 times x's bytes here; a 204 MB .ts file peaked at
+    # 29 times its size in the whole run).
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=Path(__file__).resolve().parents[1], check=True)
+    assert float(done.stdout) < 2  # extra peak memory, in multiples of x's bytes

@@ -37,7 +37,7 @@ def make_dataset(amplitudes, test_amplitudes=(3.0,), steps=12, lengths=None):
 def test_each_series_gets_mean_0_and_std_1_and_the_shape_is_kept():
     dataset = make_dataset([1e-4, 1.0, 50.0, 0.3], lengths=[12, 9, 12, 5])
     result = standardise_each_series(dataset, [1])
-    assert result.channel_names == ("time", "value", "log-scale:value")
+    assert result.channel_names == ("time", "value", "log-scale:value", "level:value")
     x, lengths = result.train.x, result.train.lengths
     for b, length in enumerate(lengths.tolist()):
         z = x[b, :length, 1]
@@ -91,6 +91,54 @@ def test_a_constant_series_stays_0_and_finite():
     assert SCALE_FLOOR < 1e-3
 
 
+def level_classes(n=40, steps=30, seed=0):
+    """Two classes that differ by their level alone (0 and 3), the same noisy wiggle; a
+    tenth of the series flat (constant at the class level)."""
+    generator = torch.Generator().manual_seed(seed)
+    def split(count):
+        y = torch.arange(count) % 2
+        t = torch.arange(steps, dtype=torch.float64)
+        wiggle = torch.sin(t / 3) * (0.5 + torch.rand(count, 1, generator=generator,
+                                                      dtype=torch.float64))
+        value = 3.0 * y.unsqueeze(-1) + wiggle
+        value[: count // 10] = 3.0 * y[: count // 10].unsqueeze(-1).to(value.dtype)
+        x = torch.stack([t.expand_as(value), value], dim=-1)
+        return Split(x, torch.full((count,), steps), y, t)
+    return Dataset("levels", split(n), None, split(n), ("a", "b"), ("time", "value"))
+
+
+def test_flat_series_do_not_trigger_the_scale_rule_on_classes_that_differ_by_level():
+    # Before: the flat tenth made the spread "inf-fold", every series was standardised on
+    # its own and the level, all that tells the classes apart, was gone (0.4875 vs 1.0).
+    dataset = level_classes()
+    spread = series_scale_spread(dataset.train, data_channels(dataset))
+    assert math.isfinite(spread[0]) and spread[0] < SCALE_SPREAD_LIMIT
+    options, _ = adaptive_data_options(30, spread)
+    assert "standardise_each_series" not in options
+
+
+def test_standardising_each_series_keeps_the_level_that_separates_the_classes():
+    dataset = level_classes()
+    result = standardise_each_series(dataset, [1])
+    x = result.train.x
+    # The standardised values alone no longer tell the classes apart ...
+    assert torch.allclose(x[:4, :, 1], torch.zeros(4, 30, dtype=x.dtype))
+    # ... the level channel does: nearest class mean of its end value, trained on train.
+    level = x[:, -1, 3]
+    y = result.train.y
+    centres = torch.stack([level[y == k].mean() for k in (0, 1)])
+    predicted = (result.test.x[:, -1, 3].unsqueeze(-1) - centres).abs().argmin(-1)
+    assert torch.equal(predicted, result.test.y)
+    # Nothing is lost: each series comes back from its standardised values, scale and level.
+    raw = dataset.train.x[..., 1]
+    typical = raw.std(dim=1, correction=0).median()
+    mean = torch.sinh(level) * typical
+    assert torch.allclose(mean, raw.mean(dim=1), atol=1e-9)
+    moving = raw.std(dim=1, correction=0) > 0
+    rebuilt = x[..., 1] * raw.std(dim=1, correction=0, keepdim=True) + mean.unsqueeze(-1)
+    assert torch.allclose(rebuilt[moving], raw[moving], atol=1e-9)
+
+
 def test_bad_channels_and_unobserved_series_are_refused_in_one_line():
     dataset = make_dataset([1.0, 2.0])
     with pytest.raises(ValueError, match=r"channels: expected indices of channels in 0\.\.1, "
@@ -106,8 +154,8 @@ def test_the_spread_is_1_for_normalised_series_and_large_for_wide_amplitudes():
     wide = make_dataset([10.0 ** k for k in range(-5, 5)])
     assert series_scale_spread(wide.train, [1])[0] > 1e6
     constant = make_dataset([1.0] * 10)
-    constant.train.x[:2, :, 1] = 1.0  # a tenth or more of the series constant
-    assert series_scale_spread(constant.train, [1]) == [math.inf]
+    constant.train.x[:2, :, 1] = 1.0  # flat series have no amplitude to compare
+    assert series_scale_spread(constant.train, [1]) == pytest.approx([1.0])
     # Series with fewer than MIN_SCALE_OBSERVATIONS observations do not count: the
     # standard deviation of two values is mostly chance.
     few = make_dataset([10.0 ** k for k in range(-5, 5)] + [1.0] * 10)
@@ -115,7 +163,7 @@ def test_the_spread_is_1_for_normalised_series_and_large_for_wide_amplitudes():
     assert series_scale_spread(few.train, [1]) == pytest.approx([1.0])
     few.train.x[:, MIN_SCALE_OBSERVATIONS - 1:, 1] = math.nan
     assert series_scale_spread(few.train, [1]) == [1.0]  # no series with enough
-    # The scale channel is not a data channel: delayed and warped copies leave it.
+    # The scale and level channels are not data channels: delayed and warped copies leave them.
     assert data_channels(standardise_each_series(wide, [1])) == [1]
 
 
@@ -154,11 +202,11 @@ def test_a_run_on_wide_amplitudes_records_the_choice_and_resumes_with_it(tmp_pat
             "--ff", "8", "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "scale = each series its own, log-scale kept as a channel" in printed
+    assert "scale = each series its own, log-scale and level kept as channels" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["adaptive"]["scale"]["value"].startswith("each series its own")
-    # time, the series, its scale, and 4 time features (a short univariate series)
-    assert metrics["model_config"]["input_channels"] == 7
+    # time, the series, its scale, its level and 4 time features (a short univariate series)
+    assert metrics["model_config"]["input_channels"] == 8
     # --resume reloads the data the same way (the data fingerprint would refuse otherwise).
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     again = json.loads((out / "metrics.json").read_text())

@@ -4,8 +4,8 @@ Each takes a dataset (or a split) and returns a new one; nothing is changed in p
 They are what the adaptive settings of ``fwplab train`` apply to data a user brings
 (:mod:`fwplab.presets`), and they work the same from Python:
 
-- :func:`standardise_each_series`: every series on its own scale, the scale kept as a
-  channel (for data whose series' amplitudes span orders of magnitude);
+- :func:`standardise_each_series`: every series on its own scale, its scale and level kept
+  as channels (for data whose series' amplitudes span orders of magnitude);
 - :func:`moving_average`: noisy series smoothed (see :func:`increment_autocorrelation`);
 - :func:`warped_copies`: randomly time-warped copies of the training series;
 - :func:`with_delays`: delayed copies of the data channels (a delay embedding);
@@ -58,9 +58,10 @@ def time_in_windows(dataset: Dataset, step: int) -> Dataset:
 
 
 def data_channels(dataset: Dataset) -> list[int]:
-    """Indices of the data channels of ``x`` (not time, intensity, log-scale or time features)."""
+    """Indices of the data channels of ``x`` (not time, intensity, log-scale, level or time
+    features)."""
     return [index for index, name in enumerate(dataset.channel_names)
-            if name != "time" and not name.startswith(("intensity:", "log-scale:",
+            if name != "time" and not name.startswith(("intensity:", "log-scale:", "level:",
                                                         "time-feature:"))]
 
 
@@ -174,14 +175,19 @@ def series_scale_spread(split: Split, channels: Sequence[int]) -> list[float]:
         spread_c = q90(std_c) / q10(std_c)     std_c: each series' standard deviation
 
     over the series with at least :data:`MIN_SCALE_OBSERVATIONS` observations of the
-    channel (the standard deviation of two or three values is mostly chance); 1 when
-    fewer than two series have that many. 1 for z-normalised data (every series has
-    std 1); ``inf`` when a tenth of the series are constant.
+    channel (the standard deviation of two or three values is mostly chance) that are
+    not flat: a series whose std is at most :data:`SCALE_FLOOR` times the median std of
+    the channel's non-constant series has no amplitude to compare (a constant series
+    would make the spread infinite, and standardising it cannot help: it stays 0). 1 when
+    fewer than two series are left. 1 for z-normalised data (every series has std 1).
     """
     _, std, count = _series_mean_std(split, channels)
     spreads = []
     for channel in range(std.shape[1]):
         enough = std[count[:, channel] >= MIN_SCALE_OBSERVATIONS, channel]
+        moving = enough[enough > 0]
+        if len(moving):
+            enough = enough[enough > SCALE_FLOOR * moving.median()]
         if len(enough) < 2:
             spreads.append(1.0)
             continue
@@ -191,30 +197,36 @@ def series_scale_spread(split: Split, channels: Sequence[int]) -> list[float]:
 
 
 def standardise_each_series(dataset: Dataset, channels: Sequence[int]) -> Dataset:
-    """Every series' ``channels`` on its own scale, with that scale kept as a channel.
+    """Every series' ``channels`` on its own scale, with that scale and the series' level
+    kept as channels.
 
     For series ``i`` and channel ``c`` with mean ``m_ic`` and standard deviation
     ``s_ic`` over its observed values::
 
         x_ic(t)    <-  (x_ic(t) - m_ic) / max(s_ic, SCALE_FLOOR * median_i s_ic)
-        log-scale  =   (log s_ic - mu_c) / sigma_c * (t - t_0) / (T - t_0)
+        log-scale  =   (log s_ic - mu_c) / sigma_c * r(t)
+        level      =   asinh(m_ic / S_c) * r(t),      r(t) = (t - t_0) / (T - t_0)
 
     where ``mu_c``, ``sigma_c`` are the mean and standard deviation of ``log s_ic``
-    over the training series and ``[t_0, T]`` the training grid. The shape of a series
-    reaches the model whatever its amplitude (data whose amplitudes span orders of
-    magnitude otherwise leave most series near 0 after one standardisation per
-    channel), and the amplitude still does: as a channel rising from 0 to the
-    standardised log-scale. A ramp, not a constant, so that it survives log-signature
-    windows (which keep increments only) and drives a controlled equation. Training
-    statistics (the floor, ``mu``, ``sigma``) are used for every split. Missing values
-    stay missing; the new channels are NaN after each series' end.
+    over the training series, ``S_c`` the median of the training series' ``s_ic`` and
+    ``[t_0, T]`` the training grid. The shape of a series reaches the model whatever its
+    amplitude (data whose amplitudes span orders of magnitude otherwise leave most series
+    near 0 after one standardisation per channel), and the amplitude and level still do:
+    as channels rising from 0 to the standardised log-scale and to the level (in units
+    of the typical amplitude, ``asinh`` compressing levels of many orders of magnitude).
+    Nothing is lost: ``x`` is recovered from the three channels (classes that differ
+    by their level alone stay apart). Ramps, not constants, so that they survive
+    log-signature windows (which keep increments only) and drive a controlled equation.
+    Training statistics (the floor, ``mu``, ``sigma``, ``S``) are used for every split.
+    Missing values stay missing; the new channels are NaN after each series' end.
 
     Args:
         dataset: any :class:`Dataset`.
         channels: indices of the channels to standardise (see :func:`data_channels`).
 
     Returns:
-        The dataset with one channel ``log-scale:<name>`` appended per standardised channel.
+        The dataset with the channels ``log-scale:<name>`` then ``level:<name>`` appended,
+        one of each per standardised channel.
     """
     channels = list(channels)
     names = dataset.channel_names
@@ -226,6 +238,7 @@ def standardise_each_series(dataset: Dataset, channels: Sequence[int]) -> Datase
     log_train = train_std.maximum(floor).log()
     centre, spread = log_train.mean(dim=0), log_train.std(dim=0, correction=0)
     spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+    typical = train_std.median(dim=0).values.maximum(floor)
     start, span = _training_grid(dataset)
     index = torch.as_tensor(channels, dtype=torch.long)
 
@@ -237,14 +250,16 @@ def standardise_each_series(dataset: Dataset, channels: Sequence[int]) -> Datase
         values = (x[..., index.to(device)].to(torch.float64) - mean.unsqueeze(1)) / std.unsqueeze(1)
         x[..., index.to(device)] = values.to(x.dtype)
         ramp = ((split.times.to(device, torch.float64) - start.to(device)) / span)
-        level = (std.log() - centre.to(device)) / spread.to(device)
-        scale = level.unsqueeze(1) * ramp.view(1, -1, 1)
+        ramp = ramp.view(1, -1, 1)
+        scale = ((std.log() - centre.to(device)) / spread.to(device)).unsqueeze(1) * ramp
+        level = torch.asinh(mean / typical.to(device)).unsqueeze(1) * ramp
         after = ~_inside(split.lengths, x.shape[1], device).unsqueeze(-1)
-        scale = scale.to(x.dtype).masked_fill(after, math.nan)
-        return Split(torch.cat([x, scale], dim=-1), split.lengths, split.y, split.times,
+        kept = [part.to(x.dtype).masked_fill(after, math.nan) for part in (scale, level)]
+        return Split(torch.cat([x, *kept], dim=-1), split.lengths, split.y, split.times,
                      split.static)
 
-    return _map_splits(dataset, convert, [f"log-scale:{names[c]}" for c in channels])
+    return _map_splits(dataset, convert, [f"{kind}:{names[c]}" for kind in ("log-scale", "level")
+                                          for c in channels])
 
 
 def with_time_features(dataset: Dataset, cycles: Sequence[int]) -> Dataset:

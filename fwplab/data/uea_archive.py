@@ -88,6 +88,11 @@ def read_uea_problem(source: Union[str, Path], problem: str) -> tuple[TsFile, Ts
     return train, test
 
 
+#: Most values of ``x`` (series x time x channels) :func:`log_signature_path` works on at
+#: once; longer batches are cut into chunks of series (the same result, bounded memory).
+CHUNK_VALUES = 1 << 20
+
+
 def _check_depth_step(depth: int, step: int) -> None:
     if depth not in (1, 2):
         raise ValueError(f"depth: expected 1 or 2, got {depth}")
@@ -145,6 +150,10 @@ def log_signature_path(
     new_length_b = ceil((lengths_b - 1) / step) + 1
     ```
 
+    Series are processed in chunks of at most :data:`CHUNK_VALUES` values of ``x`` (each
+    series on its own, so the result does not depend on the chunks), so the memory it
+    takes beyond ``x`` and the result is bounded whatever the number of series.
+
     Increments past a series' end count as zero, so variable lengths are respected
     (the series' last window may be shorter). When channel 0 of ``x`` is time, channel
     0 of the result is the time elapsed since the series' start. Missing values are first
@@ -167,18 +176,38 @@ def log_signature_path(
     if x.dim() != 3 or lengths.shape != (x.shape[0],):
         raise ValueError(f"x, lengths: expected shapes (batch, time, channels) and (batch,), got "
                          f"{tuple(x.shape)} and {tuple(lengths.shape)}")
+    if x.shape[1] < 2:
+        raise ValueError(f"x: expected at least 2 time points for log-signature windows, got "
+                         f"shape {tuple(x.shape)}")
+    batch, time, channels = x.shape
+    windows = math.ceil((time - 1) / step)
+    terms = channels + (channels * (channels - 1) // 2 if depth == 2 else 0)
+    path = x.new_empty(batch, windows + 1, terms)
+    lengths = lengths.to(torch.int64)
+    # Series are independent: a chunk's temporaries (several copies of its part of x and
+    # the window products) stay bounded whatever the number of series.
+    per_chunk = max(1, CHUNK_VALUES // (time * max(channels, 1)))
+    for first in range(0, batch, per_chunk):
+        rows = slice(first, first + per_chunk)
+        path[rows] = _chunk_path(x[rows], lengths[rows], depth, step, grid)
+    new_lengths = torch.div(lengths - 1 + step - 1, step, rounding_mode="floor") + 1
+    after = torch.arange(path.shape[1], device=x.device) >= new_lengths.to(x.device).unsqueeze(-1)
+    return path.masked_fill_(after.unsqueeze(-1), math.nan), new_lengths
+
+
+def _chunk_path(x: Tensor, lengths: Tensor, depth: int, step: int,
+                grid: Optional[Tensor]) -> Tensor:
+    """:func:`log_signature_path` of some series, before the NaN after their ends."""
     inside = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device).unsqueeze(-1)
     if not (~torch.isnan(x) & inside.unsqueeze(-1)).any(dim=1).all():
         raise ValueError("x: expected at least one observation of every channel in every "
                          "series for log-signature windows, got a channel with none")
     x = interpolation_coeffs(x, grid, lengths, "linear")
     increments = x[:, 1:] - x[:, :-1]
-    increments = torch.where(inside[:, 1:].unsqueeze(-1), increments, torch.zeros_like(increments))
+    del x
+    increments.masked_fill_(~inside[:, 1:].unsqueeze(-1), 0.0)
     windows = _windows_from_increments(increments, depth, step)
-    path = torch.cat([torch.zeros_like(windows[:, :1]), windows.cumsum(dim=1)], dim=1)
-    new_lengths = torch.div(lengths - 1 + step - 1, step, rounding_mode="floor") + 1
-    after = torch.arange(path.shape[1], device=x.device) >= new_lengths.to(x.device).unsqueeze(-1)
-    return path.masked_fill(after.unsqueeze(-1), math.nan), new_lengths.to(torch.int64)
+    return torch.cat([torch.zeros_like(windows[:, :1]), windows.cumsum(dim=1)], dim=1)
 
 
 def log_signature_channel_names(channel_names: tuple[str, ...], depth: int) -> tuple[str, ...]:

@@ -1,0 +1,40 @@
+"""The adaptive options of long series: depth-1 windows for a univariate series with its
+delayed copies, depth 2 for several channels; the windows' channels that result."""
+
+import torch
+
+from fwplab.data import Dataset, Split, with_delays
+from fwplab.data.uea_archive import log_signature_dataset
+from fwplab.presets import (
+    ADAPTIVE_LOGSIG_DEPTH,
+    DELAYED_LOGSIG_DEPTH,
+    DELAY_COPIES,
+    TARGET_WINDOWS,
+    adaptive_data_options,
+)
+
+
+def test_a_long_univariate_series_takes_the_increments_of_itself_and_its_copies():
+    options, choices = adaptive_data_options(637, [1.0])
+    assert DELAYED_LOGSIG_DEPTH == 1 and options["logsig_depth"] == 1
+    assert options["delays"] == [options["logsig_step"] * k for k in range(1, DELAY_COPIES + 1)]
+    assert "increments only" in next(c.reason for c in choices if c.name == "log-signature")
+    several, _ = adaptive_data_options(637, [1.0, 1.0])
+    assert several["logsig_depth"] == ADAPTIVE_LOGSIG_DEPTH == 2 and "delays" not in several
+
+
+def test_the_chosen_windows_give_one_channel_per_copy_and_about_target_windows():
+    steps = 637
+    options, _ = adaptive_data_options(steps, [1.0])
+    t = torch.arange(steps, dtype=torch.float64)
+    x = torch.stack([t.expand(3, -1), torch.randn(3, steps, dtype=torch.float64)], dim=-1)
+    split = Split(x, torch.full((3,), steps), torch.tensor([0, 1, 0]), t)
+    dataset = with_delays(Dataset("long", split, None, split, ("a", "b"), ("time", "v")),
+                          options["delays"])
+    windows = log_signature_dataset(dataset, options["logsig_depth"], options["logsig_step"])
+    assert windows.channel_names == ("time", "v", f"v(t-{options['delays'][0]})",
+                                     f"v(t-{options['delays'][1]})")
+    assert windows.train.x.shape[1] - 1 <= TARGET_WINDOWS
+    # Depth 1: the path through the series sampled at the window ends.
+    ends = torch.arange(0, steps, options["logsig_step"])
+    assert torch.allclose(windows.train.x[:, : len(ends), 1], x[:, ends, 1] - x[:, :1, 1])
