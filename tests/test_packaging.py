@@ -9,6 +9,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import fwplab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,14 @@ def test_environment_yml_and_pyproject_list_the_same_packages():
     assert _environment_packages() == _pyproject_packages()
 
 
+def test_the_declared_license_is_the_one_shipped():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    text = " ".join((ROOT / "LICENSE").read_text().split())
+    assert project["license"] == "Apache-2.0"
+    assert text.startswith("Apache License Version 2.0, January 2004")
+    assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10_000
+
+
 def test_torch_requirement_is_a_range_not_a_pin():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     torch_requirement = next(r for r in project["dependencies"] if _name(r) == "torch")
@@ -50,8 +60,24 @@ def test_torch_requirement_is_a_range_not_a_pin():
 
 def test_public_names_are_exported_explicitly():
     for name in fwplab.__all__:
-        assert hasattr(fwplab, name), name
+        namespace = {}
+        exec(f"from fwplab import {name}", namespace)
+        assert namespace[name] is getattr(fwplab, name), name
+        assert name in dir(fwplab), name
     assert len(set(fwplab.__all__)) == len(fwplab.__all__)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert fwplab.__version__ == project["version"]
+
+
+def test_importing_the_package_does_not_load_torch():
+    """``import fwplab`` (and so ``python -m fwplab --help``) imports each name on first use."""
+    probe = ("import sys, fwplab; loaded = 'torch' in sys.modules; "
+             "fwplab.build_model; print(loaded, 'torch' in sys.modules, fwplab.__version__)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.split() == ["False", "True", fwplab.__version__]
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        _ = fwplab.not_a_name
 
 
 def test_a_wheel_installed_outside_the_checkout_trains_on_the_shipped_data(tmp_path):
@@ -64,6 +90,7 @@ def test_a_wheel_installed_outside_the_checkout_trains_on_the_shipped_data(tmp_p
     (wheel,) = wheels.glob("fwplab-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names), names
     for shipped in ("fwplab/data/shipped/JapaneseVowels/JapaneseVowels_TRAIN.ts",
                     "fwplab/data/shipped/JapaneseVowels/JapaneseVowels_TEST.ts",
                     "fwplab/data/shipped/README.md", "fwplab/kernels/recurrence.cpp"):

@@ -842,12 +842,10 @@ def lms_mean_square_bound(x: Tensor) -> float:
 
     The samples are drawn independently, with replacement, from the rows of
     ``x``. Without target noise the error ``e_{k+1} = e_k (I - eta x_k x_k^T)``
-    of each output has a second moment ``K = E[e^T e]`` that evolves linearly:
+    of each output has a second moment ``K = E[e^T e]`` that evolves linearly::
 
-    ```
-    K' = K - eta (C K + K C) + eta^2 E[x x^T K x x^T]
-       = (I - eta A + eta^2 B) K,   A = C (+) C,  B = E[(x x^T) (x) (x x^T)]
-    ```
+        K' = K - eta (C K + K C) + eta^2 E[x x^T K x x^T]
+           = (I - eta A + eta^2 B) K,   A = C (+) C,  B = E[(x x^T) (x) (x x^T)]
 
     It decays iff ``eta < 1 / mu_max`` with ``mu_max`` the largest generalised
     eigenvalue of ``B v = mu A v``. It depends on the fourth moments of ``x``:

@@ -68,8 +68,8 @@ class FastWeightTrace(NamedTuple):
     the series (its rows in ``x``, observed or dropped).
 
     Every value at a dense time ``t`` comes from the series cut at the first time point
-at or after ``t`` (at ``t_0``: the cut after ``t_1``), never from the whole series
-(:func:`fast_weight_trace`).
+    at or after ``t`` (at ``t_0``: the cut after ``t_1``), never from the whole series
+    (:func:`fast_weight_trace`).
 
     Attributes:
         rule: the learning rule that produced :attr:`weights`.
