@@ -1,4 +1,5 @@
-"""The ``fwplab`` command: ``fwplab train``, ``predict``, ``compare``, ``rl`` and ``presets``.
+"""The ``fwplab`` command: ``fwplab train``, ``predict``, ``compare``, ``baseline``, ``rl``
+and ``presets``.
 
 ::
 
@@ -11,6 +12,7 @@
     fwplab train --model gru                       # a discrete baseline (gru, discrete_delta)
     fwplab compare --models delta_cde,gru --data japanese-vowels A_TRAIN.ts:A_TEST.ts \
         --seeds 0,1 --out runs/cmp                 # a grid, resumable (see fwplab.compare)
+    fwplab baseline --model rocket --train A_TRAIN.ts --test A_TEST.ts --out runs/a-rocket
     torchrun --nproc_per_node=4 -m fwplab train --preset speech-commands
 
 Settings come from, in this order of precedence: explicit flags, the preset
@@ -112,7 +114,7 @@ _LOADED_RULE_FILES: set[str] = set()
 
 
 #: The commands (the parser of each other one is a placeholder until it is used).
-_COMMANDS = ("train", "predict", "compare", "rl", "presets")
+_COMMANDS = ("train", "predict", "compare", "baseline", "rl", "presets")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -202,6 +204,11 @@ def _dataset_names() -> list[str]:
 def _model_names() -> list[str]:
     from .models import MODELS
     return list(MODELS)
+
+
+def _baseline_names() -> list[str]:
+    from .compare import CLASSIFIER_BASELINES
+    return list(CLASSIFIER_BASELINES)
 
 
 def _interpolations() -> list[str]:
@@ -346,6 +353,26 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         _add_rules_from(_compare.add_parser(commands, _model_names()))
     else:
         commands.add_parser("compare", help=_LAZY_COMMANDS["compare"], add_help=False)
+    baseline = commands.add_parser(
+        "baseline", help="fit a classifier the field compares against (rocket: MiniRocket)",
+        description="Fit a baseline classifier on the training series (no training loop) and "
+                    "classify the test series; write DIR/metrics.json (test and train "
+                    "accuracy, seed, seconds). fwplab compare runs it as a cell with --models "
+                    "...,rocket. Needs pip install 'fwplab[baselines]'.")
+    baseline.add_argument("--model", required=True, metavar="NAME",
+                          type=_lazy_choice("baseline", _baseline_names),
+                          help="rocket: MiniRocket and a ridge classifier (aeon)")
+    baseline.add_argument("--dataset", type=_lazy_choice("dataset", _dataset_names),
+                          metavar="NAME", help="a named dataset (as fwplab train --dataset)")
+    baseline.add_argument("--train", metavar="FILE", help="a TRAIN .ts file (with --test)")
+    baseline.add_argument("--test", metavar="FILE", help="a TEST .ts file (with --train)")
+    baseline.add_argument("--missing-rate", type=_number(0.0, 1.0, include_low=True),
+                          default=0.0, metavar="R",
+                          help="drop this fraction of each series' observations (default 0)")
+    baseline.add_argument("--seed", type=_seed, default=0, help="seed (default 0)")
+    baseline.add_argument("--out", type=_folder, required=True, metavar="DIR",
+                          help="the folder of metrics.json")
+
     if command in (None, "rl"):
         from .rl import command as _rl_command
         _rl_command.add_parser(commands, _positive_int, _seed)
@@ -537,7 +564,8 @@ def _check_data_spec(spec: Any, path: Path) -> None:
         raise ValueError(f"{where}.time_unit must be a positive number")
     if not isinstance(spec["options"], dict) or set(spec["options"]) - {
             "intensity", "val_fraction", "logsig_depth", "logsig_step", "delays", "augment",
-            "window_time", "standardise_each_series", "time_features", "smoothing"}:
+            "window_time", "standardise_each_series", "time_features", "smoothing",
+            "standardise_positions"}:
         raise ValueError(f"{where}.options must be a dict of data options")
     files = {"train", "test"} & set(spec)
     if files:
@@ -767,6 +795,25 @@ def _rl(args: argparse.Namespace) -> int:
         return 128 + int(signum)
 
 
+def _baseline(args: argparse.Namespace) -> int:
+    """``fwplab baseline`` (:func:`fwplab.compare.run_baseline`); Ctrl-C, SIGTERM and
+    SIGHUP stop it with nothing written."""
+    from .compare import run_baseline
+    try:
+        with _stop_signals_interrupt():
+            metrics = run_baseline(args.model, Path(args.out), args.seed, args.dataset,
+                                   args.train, args.test, args.missing_rate)
+    except KeyboardInterrupt as stop:
+        signum = stop.args[0] if isinstance(stop, _Stopped) else signal.SIGINT
+        print(f"fwplab baseline: interrupted ({signal.Signals(signum).name}); nothing was "
+              "written, so run it again", file=sys.stderr)
+        return 128 + int(signum)
+    print(f"fwplab baseline: {args.model} test accuracy {metrics['test_accuracy']:.4f}, train "
+          f"accuracy {metrics['train_accuracy']:.4f}, {metrics['seconds']:.1f} s; wrote "
+          f"{Path(args.out) / 'metrics.json'}")
+    return 0
+
+
 def _presets() -> int:
     from .rl.presets import RL_PRESETS
     width = max(len(name) for name in [*PRESETS, *RL_PRESETS])
@@ -803,6 +850,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _compare.run(args, main, _dataset_names(), _model_names())
         if args.command == "rl":
             return _rl(args)
+        if args.command == "baseline":
+            return _baseline(args)
         if args.command == "predict":
             return _predict(args)
         return _train(args)

@@ -20,6 +20,15 @@ At the end it writes, from every finished cell:
 - ``OUT/results.png``: test accuracy of each model on each data set (mean, with the
   standard deviation as error bars).
 
+A model of :data:`CLASSIFIER_BASELINES` (``rocket``: MiniRocket and a ridge classifier
+through aeon, :mod:`fwplab.rocket`; ``pip install 'fwplab[baselines]'``) sits in the grid
+beside the trained models, e.g. ``--models delta_cde,gru,rocket``: its cell is one
+``fwplab baseline --model rocket --seed S`` run on the same data and ``--missing-rate``
+(:func:`run_baseline`: no training loop, so ``--epochs`` and ``--device`` do not apply),
+with its own folder, settings record and ``metrics.json`` (test and train accuracy, seed,
+seconds; no parameter count, blank in the tables). Without aeon such a grid is refused in
+one line before any cell runs.
+
 **The RL grid.** The models are world models of ``fwplab rl`` (``latent-ode``,
 ``latent-ode-rfwp``, ``latent-ode-cfwp``), the environments its continuous-action
 semi-MDPs (``hopper``, ``swimmer``, ``half_cheetah``). Every cell is one ``fwplab rl
@@ -70,8 +79,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import functools
 import hashlib
+import importlib.util
 import io
 import itertools
 import json
@@ -83,6 +94,7 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +115,8 @@ except ImportError:  # Windows: the lock file's presence
 
 __all__ = ["DataSource", "parse_data", "compare", "compare_rl", "status", "cell_settings",
            "GridStopped", "write_tables", "write_rl_tables", "plot_results", "plot_rl_results",
-           "RESULT_FIELDS", "RL_RESULT_FIELDS", "MAX_CELLS", "CELL_RECORD", "GRID_RECORD"]
+           "run_baseline", "RESULT_FIELDS", "RL_RESULT_FIELDS", "MAX_CELLS", "CELL_RECORD",
+           "GRID_RECORD", "CLASSIFIER_BASELINES"]
 
 #: Columns of ``results.csv`` of the train grid.
 RESULT_FIELDS = ("data", "model", "seed", "test_accuracy", "train_accuracy", "val_accuracy",
@@ -121,6 +134,10 @@ _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "S
 _INTERRUPTED = frozenset(128 + int(signum) for signum in _STOP_SIGNALS)
 #: The largest grid run without an explicit ``--max-cells``.
 MAX_CELLS = 200
+#: Classifiers of the train grid fitted by ``fwplab baseline`` (no training loop), by name.
+CLASSIFIER_BASELINES = ("rocket",)
+#: The ``fwplab train`` flags of the grid a baseline cell takes too (the others set training).
+_BASELINE_FLAGS = ("--missing-rate",)
 #: The exit status of a failed command.
 _EXIT_ERROR = 1
 
@@ -501,8 +518,9 @@ def _rl_row(cell: _Cell) -> Row | None:
             "eval_return_curve": returns, "world_model_test_mse_curve": mse}
 
 
-#: The row reader of each kind of grid (``fwplab train``, ``fwplab rl``).
-_READERS: dict[str, Callable[[_Cell], Row | None]] = {"train": _train_row, "rl": _rl_row}
+#: The row reader of each kind of cell (``fwplab train``, ``baseline``, ``rl``).
+_READERS: dict[str, Callable[[_Cell], Row | None]] = {"train": _train_row,
+                                                      "baseline": _train_row, "rl": _rl_row}
 #: The grid's record (its kind and its cells), for ``--status`` and ``--collect``.
 GRID_RECORD = "grid.json"
 
@@ -619,7 +637,8 @@ def compare(
     """Run (or read back, or resume) every ``fwplab train`` cell of models x data x seeds.
 
     Args:
-        models: model names of ``fwplab train --model``, each once.
+        models: model names of ``fwplab train --model`` or of
+            :data:`CLASSIFIER_BASELINES` (cells of ``fwplab baseline``), each once.
         data: the data sets.
         seeds: training seeds, each once.
         out: the comparison's folder.
@@ -640,11 +659,20 @@ def compare(
 
     Raises:
         ValueError: a repeated model or seed, too many cells, a started cell with other
-            settings (one line naming it and them).
+            settings (one line naming it and them), a model of
+            :data:`CLASSIFIER_BASELINES` without aeon.
         GridStopped: Ctrl-C, SIGTERM or SIGHUP stopped the grid.
     """
-    cells = _grid_cells({source.label: ("train", *source.argv) for source in data}, models,
-                        seeds, out, extra_argv)
+    heads = {source.label: ("train", *source.argv) for source in data}
+    cells = _grid_cells(heads, models, seeds, out, extra_argv)
+    if any(model in CLASSIFIER_BASELINES for model in models):
+        _require_baseline_extra("--models", [m for m in models if m in CLASSIFIER_BASELINES])
+        kept = [token for flag, value in itertools.pairwise(extra_argv)
+                if flag in _BASELINE_FLAGS for token in (flag, value)]
+        cells = [dataclasses.replace(cell, argv=(
+            "baseline", *heads[cell.first][1:], "--model", cell.model, "--seed", str(cell.seed),
+            "--out", str(cell.folder), *kept)) if cell.model in CLASSIFIER_BASELINES else cell
+            for cell in cells]
     return _run_grid(cells, out, train_main, progress, retrain_mismatched, max_cells, launcher,
                      resources)
 
@@ -691,6 +719,74 @@ def compare_rl(
                      resources)
 
 
+# ------------------------------------------------------------------ baselines
+def _require_baseline_extra(flag: str, names: Sequence[str]) -> None:
+    """Raises ValueError (one line, the fix) when aeon, which the baselines ``names``
+    (given by ``flag``) need, is not installed."""
+    if importlib.util.find_spec("aeon") is None:
+        raise ValueError(f"{flag} {','.join(names)}: needs aeon, which is not installed; pip "
+                         "install 'fwplab[baselines]' (or 'aeon>=1.0')"
+                         + (", or leave it out of --models" if flag == "--models" else ""))
+
+
+def run_baseline(model: str, out: Path, seed: int = 0, dataset: str | None = None,
+                 train: str | None = None, test: str | None = None,
+                 missing_rate: float = 0.0) -> dict[str, Any]:
+    """Fit a classifier of :data:`CLASSIFIER_BASELINES` and write ``out/metrics.json``
+    (``fwplab baseline``; a cell of :func:`compare`).
+
+    ``rocket``: :func:`fwplab.rocket.rocket_accuracy` with ``seed`` on the data set named
+    ``dataset`` (:func:`fwplab.data.load_dataset`, no log-signature windows) or on the
+    ``train``/``test`` pair (:func:`fwplab.data.load_ts_pair`), with ``missing_rate`` of
+    every series' observations dropped (drawn from ``seed``).
+
+    Returns:
+        The metrics written: ``model``, ``seed``, ``kernels``, ``test_accuracy``,
+        ``train_accuracy``, ``seconds`` (the fit and the predictions), ``data``,
+        ``class_names``, and ``val_accuracy``, ``parameters``, ``epochs``, ``best_epoch``
+        as ``None`` (the fields of :data:`RESULT_FIELDS` a trained model fills).
+
+    Raises:
+        ValueError: an unknown model, not exactly one of ``dataset`` and the pair, an
+            ``out`` that holds a result already, aeon not installed (one line each).
+    """
+    if model not in CLASSIFIER_BASELINES:
+        raise ValueError(f"model: expected one of {', '.join(CLASSIFIER_BASELINES)}, got "
+                         f"{model!r}")
+    if (dataset is None) == (train is None and test is None) or (train is None) != (
+            test is None):
+        given = ", ".join(f"--{name} {value}" for name, value in (
+            ("dataset", dataset), ("train", train), ("test", test)) if value is not None)
+        raise ValueError("expected either --dataset NAME or both --train TRAIN.ts and --test "
+                         f"TEST.ts, got {given or 'none of them'}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    if (out / "metrics.json").exists():
+        raise ValueError(f"--out {out}: already holds a result; delete it or choose another "
+                         "folder")
+    _require_baseline_extra("--model", [model])
+    from .data import load_dataset, load_ts_pair
+    from .rocket import ROCKET_KERNELS, rocket_accuracy
+
+    if dataset is not None:
+        data = load_dataset(dataset, missing_rate=missing_rate, seed=seed, logsig_depth=0)
+        source: dict[str, Any] = {"dataset": dataset}
+    else:
+        data = load_ts_pair(train, test, missing_rate=missing_rate, seed=seed)
+        source = {"train": str(Path(train).resolve()), "test": str(Path(test).resolve())}
+    start = time.perf_counter()
+    result = rocket_accuracy(data, seed=seed)
+    metrics = {"model": model, "seed": seed, "kernels": ROCKET_KERNELS,
+               "test_accuracy": result.test_accuracy, "train_accuracy": result.train_accuracy,
+               "val_accuracy": None, "seconds": round(time.perf_counter() - start, 3),
+               "parameters": None, "epochs": None, "best_epoch": None,
+               "data": {**source, "missing_rate": missing_rate},
+               "class_names": list(data.class_names)}
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_json(out / "metrics.json", metrics)
+    return metrics
+
+
 # ---------------------------------------------------------------------- tables
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -721,7 +817,9 @@ def _write_tables(rows: list[Row], out: Path, fields: Sequence[str], columns: Se
     header = [fields[0], "model", *columns, "parameters", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (first, model), group in _groups(rows, fields[0]).items():
-        cells = [first, model, *summary(group), f"{group[0]['parameters']:,}", str(len(group))]
+        parameters = group[0]["parameters"]
+        cells = [first, model, *summary(group), "" if parameters is None else f"{parameters:,}",
+                 str(len(group))]
         lines.append("| " + " | ".join(cells) + " |")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
@@ -729,7 +827,8 @@ def _write_tables(rows: list[Row], out: Path, fields: Sequence[str], columns: Se
 
 def write_tables(rows: list[Row], out: Path) -> tuple[Path, Path]:
     """Write the train grid's ``results.csv`` (every run) and ``results.md`` (mean +- std
-    test accuracy and mean seconds per data set and model).
+    test accuracy and mean seconds per data set and model; a baseline without parameters,
+    ``rocket``, has a blank parameter count).
 
     Returns:
         The paths of the two files.
@@ -881,7 +980,9 @@ def add_parser(commands: Any, model_names: Sequence[str]) -> argparse.ArgumentPa
                     "write OUT/results.csv, OUT/results.md and OUT/results.png. Cells run in "
                     "this process, as local jobs or as Slurm jobs (--launcher).")
     parser.add_argument("--models", type=_comma_list(str), metavar="M1,M2",
-                        help=f"models: {', '.join(model_names)}; with --envs world models: "
+                        help=f"models: {', '.join(model_names)}; baselines fitted without "
+                             f"training: {', '.join(CLASSIFIER_BASELINES)} (MiniRocket, pip "
+                             "install 'fwplab[baselines]'); with --envs world models: "
                              f"{', '.join(WORLD_MODELS)}")
     parser.add_argument("--data", nargs="+", metavar="DATA",
                         help="dataset names, TRAIN.ts:TEST.ts pairs or X_TRAIN.ts files")
@@ -940,10 +1041,11 @@ def _train_grid(args: argparse.Namespace, train_main: Callable[[list[str]], int]
                 dataset_names: Sequence[str], model_names: Sequence[str],
                 options: dict[str, Any]) -> tuple[list[Row], list[str]]:
     _refuse(args, ("rl_preset", "corrected"), "--envs grid")
-    unknown = [model for model in args.models if model not in model_names]
+    known = [*model_names, *CLASSIFIER_BASELINES]
+    unknown = [model for model in args.models if model not in known]
     if unknown:
         raise ValueError(f"--models: unknown {', '.join(unknown)}; expected some of "
-                         f"{', '.join(model_names)}")
+                         f"{', '.join(known)}")
     data = [parse_data(item, dataset_names) for item in args.data]
     labels = [source.label for source in data]
     if len(set(labels)) != len(labels):
@@ -1066,7 +1168,7 @@ def _collect(out: Path) -> tuple[list[Row], list[str], str]:
     if missing:
         failures.append(f"{len(missing)} of {len(cells)} cells not finished, left out: "
                         + ", ".join(missing))
-    return rows, failures, cells[0].argv[0] if cells else "train"
+    return rows, failures, "rl" if cells and cells[0].argv[0] == "rl" else "train"
 
 
 def run(args: argparse.Namespace, train_main: Callable[[list[str]], int],

@@ -90,7 +90,7 @@ def rocket_accuracy(dataset: Dataset, seed: int = 0, kernels: int = ROCKET_KERNE
     Args:
         dataset: any classification :class:`Dataset` (missing values and variable lengths
             allowed).
-        seed: seed of the transform.
+        seed: seed of the transform, in ``[0, 2**32)``.
         kernels: number of convolution kernels (at least 84, MiniRocket's base set).
 
     Returns:
@@ -103,8 +103,9 @@ def rocket_accuracy(dataset: Dataset, seed: int = 0, kernels: int = ROCKET_KERNE
     if isinstance(kernels, bool) or not isinstance(kernels, int) or kernels < 84:
         raise ValueError(f"kernels: expected an integer >= 84 (MiniRocket's base kernels), got "
                          f"{kernels!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed: expected an integer in [0, 2**32 - 1] (the random state of "
+                         f"aeon's transform), got {seed!r}")
     channels = data_channels(dataset)
     if not channels:
         raise ValueError(f"dataset {dataset.name}: expected at least one data channel, got "

@@ -44,8 +44,9 @@ def test_without_aeon_the_error_is_one_line_with_the_fix(monkeypatch):
 def test_bad_arguments_are_refused_before_any_work():
     with pytest.raises(ValueError, match="kernels: expected an integer >= 84"):
         rocket_accuracy(bumps(), kernels=10)
-    with pytest.raises(ValueError, match="seed: expected a non-negative integer"):
-        rocket_accuracy(bumps(), seed=-1)
+    for seed in (-1, 2**32):  # numpy's random state takes [0, 2**32)
+        with pytest.raises(ValueError, match=r"seed: expected an integer in \[0, 2\*\*32 - 1\]"):
+            rocket_accuracy(bumps(), seed=seed)
     only_time = bumps()
     only_time = Dataset("t", Split(only_time.train.x[..., :1], only_time.train.lengths,
                                    only_time.train.y, only_time.train.times), None,
