@@ -54,8 +54,10 @@ from .data.transforms import (
     data_channels,
     increment_autocorrelation,
     moving_average,
+    nearest_class_mean_accuracy,
     series_scale_spread,
     standardise_each_series,
+    standardise_positions,
     time_in_windows,
     warped_copies,
     with_delays,
@@ -86,10 +88,11 @@ ENSEMBLE_NAME = "ensemble.pt"
 #: Data options :func:`load_data` applies after loading (recorded in ``spec["options"]``).
 DATA_OPTIONS = ("intensity", "val_fraction", "logsig_depth", "logsig_step", "delays",
                 "augment", "window_time", "standardise_each_series", "time_features",
-                "smoothing")
+                "smoothing", "standardise_positions")
 #: The data option each adapted data choice sets (an option given replaces it).
 _OPTION_OF_CHOICE = {"scale": "standardise_each_series", "smoothing": "smoothing",
-                     "time features": "time_features"}
+                     "time features": "time_features",
+                     "position scale": "standardise_positions"}
 #: Adapted choices a given setting overrides (then the choice is not reported).
 _CHOICE_FIELDS = {"validation": "val_fraction", "batch size": "batch_size",
                   "warm-up": "warmup_steps", "patience": "patience"}
@@ -195,10 +198,12 @@ def load_data(spec: dict[str, Any], test: Optional[TsFile] = None) -> Dataset:
     copies = common.pop("augment", 0)
     window_time = common.pop("window_time", False)
     each_series = common.pop("standardise_each_series", False)
+    positions = common.pop("standardise_positions", False)
     cycles = common.pop("time_features", ())
     width = common.pop("smoothing", 0)
     if "train" not in spec and test is None and not (delays or copies or window_time
-                                                     or each_series or cycles or width):
+                                                     or each_series or cycles or width
+                                                     or positions):
         return load_dataset(spec["dataset"], root=spec.get("root"), **common)
     depth, step = common.pop("logsig_depth", 0), common.pop("logsig_step", None)
     if "train" in spec:
@@ -212,6 +217,8 @@ def load_data(spec: dict[str, Any], test: Optional[TsFile] = None) -> Dataset:
         dataset = load_dataset(spec["dataset"], root=spec.get("root"), logsig_depth=0, **common)
     if each_series:
         dataset = standardise_each_series(dataset, data_channels(dataset))
+    if positions:
+        dataset = standardise_positions(dataset, data_channels(dataset))
     if width:
         dataset = moving_average(dataset, data_channels(dataset), width)
     if copies:
@@ -260,14 +267,20 @@ def adapt_data(spec: dict[str, Any], dataset: Dataset, val_fraction: Optional[fl
         dataset: the data as loaded.
         val_fraction, copies: given validation fraction and warped copies, or None.
         given: data options given (``standardise_each_series``, ``smoothing``,
-            ``time_features``; a false value turns one off); used as they are, not reported.
+            ``time_features``, ``standardise_positions``; a false value turns one off);
+            used as they are, not reported.
     """
     channels, longest = data_channels(dataset), int(dataset.train.lengths.max())
     # The smoothing rule reads the increments of short univariate series only.
     correlation = (increment_autocorrelation(dataset.train, channels)
                    if longest <= LONG_SERIES and len(channels) == 1 else None)
+    # The position rule reads long univariate series of one length in every split.
+    equal = all(split.x.shape[1] == longest and bool((split.lengths == longest).all())
+                for split in (dataset.train, dataset.val, dataset.test) if split is not None)
+    class_mean = (nearest_class_mean_accuracy(dataset.train, channels[0])
+                  if longest > LONG_SERIES and len(channels) == 1 and equal else None)
     options, choices = adaptive_data_options(
-        longest, series_scale_spread(dataset.train, channels), correlation)
+        longest, series_scale_spread(dataset.train, channels), correlation, class_mean)
     given = given or {}
     for key, value in given.items():
         options.pop(key, None)
@@ -464,7 +477,8 @@ def fit_adaptive(
         model_options: keyword arguments of :func:`fwplab.build_model`.
         train_options: TrainConfig fields given; they win over the adapted values.
         data_options: given data options: ``val_fraction``, ``warped_copies``,
-            ``standardise_each_series``, ``smoothing``, ``time_features``.
+            ``standardise_each_series``, ``smoothing``, ``time_features``,
+            ``standardise_positions``.
         report: called with each line to print (the choices); None prints nothing.
 
     Returns:
@@ -486,7 +500,8 @@ def fit_adaptive(
     dataset = load_data(spec)
     summary = data_summary(dataset)
     given_data = {key: options[key] for key in ("standardise_each_series", "smoothing",
-                                                "time_features") if key in options}
+                                                "time_features", "standardise_positions")
+                  if key in options}
     if given_data.get("time_features") is True:
         given_data["time_features"] = list(TIME_FEATURE_CYCLES)
     dataset, choices = adapt_data(spec, dataset, options.get("val_fraction"),
