@@ -12,9 +12,10 @@ endif
 ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 # The project's extras that `make lab` and `make test` install (append a new one here).
 EXTRAS := notebooks,book,dev,rl
-# What only the tests need on top: submitit (the grid launcher's tests) and, on Linux,
-# Triton (its kernels run on the CPU under TRITON_INTERPRET=1 against the PyTorch path).
-TEST_EXTRAS := cluster,gpu
+# What only the tests need on top: submitit (the grid launcher's tests), aeon (the rocket
+# baseline's) and, on Linux, Triton (its kernels run on the CPU under TRITON_INTERPRET=1
+# against the PyTorch path).
+TEST_EXTRAS := cluster,gpu,baselines
 TEST_STAMP := $(VENV)/.fwplab-test-installed
 # Which build of PyTorch goes into .venv: `cuda` where nvidia-smi lists a GPU, else `cpu`
 # (PyPI's Linux wheel of torch carries ~3 GB of CUDA libraries). FWPLAB_TORCH=cpu, cuda or

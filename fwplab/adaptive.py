@@ -398,6 +398,11 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _writes_files() -> bool:
+    """Whether this process writes the run folder (the only one, or rank 0 of several)."""
+    return not _distributed() or dist.get_rank() == 0
+
+
 def _recorded(choice: Choice) -> dict[str, str]:
     return {"value": str(choice.value), "reason": choice.reason}
 
@@ -522,12 +527,13 @@ def fit_adaptive(
     run_info = {"preset": "adaptive", "data": spec, "class_names": list(dataset.class_names),
                 "adaptive": {choice.name: _recorded(choice) for choice in choices}}
     out_dir = None if out is None else Path(out)
+    writes = out_dir is not None and _writes_files()
     say(f"{network.config['name']} ({count_parameters(network)} parameters) on "
         f"{dataset.name}, {device}, run folder {out_dir}")
     say(summary)
     for choice in choices:
         say(f"adapted to the data: {choice.line()}")
-    if out_dir is not None and members > 1:
+    if writes and members > 1:
         _check_ensemble_writable(out_dir, members * _state_bytes(network))
     history, config = _fit_first(network, dataset, config, out_dir, run_info, progress, seed,
                                  retry="lr" not in given_train and not _distributed(), say=say)
@@ -554,7 +560,7 @@ def fit_adaptive(
             continue
         models.append(member)
         seeds.append(member_seed)
-        if out_dir is not None:
+        if writes:
             _save_ensemble(out_dir, models, seeds, dataset.class_names)
     metrics = {"test_accuracy": history.test["accuracy"],
                "train_accuracy": history.train["accuracy"], "test_loss": history.test["loss"]}
@@ -574,7 +580,7 @@ def fit_adaptive(
         if "auroc" in test:
             metrics.update(test_auroc=test["auroc"], train_auroc=train["auroc"])
         history = dataclasses.replace(history, train=train, test=test, seconds=seconds)
-    if out_dir is not None:
+    if writes:
         _rewrite_metrics(out_dir, {**metrics, "run": run_info})
     return AdaptiveFit(models, choices, history, dataset, spec, metrics)
 

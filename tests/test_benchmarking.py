@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fwplab import build_model, interpolation_coeffs
+from fwplab.kernels import triton_recurrence
 from fwplab.benchmarking import (
     SOLVER_OPTIONS,
     fast_path_flops,
@@ -166,8 +167,9 @@ def test_solver_options_select_what_they_say():
                             **SOLVER_OPTIONS[name])
         assert model.selected_solver("cpu") == runs, name
         assert model.adjoint == (name == "adjoint")
+    on_cuda = "triton" if triton_recurrence.available() and triton_recurrence.enabled() else "fast"
     assert build_model("delta_cde", 4, 3, hidden_channels=8, num_heads=2,
-                       **SOLVER_OPTIONS["auto"]).selected_solver("cuda") == "fast"
+                       **SOLVER_OPTIONS["auto"]).selected_solver("cuda") == on_cuda
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -5,8 +5,9 @@ unfused kernel, autograd in float64 (gradcheck of the hand-written backward with
 to every slow-net parameter and W0), and for its selection and refusals.
 """
 
+import ast
+import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -192,9 +193,14 @@ def test_kernel_threads_are_pytorchs_openmp_threads():
     PyTorch loaded, so its threads are PyTorch's (not rivals spinning on the same cores)."""
     if not kernels.uses_openmp():
         pytest.skip("the kernel was built without OpenMP (threads of its own)")
-    runtimes = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
-                if "libgomp" in line or "libomp" in line or "libiomp" in line}
-    assert len(runtimes) == 1, runtimes
+    # In a fresh process: this one may hold other libraries' runtimes (scikit-learn's).
+    script = ("import torch\nfrom fwplab import kernels\nkernels.load()\n"
+              "print(sorted({line.split()[-1] for line in open('/proc/self/maps')\n"
+              "              if 'libgomp' in line or 'libomp' in line or 'libiomp' in line}))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    runtimes = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert len(runtimes) == 1 and "torch" in runtimes[0], runtimes
 
 
 def test_fused_trajectory_and_stream_equal_the_unfused_kernel():

@@ -183,7 +183,8 @@ BROKEN = {
         **c["train_config"], "lr": -1.0}), r"field 'train_config' is not a valid TrainConfig "
                                     r"\(lr: expected a positive number, got -1.0\)"),
     "an unknown model": (lambda c: c.__setitem__("model_config", {
-        **c["model_config"], "name": "lstm"}), r"field 'model_config' must name a model of"),
+        **c["model_config"], "name": "lstm"}),
+        r"field 'model_config': name: expected one of \[.*\], got 'lstm'"),
     "data settings that fwplab train cannot have written": (
         lambda c: c.__setitem__("run", {**c["run"], "data": {"train": 1}}),
         r"field run.data must have the keys missing_rate, seed, options"),
@@ -214,8 +215,9 @@ def test_mis_shaped_weights_and_format_only_files(saved_checkpoint, tmp_path, ca
     torch.save(_edit(checkpoint, shrink), run / CHECKPOINT_NAME)
     code, _, err = _run(["train", "--resume", str(run), "--no-progress"], capsys)
     assert code == EXIT_INPUT
-    _assert_one_line(err, r"checkpoint.pt: the saved weights do not fit the model delta_cde "
-                     r"\(.*classifier.bias.*\)", tmp_path, ["run"])
+    _assert_one_line(err, r"checkpoint.pt: field 'model_config': model config: the saved "
+                     r"weights do not fit delta_cde as configured \(shapes classifier.bias: "
+                     r"config gives \(3,\), saved \(7,\)\)", tmp_path, ["run"])
     torch.save({"format": 1}, run / CHECKPOINT_NAME)
     with pytest.raises(ValueError, match=r"not a complete fwplab checkpoint; missing field"):
         load_model(run)
