@@ -43,6 +43,7 @@ _EXPORTS = {
         "FastWeightRule",
         "load_rules_from",
         "register_rule",
+        "rule_fingerprint",
         "unregister_rule",
     ),
     "fwplab.rules.fast_weight": (
@@ -76,6 +77,7 @@ _EXPORTS = {
         "SolverOptions",
         "build_model",
         "count_parameters",
+        "check_model_config",
         "load_official_state_dict",
     ),
     "fwplab.baselines": ("DiscreteDeltaFWP", "GRUBaseline"),
@@ -106,6 +108,9 @@ _EXPORTS = {
         "load_model",
         "predict",
     ),
+    "fwplab.adaptive": ("AdaptiveFit", "fit_adaptive"),
+    "fwplab.inference": ("Predictions", "predict_run"),
+    "fwplab.rocket": ("rocket_accuracy",),
     "fwplab.presets": ("PRESETS", "Preset", "get_preset"),
     "fwplab.devices": ("pick_device", "retain_freed_memory"),
 }

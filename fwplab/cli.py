@@ -707,9 +707,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import predict
+    from .inference import predict_run
 
-    table = predict(args.run, args.data, device=args.device or "cpu")
+    table = predict_run(args.run, args.data, device=args.device or "cpu")
     text = table.to_csv()
     if args.out is None:
         sys.stdout.write(text)

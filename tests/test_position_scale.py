@@ -12,7 +12,7 @@ import torch
 from fwplab.adaptive import adapt_data, fit_adaptive, load_data
 from fwplab.data import Dataset, Split
 from fwplab.data.transforms import nearest_class_mean_accuracy, standardise_positions
-from fwplab.predict import predict
+from fwplab.inference import predict_run
 from fwplab.presets import LONG_SERIES, POSITION_MEAN_ACCURACY
 from fwplab.train import METRICS_NAME
 from fwplab.train import predict as logits_of
@@ -132,7 +132,7 @@ def test_prediction_reproduces_a_run_with_position_scale(tmp_path):
     assert "position:dim0" in fitted.dataset.channel_names
     metrics = json.loads((out / METRICS_NAME).read_text())
     assert metrics["run"]["adaptive"]["position scale"]["value"].startswith("each step")
-    table = predict(out, test)
+    table = predict_run(out, test)
     truth = [CLASSES[i % 3] for i in range(12)]
     correct = sum(p == t for p, t in zip(table.predicted, truth, strict=True))
     assert correct == round(metrics["test_accuracy"] * 12)

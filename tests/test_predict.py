@@ -1,4 +1,4 @@
-"""``fwplab predict`` and :func:`fwplab.predict.predict`: a run applied to its own TEST
+"""``fwplab predict`` and :func:`fwplab.predict_run`: a run applied to its own TEST
 file reproduces the run's test accuracy and probabilities (one model and an ensemble);
 the CSV names the classes; series the run cannot take and a lost training file are
 refused in one line."""
@@ -13,7 +13,7 @@ import torch
 from fwplab.adaptive import ENSEMBLE_NAME, load_data
 from fwplab.cli import main
 from fwplab.models import build_model
-from fwplab.predict import predict
+from fwplab.inference import predict_run
 from fwplab.train import METRICS_NAME, load_checkpoint, load_model
 from fwplab.train import predict as logits_of
 from test_train import one_thread, write_ts_pair  # noqa: F401 (autouse fixture)
@@ -57,7 +57,7 @@ def test_predicting_the_test_file_reproduces_the_run(runs, kind, members):
     run = out[kind]
     metrics = json.loads((run / METRICS_NAME).read_text())
     assert metrics.get("ensemble", {}).get("members", 1) == members
-    table = predict(run, test)
+    table = predict_run(run, test)
     dataset = load_data(load_checkpoint(run)["run"]["data"])  # the run's own test split
     models = _members(run)
     assert len(models) == members
@@ -100,8 +100,8 @@ def test_series_without_labels_get_the_same_probabilities(runs, tmp_path):
     unlabelled = _rewrite(test, tmp_path / "X.ts", lambda text: text.rsplit(":", 1)[0])
     unlabelled.write_text(unlabelled.read_text().replace("@classLabel true x y z",
                                                          "@classLabel false"))
-    assert torch.equal(predict(out["single"], unlabelled).probabilities,
-                       predict(out["single"], test).probabilities)
+    assert torch.equal(predict_run(out["single"], unlabelled).probabilities,
+                       predict_run(out["single"], test).probabilities)
 
 
 def test_a_series_the_run_cannot_take_is_refused_in_one_line_naming_it(runs, tmp_path, capsys):
@@ -139,4 +139,4 @@ def test_a_run_whose_training_file_is_gone_is_refused_in_one_line(runs, tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "training file" in err and str(copy) in err
     with pytest.raises(ValueError, match="not a fwplab|checkpoint not found"):
-        predict(tmp_path / "nothing", test)
+        predict_run(tmp_path / "nothing", test)

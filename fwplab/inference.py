@@ -2,8 +2,8 @@
 
 ::
 
-    from fwplab.predict import predict
-    table = predict("runs/a", "X.ts")
+    from fwplab import predict_run
+    table = predict_run("runs/a", "X.ts")
     table.predicted[:3], table.probabilities.shape      # class names, (series, classes)
     table.to_csv("predictions.csv")
 
@@ -31,7 +31,7 @@ from .data.ts import read_ts
 from .models import build_model
 from .train import predict_ensemble
 
-__all__ = ["Predictions", "predict"]
+__all__ = ["Predictions", "predict_run"]
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Predictions:
         return buffer.getvalue()
 
 
-def predict(run: Union[str, Path], data: Union[str, Path], *,
+def predict_run(run: Union[str, Path], data: Union[str, Path], *,
             device: Union[str, torch.device] = "cpu") -> Predictions:
     """Class probabilities of the run in folder ``run`` for the series of ``data`` (.ts).
 
