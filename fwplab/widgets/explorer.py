@@ -1,20 +1,10 @@
 """Fast-weight explorer: watch a continuous FWP program its fast weights, one series at a time.
 
-For a continuous FWP (trained or not) and one observed series with time points
-``t_0 < ... < t_{n-1}`` (the rows of ``x``), :func:`fast_weight_trace` computes once,
-on a dense time grid that splits every gap between time points into equal parts,
-and for every head ``h``::
-
-    W_h(t)                        the fast weight (d x d)
-    k_h(t), v_h(t), b_h(t)        what the slow net writes at t, activated by the rule
-                                  (softmax(k), tanh(v), sigma(b) for the built-in rules)
-    dW_h/dt                       the rule's write at t
-    W_h(t) q_h(t)                 the read-out of the query at t
-    ||W_h(t)||_F, s_1..s_d        the norm and the singular values of W_h(t)
-
-and at every time point ``t_i`` of the series::
-
-    p(class | x_0 .. x_i)         the model run on the series cut after t_i
+:func:`fast_weight_trace` (:mod:`fwplab.widgets.traces`, re-exported here) computes,
+for one series and one rule, the fast weight ``W_h(t)`` of every head on a dense time
+grid, what the slow net writes (keys, values, rates), the rule's write ``dW_h/dt``, the
+read-out, the norm and singular values of ``W_h(t)``, and at every time point ``t_i``
+the class probabilities of the model run on the series cut after ``t_i``.
 
 All of it is causal. Nothing comes from the path of the whole series: a natural
 cubic spline through all observations lets the path before ``t_i`` depend on later
