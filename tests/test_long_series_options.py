@@ -1,5 +1,6 @@
 """The adaptive options of long series: depth-1 windows for a univariate series with its
-delayed copies, depth 2 for several channels; the windows' channels that result."""
+delayed copies while windows are short, depth 2 for longer windows and for several channels;
+the windows' channels that result."""
 
 import torch
 
@@ -9,6 +10,7 @@ from fwplab.presets import (
     ADAPTIVE_LOGSIG_DEPTH,
     DELAYED_LOGSIG_DEPTH,
     DELAY_COPIES,
+    SHORT_WINDOW,
     TARGET_WINDOWS,
     adaptive_data_options,
 )
@@ -21,6 +23,16 @@ def test_a_long_univariate_series_takes_the_increments_of_itself_and_its_copies(
     assert "increments only" in next(c.reason for c in choices if c.name == "log-signature")
     several, _ = adaptive_data_options(637, [1.0, 1.0])
     assert several["logsig_depth"] == ADAPTIVE_LOGSIG_DEPTH == 2 and "delays" not in several
+
+
+def test_windows_longer_than_short_window_keep_the_areas():
+    last_short = SHORT_WINDOW * TARGET_WINDOWS  # windows of exactly SHORT_WINDOW steps
+    short, _ = adaptive_data_options(last_short, [1.0])
+    long, choices = adaptive_data_options(last_short + 1, [1.0])
+    assert (short["logsig_step"], short["logsig_depth"]) == (SHORT_WINDOW, 1)
+    assert (long["logsig_step"], long["logsig_depth"]) == (SHORT_WINDOW + 1, 2)
+    assert long["delays"] == [long["logsig_step"] * k for k in range(1, DELAY_COPIES + 1)]
+    assert "increments only" not in next(c.reason for c in choices if c.name == "log-signature")
 
 
 def test_the_chosen_windows_give_one_channel_per_copy_and_about_target_windows():
