@@ -26,12 +26,13 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from contextlib import contextmanager, nullcontext, redirect_stderr, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+from .checkpoints import _write_json
 
 __all__ = ["LAUNCHERS", "Resources", "CellFailed", "run_cell", "submit", "read_jobs",
            "job_state", "run_local", "JOBS_NAME"]
@@ -196,17 +197,6 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _write_jobs(out: Path, jobs: dict[str, dict[str, str]]) -> None:
-    handle, temporary = tempfile.mkstemp(dir=out, prefix=f".{JOBS_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(jobs, stream, indent=1)
-        os.replace(temporary, out / JOBS_NAME)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def submit(launcher: str, cells: Sequence[tuple[str, Sequence[str]]], out: Path,
            resources: Resources) -> dict[str, Any]:
     """Submit one job per ``(name, argv)`` cell (Slurm: one array) and record them.
@@ -250,7 +240,7 @@ def submit(launcher: str, cells: Sequence[tuple[str, Sequence[str]]], out: Path,
             recorded[name] = {"launcher": launcher, "job_id": str(job.job_id),
                               "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
         with _signals_held():
-            _write_jobs(out, recorded)
+            _write_json(out / JOBS_NAME, recorded)
     return {name: job for (name, _), job in zip(cells, jobs, strict=True)}
 
 
