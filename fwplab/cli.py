@@ -350,7 +350,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
     if command in (None, "compare"):
         from . import compare as _compare
-        _add_rules_from(_compare.add_parser(commands, _model_names()))
+        _add_rules_from(_compare.add_parser(commands, _model_names(), _positive_int))
     else:
         commands.add_parser("compare", help=_LAZY_COMMANDS["compare"], add_help=False)
     baseline = commands.add_parser(

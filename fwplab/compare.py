@@ -787,12 +787,6 @@ def _comma_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return parse
 
 
-def _positive(text: str) -> int:
-    if not (text.isdigit() and int(text) > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 def _key_value(text: str) -> tuple[str, str]:
     key, equals, value = text.partition("=")
     if not (equals and key.strip()):
@@ -801,8 +795,10 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip().lstrip("-"), value
 
 
-def add_parser(commands: Any, model_names: Sequence[str]) -> argparse.ArgumentParser:
-    """Add the ``compare`` sub-command to the ``fwplab`` parser and return it."""
+def add_parser(commands: Any, model_names: Sequence[str],
+               positive_int: Callable[[str], int]) -> argparse.ArgumentParser:
+    """Add the ``compare`` sub-command to the ``fwplab`` parser and return it
+    (``positive_int``: the command's parser of positive integers)."""
     parser = commands.add_parser(
         "compare", help="train models x data sets (or world models x environments) x seeds; "
                         "write a CSV, a Markdown table, a plot",
@@ -835,7 +831,7 @@ def add_parser(commands: Any, model_names: Sequence[str]) -> argparse.ArgumentPa
     parser.add_argument("--retrain-mismatched", action="store_true",
                         help="delete and retrain started cells whose recorded settings differ "
                              "from those asked (default: refuse)")
-    parser.add_argument("--max-cells", type=_positive, default=MAX_CELLS, metavar="N",
+    parser.add_argument("--max-cells", type=positive_int, default=MAX_CELLS, metavar="N",
                         help=f"refuse a grid of more cells (default {MAX_CELLS})")
     jobs = parser.add_argument_group("cells as jobs (pip install 'fwplab[cluster]')")
     jobs.add_argument("--launcher", choices=LAUNCHERS, default="inprocess",
@@ -843,14 +839,14 @@ def add_parser(commands: Any, model_names: Sequence[str]) -> argparse.ArgumentPa
                            "a subprocess job (waits for them); slurm: each cell a job of one "
                            "Slurm array (submits and returns)")
     jobs.add_argument("--gpus-per-cell", type=int, metavar="N", help="GPUs per job")
-    jobs.add_argument("--cpus-per-cell", type=_positive, metavar="N",
+    jobs.add_argument("--cpus-per-cell", type=positive_int, metavar="N",
                       help="CPU cores (torch threads) per job (default 1)")
-    jobs.add_argument("--time", type=_positive, metavar="MIN",
+    jobs.add_argument("--time", type=positive_int, metavar="MIN",
                       help="wall-clock limit of a job in minutes (default 1440)")
     jobs.add_argument("--partition", metavar="NAME", help="Slurm partition")
     jobs.add_argument("--slurm-option", type=_key_value, action="append", metavar="KEY=VALUE",
                       help="a further #SBATCH --KEY=VALUE line (repeatable), e.g. account=abc")
-    jobs.add_argument("--max-in-flight", type=_positive, metavar="N",
+    jobs.add_argument("--max-in-flight", type=positive_int, metavar="N",
                       help="at most N jobs at once (local: default cores / --cpus-per-cell; "
                            "slurm: the array's parallelism)")
     jobs.add_argument("--status", metavar="OUT",
