@@ -673,6 +673,10 @@ class ContinuousFWP(nn.Module):
         if record.structure == "hebb":
             return
         weights = W.detach()
+        # One pass and one sync in W's dtype on every forward; the float64 norm and the
+        # finiteness check only once that says W is beyond the bound (or NaN).
+        if float(torch.linalg.matrix_norm(weights).amax()) <= DIVERGENCE_BOUND:
+            return
         finite = bool(torch.isfinite(weights).all())
         norm = (float(torch.linalg.matrix_norm(weights.double()).max()) if finite
                 else float("inf"))
