@@ -78,7 +78,15 @@ from .presets import (
     adaptive_train_settings,
 )
 from .checkpoints import CHECKPOINT_NAME, METRICS_NAME, _atomic_write, _RunFolderLock, _write_json
-from .train import MAX_SEED, History, TrainConfig, TrainingDiverged, evaluate_ensemble, fit
+from .train import (
+    MAX_SEED,
+    History,
+    TrainConfig,
+    TrainingDiverged,
+    _world,
+    evaluate_ensemble,
+    fit,
+)
 
 __all__ = ["ENSEMBLE_NAME", "AdaptiveFit", "fit_adaptive", "load_data", "adapt_data",
            "adapt_training", "time_unit", "data_summary", "check_model_size"]
@@ -398,11 +406,6 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _writes_files() -> bool:
-    """Whether this process writes the run folder (the only one, or rank 0 of several)."""
-    return not _distributed() or dist.get_rank() == 0
-
-
 def _recorded(choice: Choice) -> dict[str, str]:
     return {"value": str(choice.value), "reason": choice.reason}
 
@@ -527,7 +530,7 @@ def fit_adaptive(
     run_info = {"preset": "adaptive", "data": spec, "class_names": list(dataset.class_names),
                 "adaptive": {choice.name: _recorded(choice) for choice in choices}}
     out_dir = None if out is None else Path(out)
-    writes = out_dir is not None and _writes_files()
+    writes = out_dir is not None and _world()[0] == 0  # rank 0 writes the run folder
     say(f"{network.config['name']} ({count_parameters(network)} parameters) on "
         f"{dataset.name}, {device}, run folder {out_dir}")
     say(summary)

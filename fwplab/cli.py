@@ -592,8 +592,8 @@ def _say(line: str) -> None:
 
 
 def _leader() -> bool:
-    import torch.distributed as dist
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    from .train import _world
+    return _world()[0] == 0
 
 
 # ---------------------------------------------------------------------------- train
