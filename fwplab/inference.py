@@ -28,7 +28,7 @@ from .adaptive import ENSEMBLE_NAME, load_data
 from .checkpoints import _load_weights, load_checkpoint
 from .data.registry import shipped_data_dir
 from .data.ts import read_ts
-from .models import build_model
+from .models import build_model, check_model_config
 from .train import predict_ensemble
 
 __all__ = ["Predictions", "predict_run"]
@@ -97,6 +97,10 @@ def predict_run(run: Union[str, Path], data: Union[str, Path], *,
     if ensemble.is_file():
         content = torch.load(ensemble, map_location="cpu", weights_only=True)
         for state in content["states"]:
+            try:  # shapes against the saved tensors before anything is allocated
+                check_model_config(content["model_config"], state)
+            except ValueError as error:
+                raise ValueError(f"{ensemble}: {error}") from None
             member = build_model(**content["model_config"])
             _load_weights(ensemble, member, state, "weights")
             models.append(member)

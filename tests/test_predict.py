@@ -6,6 +6,7 @@ refused in one line."""
 import csv
 import io
 import json
+import shutil
 
 import pytest
 import torch
@@ -140,3 +141,15 @@ def test_a_run_whose_training_file_is_gone_is_refused_in_one_line(runs, tmp_path
     assert len(err.splitlines()) == 1 and "training file" in err and str(copy) in err
     with pytest.raises(ValueError, match="not a fwplab|checkpoint not found"):
         predict_run(tmp_path / "nothing", test)
+
+
+def test_an_ensemble_file_claiming_huge_sizes_is_refused_before_building(runs, tmp_path):
+    _, test, out = runs
+    run = tmp_path / "crafted"
+    shutil.copytree(out["ensemble"], run)
+    content = torch.load(run / ENSEMBLE_NAME, weights_only=True)
+    content["model_config"] = dict(content["model_config"], hidden_channels=10**6)
+    torch.save(content, run / ENSEMBLE_NAME)
+    with pytest.raises(ValueError, match=r"ensemble.pt: model config: the saved weights do not "
+                                         r"fit delta_cde as configured"):
+        predict_run(run, test)
