@@ -296,11 +296,9 @@ def adapt_data(spec: dict[str, Any], dataset: Dataset, val_fraction: Optional[fl
             options[key] = value
     choices = [choice for choice in choices if _OPTION_OF_CHOICE.get(choice.name) not in given]
     counts = [int(c) for c in torch.bincount(dataset.train.y.cpu()) if c > 0]
-    validation = (dataset.val is not None or (
-        val_fraction if val_fraction is not None
-        else adaptive_train_settings(counts)[0]["val_fraction"]) > 0)
-    more, extra = adaptive_augmentation(counts, validation) if copies is None else (
-        {"augment": copies} if copies else {}, [])
+    validation = dataset.val is not None or (val_fraction or 0) > 0  # given
+    more, extra = adaptive_augmentation(counts, validation, longest > LONG_SERIES) \
+        if copies is None else ({"augment": copies} if copies else {}, [])
     options.update(more)
     choices += extra
     if options:
@@ -328,7 +326,8 @@ def adapt_training(dataset: Dataset, given: Optional[dict[str, Any]] = None,
     given = dict(given or {})
     counts = torch.bincount(dataset.train.y.cpu(), minlength=dataset.num_classes) // (
         1 + dataset_copies)
-    settings, choices = adaptive_train_settings([int(count) for count in counts if count > 0])
+    settings, choices = adaptive_train_settings([int(count) for count in counts if count > 0],
+                                                augmented=dataset_copies > 0)
     settings.update(given)
     held = 0
     if dataset.val is None and settings["val_fraction"]:
@@ -504,6 +503,10 @@ def fit_adaptive(
     given_train = dict(train_options or {})
     if "val_fraction" in options:
         given_train["val_fraction"] = options["val_fraction"]
+    if (options.get("val_fraction") or 0) > 0 and (options.get("warped_copies") or 0) > 0:
+        raise ValueError(f"--val-fraction {options['val_fraction']:g} with --warped-copies "
+                         f"{options['warped_copies']}: copies of the validation series would "
+                         "train; give one of them")
     given_train["seed"] = seed
     dataset = load_data(spec)
     summary = data_summary(dataset)

@@ -23,6 +23,7 @@ from fwplab.presets import (
     adaptive_augmentation,
     adaptive_data_options,
     adaptive_ensemble,
+    adaptive_train_settings,
 )
 from fwplab.train import TrainingDiverged, evaluate_ensemble, fit, predict, predict_ensemble
 from test_train import one_thread, tiny_dataset, tiny_model, write_ts_pair  # noqa: F401
@@ -165,6 +166,38 @@ def test_classes_with_few_series_get_warped_copies_unless_validating(counts, val
     options, choices = adaptive_augmentation(counts, validation)
     assert options.get("augment", 0) == copies
     assert [choice.name for choice in choices] == ["warped copies"]
+
+
+def test_long_series_that_would_validate_train_on_warped_copies_instead():
+    counts = [40, 35, 30]  # a stratified fifth would be 21 series: too few to validate
+    many = [100, 90, 80]  # a stratified fifth is 54 series: a split would be carved
+    assert adaptive_augmentation(counts, False, long_series=True)[0] == {}
+    options, (choice,) = adaptive_augmentation(many, False, long_series=True)
+    assert options == {"augment": MAX_WARPED_COPIES}
+    assert "instead of a validation split" in choice.reason
+    # short series keep the split; a split given by the user or the dataset keeps it too
+    options, (choice,) = adaptive_augmentation(many, False, long_series=False)
+    assert options == {} and "a validation split is carved" in choice.reason
+    options, (choice,) = adaptive_augmentation(many, True, long_series=True)
+    assert options == {} and "a validation split is given" in choice.reason
+    # and the training settings then carve none: a copy of a validation series would train
+    settings, choices = adaptive_train_settings(many, augmented=True)
+    assert settings["val_fraction"] == 0.0
+    assert "warped copies" in next(c.reason for c in choices if c.name == "validation")
+    assert adaptive_train_settings(many)[0]["val_fraction"] > 0
+
+
+def test_given_warped_copies_carve_no_validation_split_and_both_given_are_refused(tmp_path):
+    train, test = write_ts_pair(tmp_path, n_train=300)  # 100 series per class: would validate
+    spec = adaptive._spec((str(train), str(test)), 0.0, 0)
+    dataset, _ = adaptive.adapt_data(spec, adaptive.load_data(spec), copies=1)
+    config, _, _ = adaptive.adapt_training(dataset, {"seed": 0}, dataset_copies=1)
+    assert len(dataset.train) == 600 and config.val_fraction == 0.0
+    with pytest.raises(ValueError, match=r"^--val-fraction 0.2 with --warped-copies 2: copies "
+                       r"of the validation series would train; give one of them$"):
+        adaptive.fit_adaptive((str(train), str(test)), out=tmp_path / "run",
+                              data_options={"val_fraction": 0.2, "warped_copies": 2})
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_run_with_warped_copies_records_them_and_resumes_with_them(tmp_path, capsys):
