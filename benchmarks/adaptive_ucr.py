@@ -29,6 +29,13 @@ position rule)::
 
     python benchmarks/adaptive_ucr.py --prepare-text SAX-SEQL/data --data /tmp/ucr_long
 
+Long sets of the UCR 2018 archive (:data:`LONG_2018`, :data:`LONG_2018_MORE`) come from its
+.tsv files as committed at github.com/iwuqing/Time-Series-Classification-based-on-KNN,
+commit 6f961db51e2633ba46524913177c518bd03bb843, folder ``data/`` (every file checked
+against the archive's counts and lengths; Car's training file equals an independent copy)::
+
+    python benchmarks/adaptive_ucr.py --prepare-tsv KNN/data --data /tmp/ucr_2018
+
 ``--rocket`` adds the MiniRocket baseline (:func:`fwplab.rocket.rocket_accuracy`, needs
 aeon) and ``--compute-dtw`` our own 1-NN DTW (full window, :func:`dtw_1nn_accuracy`) beside
 the published one.
@@ -70,7 +77,13 @@ DTW_ERROR = {"GunPoint": 0.0933, "ItalyPowerDemand": 0.0496, "OSULeaf": 0.4091,
              "OliveOil": 0.1667, "Symbols": 0.0503, "DiatomSizeReduction": 0.0327,
              "Ham": 0.5333, "Herring": 0.4688, "FaceFour": 0.1705, "ShapeletSim": 0.35,
              "Fish": 0.1771, "Wine": 0.4259, "Haptics": 0.6234, "CricketX": 0.2462,
-             "CricketY": 0.2564, "CricketZ": 0.2462}
+             "CricketY": 0.2564, "CricketZ": 0.2462, "Car": 0.2667, "Meat": 0.0667,
+             "BeetleFly": 0.3, "BirdChicken": 0.25, "ToeSegmentation2": 0.1615, "Worms": 0.4156,
+             "WormsTwoClass": 0.3766, "Computers": 0.3, "LargeKitchenAppliances": 0.2053,
+             "RefrigerationDevices": 0.536, "ScreenType": 0.6027,
+             "SmallKitchenAppliances": 0.3573, "InsectEPGRegularTrain": 0.1285,
+             "InsectEPGSmallTrain": 0.2651, "EOGHorizontalSignal": 0.4972, "Rock": 0.4,
+             "HouseTwenty": 0.0756, "PigAirwayPressure": 0.8942}
 #: Sets without a published 1-NN DTW accuracy for the split at hand (Earthquakes' 2015 files
 #: split 139/322, the 2018 archive 322/139; Passgraph and Cricket are not in the 2018
 #: archive): their reference is our own 1-NN DTW (full window, :func:`dtw_1nn_accuracy`).
@@ -89,6 +102,15 @@ LONG_UNSEEN = ("Lightning2", "OliveOil", "Symbols", "DiatomSizeReduction", "Ham"
 #: files complete, not used before (chosen before any run).
 LONG_FRESH = ("Earthquakes", "Haptics", "CricketX", "CricketY", "CricketZ", "Passgraph",
               "Cricket")
+#: Long univariate sets of the UCR 2018 archive (at least 300 steps, at most 500 training
+#: series), first run after the warped-copies-instead-of-validation rule for long series:
+#: every set of a list written before any run whose files the 2018 .tsv snapshot holds whole
+#: (``--prepare-tsv``), in the list's order; :data:`LONG_2018_MORE` were run after them.
+LONG_2018 = ("Car", "Meat", "BeetleFly", "BirdChicken", "ToeSegmentation2", "Worms",
+             "WormsTwoClass", "Computers", "LargeKitchenAppliances", "RefrigerationDevices",
+             "ScreenType", "SmallKitchenAppliances")
+LONG_2018_MORE = ("InsectEPGRegularTrain", "InsectEPGSmallTrain", "EOGHorizontalSignal", "Rock",
+                  "HouseTwenty", "PigAirwayPressure")
 #: Files of ``--prepare-text`` (UCR 2015 names) and the set each becomes.
 TEXT_SETS = {"Beef": "Beef", "Lighting7": "Lightning7", "Lighting2": "Lightning2",
              "OliveOil": "OliveOil", "Symbols": "Symbols",
@@ -172,6 +194,22 @@ def prepare_text(folder: Path, into: Path) -> None:
                 raise SystemExit(f"--prepare-text: expected {path}, got none")
             rows = [line.replace(",", " ").split() for line in path.read_text().splitlines()
                     if line.strip()]
+            (into / name / f"{name}_{part}.ts").write_text(
+                _ts_text(name, [(_label(row[0]), row[1:]) for row in rows]))
+        print(f"adaptive_ucr: wrote {into}/{name}/{name}_{{TRAIN,TEST}}.ts", flush=True)
+
+
+def prepare_tsv(folder: Path, into: Path) -> None:
+    """Write the :data:`LONG_2018` and :data:`LONG_2018_MORE` sets of a folder of UCR 2018
+    ``NAME/NAME_{TRAIN,TEST}.tsv`` files (label, then the values, tab separated) as
+    ``into/NAME/NAME_{TRAIN,TEST}.ts``."""
+    for name in LONG_2018 + LONG_2018_MORE:
+        (into / name).mkdir(parents=True, exist_ok=True)
+        for part in ("TRAIN", "TEST"):
+            path = folder / name / f"{name}_{part}.tsv"
+            if not path.is_file():
+                raise SystemExit(f"--prepare-tsv: expected {path}, got none")
+            rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
             (into / name / f"{name}_{part}.ts").write_text(
                 _ts_text(name, [(_label(row[0]), row[1:]) for row in rows]))
         print(f"adaptive_ucr: wrote {into}/{name}/{name}_{{TRAIN,TEST}}.ts", flush=True)
@@ -291,6 +329,9 @@ def main() -> None:
     parser.add_argument("--prepare-text", type=Path, metavar="FOLDER",
                         help="convert the UCR 2015 text files of these long sets in this "
                              "folder into --data, then stop")
+    parser.add_argument("--prepare-tsv", type=Path, metavar="FOLDER",
+                        help="convert the UCR 2018 .tsv files (FOLDER/NAME/NAME_TRAIN.tsv) of "
+                             "the LONG_2018 sets into --data, then stop")
     parser.add_argument("--rocket", action="store_true",
                         help="also measure MiniRocket (fwplab.rocket; needs aeon)")
     parser.add_argument("--compute-dtw", action="store_true",
@@ -304,6 +345,9 @@ def main() -> None:
         return
     if args.prepare_text is not None:
         prepare_text(args.prepare_text, args.data[-1])
+        return
+    if args.prepare_tsv is not None:
+        prepare_tsv(args.prepare_tsv, args.data[-1])
         return
     if args.out is None:
         parser.error("--out: expected a JSON file to write, got none")
@@ -332,12 +376,15 @@ def main() -> None:
             "development_sets": list(DEVELOPMENT), "held_out_sets": list(HELD_OUT),
             "long_development_sets": list(LONG_DEVELOPMENT), "long_unseen_sets": list(LONG_UNSEEN),
             "long_fresh_sets": list(LONG_FRESH),
+            "long_2018_sets": list(LONG_2018), "long_2018_more_sets": list(LONG_2018_MORE),
             "sets": sets,
             "development": summary(sets, DEVELOPMENT),
             "held_out": summary(sets, HELD_OUT),
             "long_development": summary(sets, LONG_DEVELOPMENT),
             "long_unseen": summary(sets, LONG_UNSEEN),
             "long_fresh": summary(sets, LONG_FRESH),
+            "long_2018": summary(sets, LONG_2018),
+            "long_2018_more": summary(sets, LONG_2018_MORE),
         })
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
