@@ -93,10 +93,6 @@ __all__ = ["ENSEMBLE_NAME", "AdaptiveFit", "fit_adaptive", "load_data", "adapt_d
 
 #: File of an ensemble's members in the run folder (the first one is also checkpoint.pt).
 ENSEMBLE_NAME = "ensemble.pt"
-#: Data options :func:`load_data` applies after loading (recorded in ``spec["options"]``).
-DATA_OPTIONS = ("intensity", "val_fraction", "logsig_depth", "logsig_step", "delays",
-                "augment", "window_time", "standardise_each_series", "time_features",
-                "smoothing", "standardise_positions")
 #: The data option each adapted data choice sets (an option given replaces it).
 _OPTION_OF_CHOICE = {"scale": "standardise_each_series", "smoothing": "smoothing",
                      "time features": "time_features",
@@ -214,6 +210,7 @@ def load_data(spec: dict[str, Any], test: Optional[TsFile] = None) -> Dataset:
                                                      or positions):
         return load_dataset(spec["dataset"], root=spec.get("root"), **common)
     depth, step = common.pop("logsig_depth", 0), common.pop("logsig_step", None)
+    level = common.pop("logsig_level", False)
     if "train" in spec:
         if test is None:
             train_file, test_file = read_ts_pair(spec["train"], spec["test"])
@@ -236,7 +233,8 @@ def load_data(spec: dict[str, Any], test: Optional[TsFile] = None) -> Dataset:
     dataset = with_time_features(dataset, cycles) if cycles else dataset
     if depth and window_time:
         dataset = time_in_windows(dataset, step)
-    return log_signature_dataset(dataset, depth, step) if depth else dataset
+    return log_signature_dataset(dataset, depth, step, data_channels(dataset) if level else ()
+                                 ) if depth else dataset
 
 
 def data_summary(dataset: Dataset) -> str:

@@ -23,7 +23,7 @@ batch size, each series on its own scale when amplitudes spread widely, sines an
 cosines of time for a short univariate series (smoothed first when noise dominates its
 increments), log-signature windows for long series with delayed copies of a univariate
 one and time counted in windows, warped copies of the training series when a class has
-few, warm-up, patience, a step budget and an ensemble size from the data's size, no clock;
+few (and, for long series, instead of a validation split), warm-up, patience, a step budget and an ensemble size from the data's size, no clock;
 see :mod:`fwplab.adaptive`, :func:`fwplab.presets.adaptive_data_options`,
 :func:`~fwplab.presets.adaptive_train_settings` and :func:`~fwplab.presets.adaptive_budget`);
 each choice is printed once and stored under ``run.adaptive`` in ``metrics.json``.
@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from .presets import (
+    DATA_OPTIONS,
     DEFAULT_PRESET,
     LONG_SERIES,
     PRESETS,
@@ -256,7 +257,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     data.add_argument("--warped-copies", type=_count, metavar="K",
                       help="add K randomly time-warped and scaled copies of every training "
                            "series; only for data without a preset (default: up to 4 when "
-                           "a class has fewer than 20 series and nothing validates, else 0)")
+                           "a class has fewer than 20 series and nothing validates; 4 instead "
+                           "of a validation split for long series; else 0)")
     data.add_argument("--scale", choices=("series", "channel"),
                       help="series: standardise each series on its own and keep its log-scale "
                            "as a channel; channel: one mean and std per channel; only for "
@@ -273,7 +275,10 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                            f"{LONG_SERIES} steps)")
     data.add_argument("--val-fraction", type=_number(0.0, 1.0, include_low=True), metavar="F",
                       help="hold out this fraction of the training data for model selection "
-                           "when the dataset has no validation split (default 0)")
+                           "when the dataset has no validation split (default: a preset's "
+                           "value; for data without a preset 0.2 when every class has 5 or "
+                           "more series and that makes 40 or more, unless the series are long "
+                           "(warped copies train instead), else 0)")
 
     model = train.add_argument_group("model")
     model.add_argument("--model", type=_lazy_choice("model", _model_names), metavar="NAME",
@@ -562,10 +567,7 @@ def _check_data_spec(spec: Any, path: Path) -> None:
     unit = spec.get("time_unit", 1.0)
     if isinstance(unit, bool) or not isinstance(unit, (int, float)) or not 0 < unit < float("inf"):
         raise ValueError(f"{where}.time_unit must be a positive number")
-    if not isinstance(spec["options"], dict) or set(spec["options"]) - {
-            "intensity", "val_fraction", "logsig_depth", "logsig_step", "delays", "augment",
-            "window_time", "standardise_each_series", "time_features", "smoothing",
-            "standardise_positions"}:
+    if not isinstance(spec["options"], dict) or set(spec["options"]) - set(DATA_OPTIONS):
         raise ValueError(f"{where}.options must be a dict of data options")
     files = {"train", "test"} & set(spec)
     if files:

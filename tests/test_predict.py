@@ -153,3 +153,31 @@ def test_an_ensemble_file_claiming_huge_sizes_is_refused_before_building(runs, t
     with pytest.raises(ValueError, match=r"ensemble.pt: model config: the saved weights do not "
                                          r"fit delta_cde as configured"):
         predict_run(run, test)
+
+
+def test_a_long_series_run_reproduces_itself_and_sees_the_series_level(tmp_path):
+    """Long series become log-signature windows whose path starts at each series' first
+    value: prediction replays that (the run's accuracy to the last digit), and the same
+    series shifted by a constant get other probabilities (from 0 they would get the same)."""
+    from fwplab.presets import LONG_SERIES
+    from test_adaptive_budget import write_univariate_pair
+
+    train, test = write_univariate_pair(tmp_path, length=LONG_SERIES + 3)
+    run = tmp_path / "long"
+    assert main(["train", "--train", str(train), "--test", str(test), "--out", str(run),
+                 *TINY]) == 0
+    metrics = json.loads((run / METRICS_NAME).read_text())
+    assert metrics["run"]["data"]["options"]["logsig_level"] is True
+    table = predict_run(run, test)
+    dataset = load_data(load_checkpoint(run)["run"]["data"])
+    truth = [dataset.class_names[label] for label in dataset.test.y.tolist()]
+    accuracy = float(torch.tensor([p == t for p, t in zip(table.predicted, truth,
+                                                          strict=True)]).float().mean())
+    assert accuracy == metrics["test_accuracy"]
+    head, rows = test.read_text().split("@data\n")
+    shifted = tmp_path / "shifted.ts"
+    shifted.write_text(head + "@data\n" + "".join(
+        ",".join(f"{float(v) + 3:.2f}" for v in values.split(",")) + ":" + label + "\n"
+        for values, label in (row.rsplit(":", 1) for row in rows.splitlines())))
+    moved = predict_run(run, shifted).probabilities
+    assert (moved - table.probabilities).abs().max() > 1e-3

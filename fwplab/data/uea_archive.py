@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import zipfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -141,14 +141,21 @@ def _windows_from_increments(increments: Tensor, depth: int, step: int) -> Tenso
 
 
 def log_signature_path(
-    x: Tensor, lengths: Tensor, depth: int, step: int, grid: Optional[Tensor] = None
+    x: Tensor, lengths: Tensor, depth: int, step: int, grid: Optional[Tensor] = None,
+    start_channels: Sequence[int] = (),
 ) -> tuple[Tensor, Tensor]:
     """The path whose linear pieces are the window log-signatures of each series.
 
     ```
-    z_0 = 0,   z_m = sum_{w < m} logsig(window w)          m = 1 .. windows
+    z_0 = 0,   z_m = z_0 + sum_{w < m} logsig(window w)          m = 1 .. windows
     new_length_b = ceil((lengths_b - 1) / step) + 1
     ```
+
+    except that the ``start_channels`` of ``z_0`` (indices of ``x``'s channels, whose
+    increments are the first terms of each window's log-signature) hold each series'
+    first value instead of 0: their path then passes through the series' values at the
+    window ends, level included (from 0, series that differ by a constant offset give the
+    same path).
 
     Series are processed in chunks of at most :data:`CHUNK_VALUES` values of ``x`` (each
     series on its own, so the result does not depend on the chunks), so the memory it
@@ -167,12 +174,17 @@ def log_signature_path(
         depth: 1 or 2.
         step: increments per window.
         grid: ``(time,)`` observation times for the filling; None means ``0, 1, 2, ...``.
+        start_channels: channels whose path starts at the series' first (filled) value.
 
     Returns:
         (path, new_lengths): ``(batch, windows + 1, logsig_channels)`` with NaN after each
         series' end, and ``(batch,)`` int64.
     """
     _check_depth_step(depth, step)
+    start = sorted({int(channel) for channel in start_channels})
+    if start and not 0 <= start[0] <= start[-1] < x.shape[-1]:
+        raise ValueError(f"start_channels: expected indices of the {x.shape[-1]} channels, got "
+                         f"{list(start_channels)}")
     if x.dim() != 3 or lengths.shape != (x.shape[0],):
         raise ValueError(f"x, lengths: expected shapes (batch, time, channels) and (batch,), got "
                          f"{tuple(x.shape)} and {tuple(lengths.shape)}")
@@ -189,14 +201,14 @@ def log_signature_path(
     per_chunk = max(1, CHUNK_VALUES // (time * max(channels, 1)))
     for first in range(0, batch, per_chunk):
         rows = slice(first, first + per_chunk)
-        path[rows] = _chunk_path(x[rows], lengths[rows], depth, step, grid)
+        path[rows] = _chunk_path(x[rows], lengths[rows], depth, step, grid, start)
     new_lengths = torch.div(lengths - 1 + step - 1, step, rounding_mode="floor") + 1
     after = torch.arange(path.shape[1], device=x.device) >= new_lengths.to(x.device).unsqueeze(-1)
     return path.masked_fill_(after.unsqueeze(-1), math.nan), new_lengths
 
 
 def _chunk_path(x: Tensor, lengths: Tensor, depth: int, step: int,
-                grid: Optional[Tensor]) -> Tensor:
+                grid: Optional[Tensor], start: Sequence[int]) -> Tensor:
     """:func:`log_signature_path` of some series, before the NaN after their ends."""
     inside = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device).unsqueeze(-1)
     if not (~torch.isnan(x) & inside.unsqueeze(-1)).any(dim=1).all():
@@ -204,10 +216,13 @@ def _chunk_path(x: Tensor, lengths: Tensor, depth: int, step: int,
                          "series for log-signature windows, got a channel with none")
     x = interpolation_coeffs(x, grid, lengths, "linear")
     increments = x[:, 1:] - x[:, :-1]
+    initial = x.new_zeros(x.shape[0], 1, x.shape[-1])
+    initial[..., start] = x[:, :1, start]
     del x
     increments.masked_fill_(~inside[:, 1:].unsqueeze(-1), 0.0)
     windows = _windows_from_increments(increments, depth, step)
-    return torch.cat([torch.zeros_like(windows[:, :1]), windows.cumsum(dim=1)], dim=1)
+    initial = torch.nn.functional.pad(initial, (0, windows.shape[-1] - initial.shape[-1]))
+    return torch.cat([initial, initial + windows.cumsum(dim=1)], dim=1)
 
 
 def log_signature_channel_names(channel_names: tuple[str, ...], depth: int) -> tuple[str, ...]:
@@ -216,14 +231,17 @@ def log_signature_channel_names(channel_names: tuple[str, ...], depth: int) -> t
     return tuple(channel_names) + (tuple(areas) if depth == 2 else ())
 
 
-def log_signature_dataset(dataset: Dataset, depth: int, step: int) -> Dataset:
-    """Replace every split's ``x`` by its log-signature path (see :func:`log_signature_path`).
+def log_signature_dataset(dataset: Dataset, depth: int, step: int,
+                          start_channels: Sequence[int] = ()) -> Dataset:
+    """Replace every split's ``x`` by its log-signature path (see :func:`log_signature_path`;
+    ``start_channels`` start at each series' first value instead of 0).
 
     Each split's ``times`` becomes the window ends ``0, step, 2 step, ...`` of the
     original grid (the last one clipped to the longest series' end).
     """
     def convert(split: Split) -> Split:
-        path, lengths = log_signature_path(split.x, split.lengths, depth, step, split.times)
+        path, lengths = log_signature_path(split.x, split.lengths, depth, step, split.times,
+                                           start_channels)
         ends = (torch.arange(path.shape[1]) * step).clamp(max=split.x.shape[1] - 1)
         grid = split.times[ends.to(split.times.device)]
         return Split(path, lengths, split.y, grid, split.static)
