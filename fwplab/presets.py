@@ -746,7 +746,8 @@ def adaptive_ensemble(steps: int, batch_size: int, length: int,
     else:
         why = (f"one model takes {work:.0f} work units, so {members} fit the budget of "
                f"{WORK_BUDGET} (at most {ENSEMBLE_MEMBERS}); consecutive seeds (weights, "
-               "batches, validation series); their class probabilities are averaged")
+               "batches, the validation split where there is one); their class probabilities "
+               "are averaged")
     return members, Choice("ensemble", f"{members} model{'s' if members > 1 else ''}", why)
 
 
