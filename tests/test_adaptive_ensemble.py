@@ -193,6 +193,10 @@ def test_given_warped_copies_carve_no_validation_split_and_both_given_are_refuse
     dataset, _ = adaptive.adapt_data(spec, adaptive.load_data(spec), copies=1)
     config, _, _ = adaptive.adapt_training(dataset, {"seed": 0}, dataset_copies=1)
     assert len(dataset.train) == 600 and config.val_fraction == 0.0
+    spec = adaptive._spec((str(train), str(test)), 0.0, 0)  # no copies: the split stays
+    dataset, _ = adaptive.adapt_data(spec, adaptive.load_data(spec), copies=0)
+    config, _, _ = adaptive.adapt_training(dataset, {"seed": 0}, dataset_copies=0)
+    assert len(dataset.train) == 300 and config.val_fraction > 0
     with pytest.raises(ValueError, match=r"^--val-fraction 0.2 with --warped-copies 2: copies "
                        r"of the validation series would train; give one of them$"):
         adaptive.fit_adaptive((str(train), str(test)), out=tmp_path / "run",
