@@ -351,6 +351,36 @@ def _couple(ge_i, f_i, r_j, f_j, gr_j, gf_i, gf_j, ha):
     return gr_j, gf_i, gf_j
 
 
+def _later_stage_grads(gM, ge, gf, gb, f, c, b, Mn, next_f, next_c, next_r, carry_f, carry_c,
+                       carry_r, grad_fixed, grad_target, grad_rate, base, flat, n, d_in, d_out,
+                       oi, oo, mi, mo, OFFSET: tl.constexpr, PS: tl.constexpr, AF: tl.constexpr,
+                       AC: tl.constexpr, AR: tl.constexpr):
+    """Stage k > 0 of a step, walked back: its share of dL/dM and its raw controls'
+    gradients, added to the step's first point (``OFFSET == 0``), carried to the next
+    step's first point (``OFFSET == PS``), or stored at its own point in between.
+
+    Returns ``(gM, next_f, next_c, next_r, carry_f, carry_c, carry_r)``."""
+    gM += ge[:, None] * f[None, :]
+    gf += _sum(Mn * ge[:, None], 0)
+    g_f = _activation_grad(gf, f, mi, AF)
+    g_c = _activation_grad(-ge, c, mo, AC)
+    g_r = _activation_grad_scalar(gb, b, AR)
+    if OFFSET == 0:
+        next_f += g_f
+        next_c += g_c
+        next_r += g_r
+    elif OFFSET == PS:
+        carry_f += g_f
+        carry_c += g_c
+        carry_r += g_r
+    else:
+        p = (base + OFFSET).to(tl.int64) * flat + n
+        tl.store(grad_fixed + p * d_in + oi, g_f, mask=mi)
+        tl.store(grad_target + p * d_out + oo, g_c, mask=mo)
+        tl.store(grad_rate + p, g_r)
+    return gM, next_f, next_c, next_r, carry_f, carry_c, carry_r
+
+
 def _backward_kernel(fixed, target, rate, sfp, sfn, stp, stn, srp, srn, steps, keep_position,
                      checkpoints, grad_kept, scratch_M, scratch_act, scratch_r,
                      grad_fixed, grad_target, grad_rate, grad_M0,
@@ -483,62 +513,20 @@ def _backward_kernel(fixed, target, rate, sfp, sfn, stp, stn, srp, srn, steps, k
             next_c = _activation_grad(-ge0, c0, mo, AC)
             next_r = _activation_grad_scalar(gb0, b0, AR)
             if S > 1:
-                gM += ge1[:, None] * f1[None, :]
-                gf1 += _sum(Mn * ge1[:, None], 0)
-                g_f = _activation_grad(gf1, f1, mi, AF)
-                g_c = _activation_grad(-ge1, c1, mo, AC)
-                g_r = _activation_grad_scalar(gb1, b1, AR)
-                if O1 == 0:
-                    next_f += g_f
-                    next_c += g_c
-                    next_r += g_r
-                elif O1 == PS:
-                    carry_f += g_f
-                    carry_c += g_c
-                    carry_r += g_r
-                else:
-                    p = (base + O1).to(tl.int64) * flat + n
-                    tl.store(grad_fixed + p * d_in + oi, g_f, mask=mi)
-                    tl.store(grad_target + p * d_out + oo, g_c, mask=mo)
-                    tl.store(grad_rate + p, g_r)
+                gM, next_f, next_c, next_r, carry_f, carry_c, carry_r = _later_stage_grads(
+                    gM, ge1, gf1, gb1, f1, c1, b1, Mn, next_f, next_c, next_r, carry_f,
+                    carry_c, carry_r, grad_fixed, grad_target, grad_rate, base, flat, n, d_in,
+                    d_out, oi, oo, mi, mo, O1, PS, AF, AC, AR)
             if S > 2:
-                gM += ge2[:, None] * f2[None, :]
-                gf2 += _sum(Mn * ge2[:, None], 0)
-                g_f = _activation_grad(gf2, f2, mi, AF)
-                g_c = _activation_grad(-ge2, c2, mo, AC)
-                g_r = _activation_grad_scalar(gb2, b2, AR)
-                if O2 == 0:
-                    next_f += g_f
-                    next_c += g_c
-                    next_r += g_r
-                elif O2 == PS:
-                    carry_f += g_f
-                    carry_c += g_c
-                    carry_r += g_r
-                else:
-                    p = (base + O2).to(tl.int64) * flat + n
-                    tl.store(grad_fixed + p * d_in + oi, g_f, mask=mi)
-                    tl.store(grad_target + p * d_out + oo, g_c, mask=mo)
-                    tl.store(grad_rate + p, g_r)
+                gM, next_f, next_c, next_r, carry_f, carry_c, carry_r = _later_stage_grads(
+                    gM, ge2, gf2, gb2, f2, c2, b2, Mn, next_f, next_c, next_r, carry_f,
+                    carry_c, carry_r, grad_fixed, grad_target, grad_rate, base, flat, n, d_in,
+                    d_out, oi, oo, mi, mo, O2, PS, AF, AC, AR)
             if S > 3:
-                gM += ge3[:, None] * f3[None, :]
-                gf3 += _sum(Mn * ge3[:, None], 0)
-                g_f = _activation_grad(gf3, f3, mi, AF)
-                g_c = _activation_grad(-ge3, c3, mo, AC)
-                g_r = _activation_grad_scalar(gb3, b3, AR)
-                if O3 == 0:
-                    next_f += g_f
-                    next_c += g_c
-                    next_r += g_r
-                elif O3 == PS:
-                    carry_f += g_f
-                    carry_c += g_c
-                    carry_r += g_r
-                else:
-                    p = (base + O3).to(tl.int64) * flat + n
-                    tl.store(grad_fixed + p * d_in + oi, g_f, mask=mi)
-                    tl.store(grad_target + p * d_out + oo, g_c, mask=mo)
-                    tl.store(grad_rate + p, g_r)
+                gM, next_f, next_c, next_r, carry_f, carry_c, carry_r = _later_stage_grads(
+                    gM, ge3, gf3, gb3, f3, c3, b3, Mn, next_f, next_c, next_r, carry_f,
+                    carry_c, carry_r, grad_fixed, grad_target, grad_rate, base, flat, n, d_in,
+                    d_out, oi, oo, mi, mo, O3, PS, AF, AC, AR)
             p = (base + PS).to(tl.int64) * flat + n
             tl.store(grad_fixed + p * d_in + oi, carry_f, mask=mi)
             tl.store(grad_target + p * d_out + oo, carry_c, mask=mo)
@@ -559,6 +547,7 @@ def _backward_kernel(fixed, target, rate, sfp, sfn, stp, stn, srp, srn, steps, k
 _FUNCTIONS = ("_sum", "_max", "_sigmoid", "_tanh", "_activate", "_activate_scalar",
               "_activation_grad", "_activation_grad_scalar", "_controls", "_factor",
               "_factor_grad", "_stages", "_update", "_stage_grads", "_couple",
+              "_later_stage_grads",
               "_forward_kernel", "_backward_kernel")
 _KERNELS = ("_forward_kernel", "_backward_kernel")
 _BUILT: dict[bool, dict[str, Any]] = {}
