@@ -23,7 +23,8 @@ batch size, each series on its own scale when amplitudes spread widely, sines an
 cosines of time for a short univariate series (smoothed first when noise dominates its
 increments), log-signature windows for long series with delayed copies of a univariate
 one and time counted in windows, warped copies of the training series when a class has
-few (and, for long series, instead of a validation split), warm-up, patience, a step budget and an ensemble size from the data's size, no clock;
+few (and, for long series, instead of a validation split), warm-up, patience, a step budget
+and an ensemble size from the data's size, no clock;
 see :mod:`fwplab.adaptive`, :func:`fwplab.presets.adaptive_data_options`,
 :func:`~fwplab.presets.adaptive_train_settings` and :func:`~fwplab.presets.adaptive_budget`);
 each choice is printed once and stored under ``run.adaptive`` in ``metrics.json``.

@@ -216,12 +216,12 @@ def _chunk_path(x: Tensor, lengths: Tensor, depth: int, step: int,
                          "series for log-signature windows, got a channel with none")
     x = interpolation_coeffs(x, grid, lengths, "linear")
     increments = x[:, 1:] - x[:, :-1]
-    initial = x.new_zeros(x.shape[0], 1, x.shape[-1])
-    initial[..., start] = x[:, :1, start]
+    first = x[:, :1, start]
     del x
     increments.masked_fill_(~inside[:, 1:].unsqueeze(-1), 0.0)
     windows = _windows_from_increments(increments, depth, step)
-    initial = torch.nn.functional.pad(initial, (0, windows.shape[-1] - initial.shape[-1]))
+    initial = torch.zeros_like(windows[:, :1])
+    initial[..., start] = first
     return torch.cat([initial, initial + windows.cumsum(dim=1)], dim=1)
 
 
